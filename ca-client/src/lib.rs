@@ -1,0 +1,9 @@
+//! Host side of the CA: key generation, the PSK bootstrap with a pinned root,
+//! an HTTPS client, and the file utilities the server shares.
+#![deny(unsafe_code)]
+
+pub mod bootstrap;
+pub mod fsutil;
+pub mod https;
+pub mod keys;
+pub mod trust;

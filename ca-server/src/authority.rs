@@ -1,0 +1,229 @@
+//! The issuance flow: parse, authenticate the PSK, decide, sign, record.
+//! Four steps, each its own function; the HTTP layer only translates.
+//!
+//! A certificate leaves this module only after its row is committed, so
+//! nothing is ever handed out that the store does not know about.
+
+use crate::ca::{LeafRequest, Signer};
+use crate::clock::Clock;
+use crate::store::{AuditEvent, CertRecord, Issuance, Store, StoreError};
+use policy::csr::Csr;
+use policy::{Decision, PskFailure, Rejection};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a successful request gets.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub serial: String,
+    pub hostname: String,
+    /// Leaf then intermediate, PEM.
+    pub chain_pem: String,
+    /// `true` when this is the certificate already issued for this PSK and key
+    /// (the idempotent retry of a lost response), `false` when newly signed.
+    pub replayed: bool,
+}
+
+/// Why a request did not get a certificate.
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    #[error(transparent)]
+    Rejected(Rejection),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("signing failed: {0:#}")]
+    Signer(anyhow::Error),
+}
+
+/// Issues certificates against PSKs.
+#[derive(Debug)]
+pub struct Authority {
+    pub store: Store,
+    pub signer: Arc<Signer>,
+    pub clock: Arc<dyn Clock>,
+    pub validity: Duration,
+}
+
+impl Authority {
+    /// The whole `/v1/sign` flow for one request body from `peer`.
+    pub async fn sign_with_psk(&self, body: &[u8], peer: &str) -> Result<Issued, SignError> {
+        let now = self.clock.now();
+        // 1. Parse and verify (pure, bounded by the body limit).
+        let csr = match policy::csr::parse(body) {
+            Ok(csr) => csr,
+            Err(r) => return Err(self.reject(now, None, peer, r).await),
+        };
+        let host = match policy::decision::requested_hostname(&csr) {
+            Ok(h) => h.to_owned(),
+            Err(r) => {
+                let shown = csr.common_names.first().cloned();
+                return Err(self.reject(now, shown, peer, r).await);
+            }
+        };
+
+        // 2. Authenticate and decide.
+        let entry = self.store.get_psk(&host).await?;
+        let profile = match policy::decide(&csr, entry.as_ref(), now) {
+            Decision::Accept(profile) => profile,
+            Decision::Reject(Rejection::Psk(failure)) => {
+                return self.psk_failure(&csr, &host, failure, now, peer).await;
+            }
+            Decision::Reject(r) => return Err(self.reject(now, Some(host), peer, r).await),
+        };
+        let entry = entry.expect("accepted decisions have an entry");
+        let psk_hash = csr
+            .psk
+            .as_ref()
+            .expect("accepted decisions have a PSK")
+            .hash();
+
+        // 3. Sign (CPU only; discarded unless the record below commits).
+        let leaf = self
+            .signer
+            .sign_leaf(&LeafRequest {
+                profile: &profile,
+                key: csr.key,
+                spki_der: &csr.spki_der,
+                now,
+                validity: self.validity,
+            })
+            .map_err(SignError::Signer)?;
+
+        // 4. Record: spend the PSK and store the certificate atomically.
+        let record = CertRecord {
+            serial: leaf.serial.clone(),
+            hostname: host.clone(),
+            kind: "host".into(),
+            public_key_sha256: csr.public_key_sha256().to_vec(),
+            psk_hash: Some(psk_hash.0.to_vec()),
+            psk_expires_at: Some(entry.expires_at),
+            not_before: leaf.not_before,
+            not_after: leaf.not_after,
+            der: leaf.der.clone(),
+            issued_at: now,
+            revoked_at: None,
+            revocation_reason: None,
+            superseded_by: None,
+        };
+        let audit = AuditEvent {
+            at: now,
+            event: "issued".into(),
+            hostname: Some(host.clone()),
+            serial: Some(leaf.serial.clone()),
+            outcome: "issued".into(),
+            reason: Some(format!("psk; key {}", csr.key)),
+            peer: Some(peer.to_owned()),
+            ..Default::default()
+        };
+        match self
+            .store
+            .record_issuance(&Issuance {
+                psk_hash,
+                now,
+                cert: &record,
+                audit: &audit,
+            })
+            .await
+        {
+            Ok(()) => Ok(Issued {
+                serial: leaf.serial,
+                hostname: host,
+                chain_pem: self.signer.chain_pem(&leaf.der),
+                replayed: false,
+            }),
+            // Lost a race for the PSK: the winner may have been this very
+            // client retrying, in which case it gets the winner's certificate.
+            Err(StoreError::PskGone) => {
+                self.psk_failure(&csr, &host, PskFailure::Used, now, peer)
+                    .await
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A PSK that did not authenticate: either the idempotent retry of a
+    /// request that already succeeded, or a generic 403 with a precise audit.
+    async fn psk_failure(
+        &self,
+        csr: &Csr,
+        host: &str,
+        failure: PskFailure,
+        now: i64,
+        peer: &str,
+    ) -> Result<Issued, SignError> {
+        let Some(psk) = csr.psk.as_ref() else {
+            return Err(self
+                .reject(now, Some(host.to_owned()), peer, Rejection::Psk(failure))
+                .await);
+        };
+        let hash = psk.hash();
+        let mut failure = failure;
+        if matches!(
+            failure,
+            PskFailure::UnknownHost | PskFailure::Wrong | PskFailure::Used
+        ) {
+            let key = csr.public_key_sha256();
+            for cert in self.store.certs_by_psk(host, &hash).await? {
+                failure = PskFailure::Used;
+                let same_key = cert.public_key_sha256 == key;
+                let in_lifetime = cert.psk_expires_at.is_some_and(|t| now < t);
+                if same_key && in_lifetime && cert.revoked_at.is_none() {
+                    self.store
+                        .audit(&AuditEvent {
+                            at: now,
+                            event: "replayed".into(),
+                            hostname: Some(host.to_owned()),
+                            serial: Some(cert.serial.clone()),
+                            outcome: "issued".into(),
+                            reason: Some("idempotent retry: same PSK and key".into()),
+                            peer: Some(peer.to_owned()),
+                            ..Default::default()
+                        })
+                        .await?;
+                    return Ok(Issued {
+                        chain_pem: self.signer.chain_pem(&cert.der),
+                        serial: cert.serial,
+                        hostname: host.to_owned(),
+                        replayed: true,
+                    });
+                }
+            }
+        }
+        if failure == PskFailure::Expired {
+            // An expired PSK is burned (SPIRE does the same): it can never work again.
+            self.store.burn_psk(host, &hash).await?;
+        }
+        Err(self
+            .reject(now, Some(host.to_owned()), peer, Rejection::Psk(failure))
+            .await)
+    }
+
+    /// Audits a rejection and hands it back. A store failure while auditing
+    /// is logged, not hidden behind the rejection.
+    async fn reject(
+        &self,
+        now: i64,
+        hostname: Option<String>,
+        peer: &str,
+        r: Rejection,
+    ) -> SignError {
+        let event = AuditEvent {
+            at: now,
+            event: "sign".into(),
+            hostname: hostname.map(|h| clip(&h)),
+            outcome: "rejected".into(),
+            reason: Some(clip(&r.reason())),
+            peer: Some(peer.to_owned()),
+            ..Default::default()
+        };
+        if let Err(e) = self.store.audit(&event).await {
+            tracing::error!(error = %e, "could not write the audit row for a rejection");
+        }
+        SignError::Rejected(r)
+    }
+}
+
+/// Untrusted text bound for the audit table: at most 256 characters.
+fn clip(s: &str) -> String {
+    s.chars().take(256).collect()
+}

@@ -1,0 +1,219 @@
+//! The HTTPS API's routes and handlers. Handlers decode, call the authority,
+//! and render; status codes are chosen only in [`error`].
+
+pub mod error;
+
+use crate::authority::Authority;
+use crate::store::Store;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use error::{ApiError, Outcome};
+use http_body_util::BodyExt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Largest request body accepted anywhere.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// Who is on the other end of a connection, attached to every request.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// The client certificate chain, if the client presented one that verified.
+    pub client_chain: Option<Arc<Vec<rustls::pki_types::CertificateDer<'static>>>>,
+}
+
+/// Shared state of the handlers.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub authority: Arc<Authority>,
+    pub store: Store,
+    pub body_timeout: Duration,
+}
+
+/// The router: every route of the API and the JSON fallbacks.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/ca", get(get_ca))
+        .route("/v1/sign", post(sign))
+        .route("/healthz", get(healthz))
+        .fallback(|| async { ApiError::not_found() })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(middleware::from_fn(log_request))
+        .with_state(state)
+}
+
+/// One log line per request, with the decision code when there is one.
+async fn log_request(req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let peer = req.extensions().get::<Peer>().map(|p| p.addr.to_string());
+    let resp = next.run(req).await;
+    let outcome = resp
+        .extensions()
+        .get::<Outcome>()
+        .map(|o| o.0)
+        .unwrap_or("");
+    tracing::info!(
+        %method,
+        path = %policy::hostname::escape_for_display(&path),
+        status = resp.status().as_u16(),
+        outcome,
+        peer = peer.as_deref().unwrap_or("-"),
+        micros = start.elapsed().as_micros() as u64,
+        "request"
+    );
+    resp
+}
+
+async fn get_ca(State(state): State<AppState>) -> Response {
+    pem_response(
+        StatusCode::OK,
+        state.authority.signer.bundle_pem.clone(),
+        "application/pem-certificate-chain",
+    )
+}
+
+async fn healthz(State(state): State<AppState>) -> Response {
+    match state.store.health().await {
+        Ok(()) => (
+            StatusCode::OK,
+            axum::Json(serde_json::json!({"status": "ok"})),
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "health check: store unavailable");
+            ApiError::store_unavailable().into_response()
+        }
+    }
+}
+
+async fn sign(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let peer = req
+        .extensions()
+        .get::<Peer>()
+        .map(|p| p.addr.to_string())
+        .unwrap_or_else(|| "-".into());
+    check_content_type(&headers)?;
+    let body = read_body(req.into_body(), &headers, BODY_LIMIT, state.body_timeout).await?;
+
+    // Run the flow on its own task: a client that disconnects mid-request
+    // must not cancel it between signing and recording.
+    let authority = state.authority.clone();
+    let issued = tokio::spawn(async move { authority.sign_with_psk(&body, &peer).await })
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "signing task failed");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error",
+            )
+        })??;
+
+    let status = if issued.replayed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    let mut resp = pem_response(
+        status,
+        issued.chain_pem,
+        "application/pem-certificate-chain",
+    );
+    resp.headers_mut().insert(
+        "x-certificate-serial",
+        HeaderValue::from_str(&issued.serial).expect("hex is a valid header"),
+    );
+    resp.extensions_mut().insert(Outcome(if issued.replayed {
+        "replayed"
+    } else {
+        "issued"
+    }));
+    Ok(resp)
+}
+
+fn pem_response(status: StatusCode, body: String, content_type: &'static str) -> Response {
+    let mut resp = (status, body).into_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+/// CSRs come as PEM (text/plain, application/x-pem-file, application/pkcs10)
+/// or DER (application/pkcs10, application/octet-stream); no type means sniff.
+fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(ct) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    match essence {
+        "application/pkcs10"
+        | "application/x-pem-file"
+        | "text/plain"
+        | "application/octet-stream"
+        | "application/pem-certificate-chain" => Ok(()),
+        _ => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "unsupported_content_type",
+            "send the CSR as PEM (text/plain) or DER (application/pkcs10)",
+        )),
+    }
+}
+
+/// Reads a request body with a size limit and a deadline. A declared length
+/// over the limit is refused before a byte is read; an endless chunked body
+/// is cut off at the limit.
+pub async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, ApiError> {
+    if let Some(len) = headers.get(header::CONTENT_LENGTH) {
+        let len: u64 = len
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "invalid Content-Length",
+                )
+            })?;
+        if len > limit as u64 {
+            return Err(ApiError::body_too_large(limit));
+        }
+    }
+    let limited = http_body_util::Limited::new(body, limit);
+    match tokio::time::timeout(timeout, limited.collect()).await {
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!("request body not received within {} s", timeout.as_secs()),
+        )),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::body_too_large(limit))
+        }
+        Ok(Err(_)) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "could not read the request body",
+        )),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}

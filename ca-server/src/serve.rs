@@ -1,0 +1,282 @@
+//! `ca-server serve`: initialise on first start, open the store, load the
+//! intermediate, issue the server's own TLS certificate, and serve the API
+//! until SIGTERM/SIGINT. Background tasks sweep expired PSKs and renew the
+//! server certificate.
+
+use crate::authority::Authority;
+use crate::ca::{self, CaPaths, LeafRequest, Signer};
+use crate::clock::{Clock, SystemClock};
+use crate::http::{self, AppState};
+use crate::server::{self, Limits, TlsSource};
+use crate::store::{AuditEvent, CertRecord, Store};
+use anyhow::{Context, Result, bail};
+use policy::{AllowedName, KeyKind, Profile};
+use rcgen::{KeyPair, PublicKeyData};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Everything `serve` needs, after flags and environment are resolved.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub data_dir: std::path::PathBuf,
+    pub database_url: String,
+    pub listen: SocketAddr,
+    pub hostnames: Vec<String>,
+    pub public_url: Option<String>,
+    pub validity: Duration,
+    pub name: String,
+    pub limits: Limits,
+}
+
+/// The names the server's certificate covers: `--hostname` values, or the
+/// machine's hostname and `localhost`.
+pub fn server_names(given: &[String]) -> Result<Vec<AllowedName>> {
+    let mut names = Vec::new();
+    let candidates: Vec<String> = if given.is_empty() {
+        let mut v = Vec::new();
+        if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+            v.push(h.trim().to_ascii_lowercase());
+        }
+        v.push("localhost".into());
+        v
+    } else {
+        given.to_vec()
+    };
+    for c in candidates {
+        match AllowedName::parse(&c) {
+            Ok(n) if !names.contains(&n) => names.push(n),
+            Ok(_) => {}
+            Err(e) if given.is_empty() => {
+                tracing::warn!(name = %policy::hostname::escape_for_display(&c), error = %e, "skipping the machine hostname for the server certificate")
+            }
+            Err(e) => bail!(
+                "--hostname {}: {e}",
+                policy::hostname::escape_for_display(&c)
+            ),
+        }
+    }
+    if !names.iter().any(|n| matches!(n, AllowedName::Dns(_))) {
+        bail!("the server certificate needs at least one DNS name (--hostname)");
+    }
+    Ok(names)
+}
+
+/// The URL clients use, for the CRL distribution point and spawner hints.
+pub fn default_public_url(names: &[AllowedName], listen: SocketAddr) -> String {
+    let host = names
+        .iter()
+        .find_map(|n| match n {
+            AllowedName::Dns(d) => Some(d.clone()),
+            AllowedName::Ip(_) => None,
+        })
+        .unwrap_or_else(|| "localhost".into());
+    format!("https://{host}:{}", listen.port())
+}
+
+/// The server's own certificate and key, issued from the intermediate.
+struct ServerCert {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    not_before: i64,
+    not_after: i64,
+}
+
+async fn issue_server_cert(
+    signer: &Signer,
+    store: &Store,
+    names: &[AllowedName],
+    now: i64,
+    validity: Duration,
+) -> Result<ServerCert> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let spki = key.subject_public_key_info();
+    let hostname = names
+        .iter()
+        .find_map(|n| match n {
+            AllowedName::Dns(d) => Some(d.clone()),
+            AllowedName::Ip(_) => None,
+        })
+        .expect("server_names guarantees a DNS name");
+    let profile = Profile {
+        hostname: hostname.clone(),
+        sans: names.to_vec(),
+    };
+    let leaf = signer.sign_leaf(&LeafRequest {
+        profile: &profile,
+        key: KeyKind::EcdsaP256,
+        spki_der: &spki,
+        now,
+        validity,
+    })?;
+    let record = CertRecord {
+        serial: leaf.serial.clone(),
+        hostname: hostname.clone(),
+        kind: "server".into(),
+        public_key_sha256: policy::csr::spki_sha256(&spki).to_vec(),
+        psk_hash: None,
+        psk_expires_at: None,
+        not_before: leaf.not_before,
+        not_after: leaf.not_after,
+        der: leaf.der.clone(),
+        issued_at: now,
+        revoked_at: None,
+        revocation_reason: None,
+        superseded_by: None,
+    };
+    store
+        .record_certificate(
+            &record,
+            &AuditEvent {
+                at: now,
+                event: "server_cert_issued".into(),
+                hostname: Some(hostname),
+                serial: Some(leaf.serial.clone()),
+                outcome: "issued".into(),
+                actor: Some("ca-server".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .context("recording the server certificate")?;
+    Ok(ServerCert {
+        chain: vec![
+            CertificateDer::from(leaf.der),
+            CertificateDer::from(signer.intermediate_der.clone()),
+        ],
+        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        not_before: leaf.not_before,
+        not_after: leaf.not_after,
+    })
+}
+
+/// Runs the server until a shutdown signal.
+pub async fn serve(opts: ServeOptions) -> Result<()> {
+    crate::hardening::disable_core_dumps();
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let paths = CaPaths::new(&opts.data_dir);
+    let init = ca::init(&paths, &opts.name, clock.now())?;
+    if init.created {
+        tracing::info!(fingerprint = %init.fingerprint, "initialised a new CA");
+    }
+
+    let names = server_names(&opts.hostnames)?;
+    let public_url = opts
+        .public_url
+        .clone()
+        .unwrap_or_else(|| default_public_url(&names, opts.listen));
+    let signer = Arc::new(Signer::load(&paths, Some(ca::crl_url_for(&public_url)))?);
+    let store = Store::open(&opts.database_url).await?;
+
+    let cert = issue_server_cert(&signer, &store, &names, clock.now(), opts.validity).await?;
+    let client_roots = vec![CertificateDer::from(signer.root_der.clone())];
+    let tls = TlsSource::new(server::server_config(cert.chain, cert.key, &client_roots)?);
+
+    let authority = Arc::new(Authority {
+        store: store.clone(),
+        signer: signer.clone(),
+        clock: clock.clone(),
+        validity: opts.validity,
+    });
+    let app = http::router(AppState {
+        authority,
+        store: store.clone(),
+        body_timeout: Duration::from_secs(10),
+    });
+
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("binding {}", opts.listen))?;
+    let bound = listener.local_addr()?;
+    tracing::info!(
+        addr = %bound,
+        fingerprint = %signer.fingerprint,
+        public_url = %public_url,
+        store = %crate::store::redact_url(&opts.database_url),
+        "listening"
+    );
+
+    let sweeper = tokio::spawn(sweep_expired(store.clone(), clock.clone()));
+    let renewer = tokio::spawn(renew_server_cert(
+        signer.clone(),
+        store.clone(),
+        clock.clone(),
+        tls.clone(),
+        names,
+        client_roots,
+        opts.validity,
+        (cert.not_before, cert.not_after),
+    ));
+
+    server::run(listener, tls, app, opts.limits, shutdown_signal()).await?;
+    sweeper.abort();
+    renewer.abort();
+    store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+    }
+}
+
+/// Deletes expired PSKs every minute (they are refused anyway; this keeps
+/// the table small and the audit log complete).
+async fn sweep_expired(store: Store, clock: Arc<dyn Clock>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        match store.sweep_expired_psks(clock.now()).await {
+            Ok(hosts) if !hosts.is_empty() => {
+                tracing::info!(count = hosts.len(), "swept expired PSKs")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "sweeping expired PSKs failed"),
+        }
+    }
+}
+
+/// Re-issues the server's own certificate once two thirds of its lifetime
+/// have passed, and swaps it in for new connections.
+#[allow(clippy::too_many_arguments)]
+async fn renew_server_cert(
+    signer: Arc<Signer>,
+    store: Store,
+    clock: Arc<dyn Clock>,
+    tls: TlsSource,
+    names: Vec<AllowedName>,
+    client_roots: Vec<CertificateDer<'static>>,
+    validity: Duration,
+    mut current: (i64, i64),
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        tick.tick().await;
+        let (nb, na) = current;
+        if clock.now() < nb + (na - nb) * 2 / 3 {
+            continue;
+        }
+        let result = async {
+            let cert = issue_server_cert(&signer, &store, &names, clock.now(), validity).await?;
+            let window = (cert.not_before, cert.not_after);
+            tls.replace(server::server_config(cert.chain, cert.key, &client_roots)?);
+            anyhow::Ok(window)
+        }
+        .await;
+        match result {
+            Ok(window) => {
+                current = window;
+                tracing::info!("renewed the server certificate");
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "renewing the server certificate failed; will retry")
+            }
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! The HTTPS listener: TLS (rustls, ring) with its own timeouts, HTTP/1.1 and
+//! HTTP/2 via hyper, the peer's address and client certificate attached to
+//! every request, and a graceful shutdown.
+//!
+//! The TLS configuration sits behind [`TlsSource`] so that a new server
+//! certificate (or later a new CRL) takes effect for new connections without
+//! a restart.
+
+use crate::http::Peer;
+use anyhow::{Context, Result};
+use axum::Router;
+use axum::body::Body;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use rustls::ServerConfig;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+/// Limits that keep slow or idle clients from holding the server.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Time allowed for the TLS handshake (a header timeout does not cover it).
+    pub handshake_timeout: Duration,
+    /// Time allowed for a request's headers, and for an idle keep-alive connection.
+    pub header_timeout: Duration,
+    /// Most connections open at once; more are closed at accept.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            handshake_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(15),
+            max_connections: 4096,
+        }
+    }
+}
+
+/// The current TLS server configuration, swappable at run time.
+#[derive(Debug, Clone)]
+pub struct TlsSource(Arc<RwLock<Arc<ServerConfig>>>);
+
+impl TlsSource {
+    pub fn new(config: ServerConfig) -> TlsSource {
+        TlsSource(Arc::new(RwLock::new(Arc::new(config))))
+    }
+
+    pub fn current(&self) -> Arc<ServerConfig> {
+        self.0.read().expect("tls config lock").clone()
+    }
+
+    pub fn replace(&self, config: ServerConfig) {
+        *self.0.write().expect("tls config lock") = Arc::new(config);
+    }
+}
+
+/// Builds the server's rustls configuration: its own chain and key, and
+/// optional client certificates verified against `client_roots` (requests
+/// without one still get through; handlers that need one check [`Peer`]).
+pub fn server_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    client_roots: &[CertificateDer<'static>],
+) -> Result<ServerConfig> {
+    let provider = ca_client::trust::provider();
+    let mut roots = rustls::RootCertStore::empty();
+    for root in client_roots {
+        roots
+            .add(root.clone())
+            .context("adding a client trust anchor")?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .context("building the client certificate verifier")?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .context("loading the server certificate")?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(16 * 1024);
+    config.ticketer = rustls::crypto::ring::Ticketer::new().context("creating the TLS ticketer")?;
+    Ok(config)
+}
+
+/// Accepts connections on `listener` until `shutdown` resolves, then lets
+/// open requests finish (at most 10 s).
+pub async fn run(
+    listener: TcpListener,
+    tls: TlsSource,
+    app: Router,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(64)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .max_pending_accept_reset_streams(Some(32));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    tokio::pin!(shutdown);
+
+    loop {
+        let (tcp, addr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(peer = %addr, "connection limit reached; closing");
+            continue;
+        };
+        let acceptor = TlsAcceptor::from(tls.current());
+        let app = app.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let _ = tcp.set_nodelay(true);
+            let stream =
+                match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => {
+                        tracing::debug!(peer = %addr, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(peer = %addr, "TLS handshake timed out");
+                        return;
+                    }
+                };
+            let client_chain = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .map(|certs| Arc::new(certs.iter().map(|c| c.clone().into_owned()).collect()));
+            let peer = Peer { addr, client_chain };
+            let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+                req.extensions_mut().insert(peer.clone());
+                app.clone().oneshot(req.map(Body::new))
+            });
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
+            }
+        });
+    }
+
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!("all connections closed"),
+        _ = tokio::time::sleep(Duration::from_secs(10)) => tracing::warn!("gave up waiting for connections to close"),
+    }
+    Ok(())
+}

@@ -1,0 +1,557 @@
+//! The store: PSKs, certificates, the audit log and the CRL number, on SQLite
+//! (embedded default) or PostgreSQL (replicas), through sqlx's `Any` driver
+//! with one SQL text for both engines. Times are Unix seconds.
+//!
+//! The invariant everything rests on lives in [`Store::record_issuance`]: the
+//! PSK row is deleted (exactly one row, `DELETE ... RETURNING`) in the same
+//! transaction that inserts the certificate, so a PSK is spent if and only if
+//! its certificate is recorded, on one replica or many.
+
+use anyhow::{Context, Result, bail};
+use policy::{AllowedName, PskEntry, PskHash};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor, Row};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Which engine a URL selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+impl Engine {
+    pub fn from_url(url: &str) -> Result<Engine> {
+        if url.starts_with("sqlite:") {
+            Ok(Engine::Sqlite)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Ok(Engine::Postgres)
+        } else {
+            bail!("unsupported database URL (expected sqlite://... or postgres://...)")
+        }
+    }
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached or refused the operation.
+    #[error("store unavailable: {0}")]
+    Unavailable(#[from] sqlx::Error),
+    /// The PSK was consumed (or replaced, or expired) between check and commit.
+    #[error("the PSK is no longer live")]
+    PskGone,
+    /// A row holds something this version cannot read.
+    #[error("store holds an unreadable row: {0}")]
+    Corrupt(String),
+}
+
+pub type StoreResult<T> = std::result::Result<T, StoreError>;
+
+/// A live PSK as listed to operators: never the secret, never its hash.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PskInfo {
+    pub hostname: String,
+    pub allowed_sans: Vec<String>,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+/// A certificate row.
+#[derive(Debug, Clone)]
+pub struct CertRecord {
+    pub serial: String,
+    pub hostname: String,
+    pub kind: String,
+    pub public_key_sha256: Vec<u8>,
+    pub psk_hash: Option<Vec<u8>>,
+    pub psk_expires_at: Option<i64>,
+    pub not_before: i64,
+    pub not_after: i64,
+    pub der: Vec<u8>,
+    pub issued_at: i64,
+    pub revoked_at: Option<i64>,
+    pub revocation_reason: Option<String>,
+    pub superseded_by: Option<String>,
+}
+
+/// An audit row.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct AuditEvent {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<i64>,
+    pub at: i64,
+    pub event: String,
+    pub hostname: Option<String>,
+    pub serial: Option<String>,
+    pub outcome: String,
+    pub reason: Option<String>,
+    pub peer: Option<String>,
+    pub actor: Option<String>,
+}
+
+/// Everything recorded when a PSK is redeemed.
+#[derive(Debug)]
+pub struct Issuance<'a> {
+    pub psk_hash: PskHash,
+    /// The same `now` the decision used: the PSK must still be live at it.
+    pub now: i64,
+    pub cert: &'a CertRecord,
+    pub audit: &'a AuditEvent,
+}
+
+/// The certificate columns, as a macro so queries stay `&'static str` literals.
+macro_rules! cert_columns {
+    () => {
+        "serial, hostname, kind, public_key_sha256, psk_hash, psk_expires_at, \
+         not_before, not_after, der, issued_at, revoked_at, revocation_reason, superseded_by"
+    };
+}
+
+/// Handle on the database; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    engine: Engine,
+}
+
+impl Store {
+    /// Connects, applies the per-connection settings and runs the migrations
+    /// that ship in the binary.
+    pub async fn open(url: &str) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let engine = Engine::from_url(url)?;
+        if engine == Engine::Sqlite {
+            prepare_sqlite_file(url)?;
+        }
+        let pool = AnyPoolOptions::new()
+            .max_connections(match engine {
+                Engine::Sqlite => 8,
+                Engine::Postgres => 16,
+            })
+            .acquire_timeout(Duration::from_secs(5))
+            .after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    if conn.backend_name() == "SQLite" {
+                        // WAL for concurrent readers; FULL so a commit survives power loss.
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA synchronous = FULL").await?;
+                        conn.execute("PRAGMA busy_timeout = 5000").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(url)
+            .await
+            .with_context(|| format!("opening the store at {}", redact_url(url)))?;
+        let migrator = match engine {
+            Engine::Sqlite => sqlx::migrate!("./migrations/sqlite"),
+            Engine::Postgres => sqlx::migrate!("./migrations/postgres"),
+        };
+        migrator
+            .run(&pool)
+            .await
+            .context("running store migrations")?;
+        Ok(Store { pool, engine })
+    }
+
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    /// Closes every connection (for orderly shutdown).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// A round trip to the database.
+    pub async fn health(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Creates or replaces the PSK of `hostname` (at most one live PSK per host).
+    pub async fn put_psk(
+        &self,
+        hostname: &str,
+        hash: &PskHash,
+        allowed_sans: &[AllowedName],
+        created_at: i64,
+        expires_at: i64,
+        audit: &AuditEvent,
+    ) -> StoreResult<()> {
+        let sans: Vec<String> = allowed_sans.iter().map(|n| n.to_string()).collect();
+        let sans_json = serde_json::to_string(&sans).expect("strings serialise");
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO psks (hostname, psk_hash, allowed_sans, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (hostname) DO UPDATE SET psk_hash = excluded.psk_hash, \
+             allowed_sans = excluded.allowed_sans, created_at = excluded.created_at, \
+             expires_at = excluded.expires_at",
+        )
+        .bind(hostname)
+        .bind(hash.0.to_vec())
+        .bind(sans_json)
+        .bind(created_at)
+        .bind(expires_at)
+        .execute(&mut *tx)
+        .await?;
+        insert_audit(&mut *tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The PSK entry of `hostname`, if any (expired or not: policy judges).
+    pub async fn get_psk(&self, hostname: &str) -> StoreResult<Option<PskEntry>> {
+        let row = sqlx::query(
+            "SELECT hostname, psk_hash, allowed_sans, expires_at FROM psks WHERE hostname = $1",
+        )
+        .bind(hostname)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let hash: Vec<u8> = row.try_get("psk_hash")?;
+        let sans_json: String = row.try_get("allowed_sans")?;
+        let sans: Vec<String> = serde_json::from_str(&sans_json)
+            .map_err(|e| StoreError::Corrupt(format!("allowed_sans: {e}")))?;
+        let allowed_sans = sans
+            .iter()
+            .map(|s| AllowedName::parse(s))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| StoreError::Corrupt(format!("allowed_sans: {e}")))?;
+        Ok(Some(PskEntry {
+            hostname: row.try_get("hostname")?,
+            psk_hash: PskHash::from_slice(&hash)
+                .ok_or_else(|| StoreError::Corrupt("psk_hash is not 32 bytes".into()))?,
+            allowed_sans,
+            expires_at: row.try_get("expires_at")?,
+        }))
+    }
+
+    /// Removes the PSK of `hostname`; `false` if there was none.
+    pub async fn remove_psk(&self, hostname: &str, audit: &AuditEvent) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
+        let n = sqlx::query("DELETE FROM psks WHERE hostname = $1")
+            .bind(hostname)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if n > 0 {
+            insert_audit(&mut *tx, audit).await?;
+        }
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    /// Deletes the PSK of `hostname` if it is still the one with `hash`
+    /// (an expired PSK presented with the right secret is burned).
+    pub async fn burn_psk(&self, hostname: &str, hash: &PskHash) -> StoreResult<bool> {
+        let n = sqlx::query("DELETE FROM psks WHERE hostname = $1 AND psk_hash = $2")
+            .bind(hostname)
+            .bind(hash.0.to_vec())
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n > 0)
+    }
+
+    /// Deletes every PSK whose lifetime ended at or before `now`; returns their hostnames.
+    pub async fn sweep_expired_psks(&self, now: i64) -> StoreResult<Vec<String>> {
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query("DELETE FROM psks WHERE expires_at <= $1 RETURNING hostname")
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut hosts = Vec::with_capacity(rows.len());
+        for row in rows {
+            let host: String = row.try_get("hostname")?;
+            insert_audit(
+                &mut *tx,
+                &AuditEvent {
+                    at: now,
+                    event: "psk_expired".into(),
+                    hostname: Some(host.clone()),
+                    outcome: "swept".into(),
+                    actor: Some("ca-server".into()),
+                    ..Default::default()
+                },
+            )
+            .await?;
+            hosts.push(host);
+        }
+        tx.commit().await?;
+        Ok(hosts)
+    }
+
+    /// Live PSKs, by hostname.
+    pub async fn list_psks(&self) -> StoreResult<Vec<PskInfo>> {
+        let rows = sqlx::query(
+            "SELECT hostname, allowed_sans, created_at, expires_at FROM psks ORDER BY hostname",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let sans_json: String = row.try_get("allowed_sans")?;
+                Ok(PskInfo {
+                    hostname: row.try_get("hostname")?,
+                    allowed_sans: serde_json::from_str(&sans_json)
+                        .map_err(|e| StoreError::Corrupt(format!("allowed_sans: {e}")))?,
+                    created_at: row.try_get("created_at")?,
+                    expires_at: row.try_get("expires_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Spends the PSK and records the certificate and its audit row, in one
+    /// transaction. `PskGone` if the PSK was not live at `now` any more (a
+    /// concurrent request won, an admin replaced it, or it expired).
+    pub async fn record_issuance(&self, issuance: &Issuance<'_>) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        // The DELETE is the first statement, so SQLite takes its write lock at
+        // once and PostgreSQL locks the row: of two concurrent redemptions
+        // exactly one sees a row come back.
+        let spent = sqlx::query(
+            "DELETE FROM psks WHERE hostname = $1 AND psk_hash = $2 AND expires_at > $3 \
+             RETURNING hostname",
+        )
+        .bind(&issuance.cert.hostname)
+        .bind(issuance.psk_hash.0.to_vec())
+        .bind(issuance.now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if spent.is_none() {
+            tx.rollback().await?;
+            return Err(StoreError::PskGone);
+        }
+        insert_cert(&mut *tx, issuance.cert).await?;
+        insert_audit(&mut *tx, issuance.audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records a certificate that no PSK paid for (the server's own, renewals).
+    pub async fn record_certificate(
+        &self,
+        cert: &CertRecord,
+        audit: &AuditEvent,
+    ) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        insert_cert(&mut *tx, cert).await?;
+        insert_audit(&mut *tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Certificates issued for `hostname` against the PSK with `hash` (at most
+    /// one in practice): what the idempotent retry looks for.
+    pub async fn certs_by_psk(
+        &self,
+        hostname: &str,
+        hash: &PskHash,
+    ) -> StoreResult<Vec<CertRecord>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            cert_columns!(),
+            " FROM certificates WHERE hostname = $1 AND psk_hash = $2"
+        ))
+        .bind(hostname)
+        .bind(hash.0.to_vec())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(cert_from_row).collect()
+    }
+
+    /// One certificate by serial (lowercase hex).
+    pub async fn get_cert(&self, serial: &str) -> StoreResult<Option<CertRecord>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            cert_columns!(),
+            " FROM certificates WHERE serial = $1"
+        ))
+        .bind(serial)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(cert_from_row).transpose()
+    }
+
+    /// Certificates, newest first, optionally only one host's and/or only
+    /// those valid at `now` that expire before `expiring_before`.
+    pub async fn list_certs(
+        &self,
+        hostname: Option<&str>,
+        expiring: Option<(i64, i64)>,
+    ) -> StoreResult<Vec<CertRecord>> {
+        let (now, before) = expiring.unwrap_or((i64::MIN, i64::MAX));
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            cert_columns!(),
+            " FROM certificates \
+             WHERE ($1 IS NULL OR hostname = $1) AND not_after > $2 AND not_after <= $3 \
+             ORDER BY issued_at DESC, serial"
+        ))
+        .bind(hostname)
+        .bind(now)
+        .bind(before)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(cert_from_row).collect()
+    }
+
+    /// Writes one audit row outside any other transaction.
+    pub async fn audit(&self, event: &AuditEvent) -> StoreResult<()> {
+        insert_audit(&self.pool, event).await
+    }
+
+    /// Audit rows at or after `since`, oldest first, at most `limit`.
+    pub async fn audit_since(&self, since: i64, limit: i64) -> StoreResult<Vec<AuditEvent>> {
+        let rows = sqlx::query(
+            "SELECT id, at, event, hostname, serial, outcome, reason, peer, actor FROM audit \
+             WHERE at >= $1 ORDER BY id LIMIT $2",
+        )
+        .bind(since)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditEvent {
+                    id: Some(r.try_get("id")?),
+                    at: r.try_get("at")?,
+                    event: r.try_get("event")?,
+                    hostname: r.try_get("hostname")?,
+                    serial: r.try_get("serial")?,
+                    outcome: r.try_get("outcome")?,
+                    reason: r.try_get("reason")?,
+                    peer: r.try_get("peer")?,
+                    actor: r.try_get("actor")?,
+                })
+            })
+            .collect()
+    }
+}
+
+async fn insert_cert<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+    ex: E,
+    c: &CertRecord,
+) -> StoreResult<()> {
+    sqlx::query(concat!(
+        "INSERT INTO certificates (",
+        cert_columns!(),
+        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+    ))
+    .bind(&c.serial)
+    .bind(&c.hostname)
+    .bind(&c.kind)
+    .bind(&c.public_key_sha256)
+    .bind(&c.psk_hash)
+    .bind(c.psk_expires_at)
+    .bind(c.not_before)
+    .bind(c.not_after)
+    .bind(&c.der)
+    .bind(c.issued_at)
+    .bind(c.revoked_at)
+    .bind(&c.revocation_reason)
+    .bind(&c.superseded_by)
+    .execute(ex)
+    .await?;
+    Ok(())
+}
+
+async fn insert_audit<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+    ex: E,
+    a: &AuditEvent,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO audit (at, event, hostname, serial, outcome, reason, peer, actor) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(a.at)
+    .bind(&a.event)
+    .bind(&a.hostname)
+    .bind(&a.serial)
+    .bind(&a.outcome)
+    .bind(&a.reason)
+    .bind(&a.peer)
+    .bind(&a.actor)
+    .execute(ex)
+    .await?;
+    Ok(())
+}
+
+fn cert_from_row(r: &AnyRow) -> StoreResult<CertRecord> {
+    Ok(CertRecord {
+        serial: r.try_get("serial")?,
+        hostname: r.try_get("hostname")?,
+        kind: r.try_get("kind")?,
+        public_key_sha256: r.try_get("public_key_sha256")?,
+        psk_hash: r.try_get("psk_hash")?,
+        psk_expires_at: r.try_get("psk_expires_at")?,
+        not_before: r.try_get("not_before")?,
+        not_after: r.try_get("not_after")?,
+        der: r.try_get("der")?,
+        issued_at: r.try_get("issued_at")?,
+        revoked_at: r.try_get("revoked_at")?,
+        revocation_reason: r.try_get("revocation_reason")?,
+        superseded_by: r.try_get("superseded_by")?,
+    })
+}
+
+/// The file behind a `sqlite://` URL, created 0600 before SQLite opens it
+/// (SQLite gives its WAL and SHM files the same mode).
+fn prepare_sqlite_file(url: &str) -> Result<()> {
+    let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
+    let path = rest.split('?').next().unwrap_or("");
+    if path.is_empty() || path == ":memory:" {
+        return Ok(());
+    }
+    let path = PathBuf::from(path);
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        ca_client::fsutil::create_private_dir(parent)?;
+    }
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("creating {}", path.display())),
+    }
+}
+
+/// A database URL with any password replaced, for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://ca:secret@127.0.0.1:5432/ca"),
+            "postgres://ca:***@127.0.0.1:5432/ca"
+        );
+        assert_eq!(
+            redact_url("sqlite://./ca-data/ca.db"),
+            "sqlite://./ca-data/ca.db"
+        );
+    }
+}

@@ -1,0 +1,171 @@
+//! The autosign decision: a verified CSR, the spawner's PSK entry for its
+//! hostname and the current time in; `Accept(profile)` or `Reject(reason)` out.
+//!
+//! Order matters for what a caller can learn: rules that depend only on the
+//! CSR (hostname syntax, SAN types) come first and are safe to disclose; the
+//! PSK is authenticated next with one generic answer for every failure; only
+//! a caller who holds the PSK learns which extra names it allows.
+
+use crate::csr::{Csr, RequestedName};
+use crate::error::{PskFailure, Rejection};
+use crate::hostname;
+use crate::psk::PskHash;
+use std::net::IpAddr;
+
+/// A name the spawner allowed for a PSK beyond the hostname (`psk add --san`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum AllowedName {
+    Dns(String),
+    Ip(IpAddr),
+}
+
+impl AllowedName {
+    /// Parses `--san` input: an IP literal, or a hostname under the hostname rules.
+    pub fn parse(s: &str) -> Result<AllowedName, hostname::HostnameError> {
+        if let Ok(ip) = s.parse::<IpAddr>() {
+            return Ok(AllowedName::Ip(ip));
+        }
+        hostname::validate(s)?;
+        Ok(AllowedName::Dns(s.to_owned()))
+    }
+}
+
+impl std::fmt::Display for AllowedName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AllowedName::Dns(n) => f.write_str(n),
+            AllowedName::Ip(ip) => write!(f, "{ip}"),
+        }
+    }
+}
+
+/// The spawner's entry for one hostname, as the store holds it.
+#[derive(Debug, Clone)]
+pub struct PskEntry {
+    pub hostname: String,
+    pub psk_hash: PskHash,
+    pub allowed_sans: Vec<AllowedName>,
+    /// Unix seconds; the PSK is valid while `now < expires_at`.
+    pub expires_at: i64,
+}
+
+/// What the certificate will say, decided by policy alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Profile {
+    /// Subject CN and first SAN.
+    pub hostname: String,
+    /// Every SAN: the hostname first, then the names the spawner allowed.
+    pub sans: Vec<AllowedName>,
+}
+
+/// The outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Accept(Profile),
+    Reject(Rejection),
+}
+
+/// The hostname the CSR asks for: its single subject CN, validated.
+/// Depends on the CSR alone, so it is safe to check before any PSK lookup.
+pub fn requested_hostname(csr: &Csr) -> Result<&str, Rejection> {
+    let name = match csr.common_names.as_slice() {
+        [one] => one.as_str(),
+        [] => {
+            return Err(Rejection::InvalidHostname {
+                name: String::new(),
+                error: hostname::HostnameError::Empty,
+            });
+        }
+        [first, ..] => {
+            return Err(Rejection::NameNotAllowed(format!(
+                "{} (the subject must hold exactly one commonName)",
+                first
+            )));
+        }
+    };
+    hostname::validate(name).map_err(|error| Rejection::InvalidHostname {
+        name: name.to_owned(),
+        error,
+    })?;
+    Ok(name)
+}
+
+/// Decides whether `csr` may be signed, given the PSK entry stored for its
+/// hostname (`None` if there is none) and `now` in Unix seconds.
+pub fn decide(csr: &Csr, entry: Option<&PskEntry>, now: i64) -> Decision {
+    match decide_inner(csr, entry, now) {
+        Ok(profile) => Decision::Accept(profile),
+        Err(rejection) => Decision::Reject(rejection),
+    }
+}
+
+fn decide_inner(csr: &Csr, entry: Option<&PskEntry>, now: i64) -> Result<Profile, Rejection> {
+    let host = requested_hostname(csr)?;
+
+    // Static name rules: any wildcard or malformed DNS name, any SAN type other
+    // than DNS or IP, is refused whoever asks.
+    for name in &csr.requested_names {
+        match name {
+            RequestedName::Dns(dns) => {
+                hostname::validate(dns).map_err(|error| Rejection::InvalidHostname {
+                    name: dns.clone(),
+                    error,
+                })?
+            }
+            RequestedName::Ip(_) => {}
+            other => {
+                return Err(Rejection::NameNotAllowed(format!(
+                    "{other} (only DNS and IP names can be requested)"
+                )));
+            }
+        }
+    }
+
+    // PSK authentication: one generic answer outside, precise reason inside.
+    let psk = csr
+        .psk
+        .as_ref()
+        .ok_or(Rejection::Psk(PskFailure::Missing))?;
+    let entry = entry.ok_or(Rejection::Psk(PskFailure::UnknownHost))?;
+    if entry.hostname != host {
+        return Err(Rejection::Psk(PskFailure::UnknownHost));
+    }
+    if !psk.hash().ct_eq(&entry.psk_hash) {
+        return Err(Rejection::Psk(PskFailure::Wrong));
+    }
+    if now >= entry.expires_at {
+        return Err(Rejection::Psk(PskFailure::Expired));
+    }
+
+    // Names the PSK allows: the hostname and the spawner's extra names, nothing else.
+    for name in &csr.requested_names {
+        let allowed = match name {
+            RequestedName::Dns(dns) => {
+                dns == host
+                    || entry
+                        .allowed_sans
+                        .iter()
+                        .any(|a| matches!(a, AllowedName::Dns(d) if d == dns))
+            }
+            RequestedName::Ip(ip) => entry
+                .allowed_sans
+                .iter()
+                .any(|a| matches!(a, AllowedName::Ip(i) if i == ip)),
+            _ => false,
+        };
+        if !allowed {
+            return Err(Rejection::NameNotAllowed(name.to_string()));
+        }
+    }
+
+    let mut sans = vec![AllowedName::Dns(host.to_owned())];
+    for extra in &entry.allowed_sans {
+        if !sans.contains(extra) {
+            sans.push(extra.clone());
+        }
+    }
+    Ok(Profile {
+        hostname: host.to_owned(),
+        sans,
+    })
+}

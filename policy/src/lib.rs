@@ -1,0 +1,23 @@
+//! The autosign decision as pure functions.
+//!
+//! Facts in, decision out: [`csr::parse`] turns untrusted bytes into verified
+//! [`csr::Csr`] facts, [`decide`] weighs them against the spawner's
+//! [`PskEntry`] at a time the caller passes in. Nothing here does IO, touches
+//! a database, reads the clock or knows about HTTP; the server maps a
+//! [`Rejection`] to a status code in one place.
+//!
+//! The PSK extension's encoder lives here too ([`psk::encode_extension_value`]),
+//! so the client builds exactly what the server reads.
+#![forbid(unsafe_code)]
+
+pub mod csr;
+pub mod decision;
+pub mod error;
+pub mod hostname;
+pub mod psk;
+
+pub use csr::{Csr, KeyKind, RequestedName, SignatureKind};
+pub use decision::{AllowedName, Decision, Profile, PskEntry, decide};
+pub use error::{Malformed, PskFailure, Rejection, RejectionClass};
+pub use hostname::HostnameError;
+pub use psk::{Psk, PskHash};

@@ -25,41 +25,61 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Generate a key, redeem the PSK and write key.pem, cert.pem, chain.pem, ca.pem.
-    Bootstrap {
-        /// CA server URL, e.g. https://ca.example.internal:8443
-        #[arg(long, env = "CA_SERVER")]
-        server: String,
-        /// Root fingerprint, sha256:<hex> (as `ca-server init` prints it).
-        #[arg(long, env = "CA_FINGERPRINT")]
-        fingerprint: String,
-        /// This host's name (must match the PSK's hostname).
-        #[arg(long)]
-        hostname: String,
-        /// File holding the PSK; deleted after success.
-        #[arg(long)]
-        psk_file: PathBuf,
-        /// Directory for the key and certificates.
-        #[arg(long)]
-        dir: PathBuf,
-        /// Type of key to generate.
-        #[arg(long, value_enum, default_value = "p256")]
-        key_type: KeyType,
-        /// Use this existing PKCS#8 key instead of generating one.
-        #[arg(long)]
-        key: Option<PathBuf>,
-        /// Extra name to request (must be allowed for the PSK); repeatable.
-        #[arg(long = "san")]
-        sans: Vec<String>,
-        /// Keep retrying for this long before giving up.
-        #[arg(long, default_value = "2m")]
-        retry_for: humantime::Duration,
-        /// Timeout of each request.
-        #[arg(long, default_value = "30s")]
-        timeout: humantime::Duration,
-        /// Print the outcome as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Bootstrap(BootstrapArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct BootstrapArgs {
+    /// CA server URL, e.g. https://ca.example.internal:8443
+    #[arg(long, env = "CA_SERVER")]
+    server: String,
+    /// Root fingerprint, sha256:<hex> (as `ca-server init` prints it).
+    #[arg(long, env = "CA_FINGERPRINT")]
+    fingerprint: String,
+    /// This host's name (must match the PSK's hostname).
+    #[arg(long)]
+    hostname: String,
+    /// File holding the PSK; deleted after success.
+    #[arg(long)]
+    psk_file: PathBuf,
+    /// Directory for the key and certificates.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Type of key to generate.
+    #[arg(long, value_enum, default_value = "p256")]
+    key_type: KeyType,
+    /// Use this existing PKCS#8 key instead of generating one.
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Extra name to request (must be allowed for the PSK); repeatable.
+    #[arg(long = "san")]
+    sans: Vec<String>,
+    /// Keep retrying for this long before giving up.
+    #[arg(long, default_value = "2m")]
+    retry_for: humantime::Duration,
+    /// Timeout of each request.
+    #[arg(long, default_value = "30s")]
+    timeout: humantime::Duration,
+    /// Print the outcome as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+impl From<&BootstrapArgs> for BootstrapOptions {
+    fn from(a: &BootstrapArgs) -> BootstrapOptions {
+        BootstrapOptions {
+            server: a.server.clone(),
+            fingerprint: a.fingerprint.clone(),
+            hostname: a.hostname.clone(),
+            psk_file: a.psk_file.clone(),
+            dir: a.dir.clone(),
+            key_type: a.key_type,
+            key_file: a.key.clone(),
+            extra_sans: a.sans.clone(),
+            deadline: a.retry_for.into(),
+            request_timeout: a.timeout.into(),
+        }
+    }
 }
 
 fn main() {
@@ -91,31 +111,9 @@ fn main() {
 
 async fn run(cli: Cli) -> i32 {
     match cli.command {
-        Command::Bootstrap {
-            server,
-            fingerprint,
-            hostname,
-            psk_file,
-            dir,
-            key_type,
-            key,
-            sans,
-            retry_for,
-            timeout,
-            json,
-        } => {
-            let opts = BootstrapOptions {
-                server,
-                fingerprint,
-                hostname,
-                psk_file,
-                dir,
-                key_type,
-                key_file: key,
-                extra_sans: sans,
-                deadline: retry_for.into(),
-                request_timeout: timeout.into(),
-            };
+        Command::Bootstrap(args) => {
+            let json = args.json;
+            let opts = BootstrapOptions::from(&args);
             match bootstrap::bootstrap(&opts).await {
                 Ok(out) => {
                     if json {

@@ -6,7 +6,7 @@
 
 use crate::ca::{LeafRequest, Signer};
 use crate::clock::Clock;
-use crate::store::{AuditEvent, CertRecord, Issuance, Store, StoreError};
+use crate::store::{AuditEvent, Issuance, Store, StoreError};
 use policy::csr::Csr;
 use policy::{Decision, PskFailure, Rejection};
 use std::sync::Arc;
@@ -90,21 +90,9 @@ impl Authority {
             .map_err(SignError::Signer)?;
 
         // 4. Record: spend the PSK and store the certificate atomically.
-        let record = CertRecord {
-            serial: leaf.serial.clone(),
-            hostname: host.clone(),
-            kind: "host".into(),
-            public_key_sha256: csr.public_key_sha256().to_vec(),
-            psk_hash: Some(psk_hash.0.to_vec()),
-            psk_expires_at: Some(entry.expires_at),
-            not_before: leaf.not_before,
-            not_after: leaf.not_after,
-            der: leaf.der.clone(),
-            issued_at: now,
-            revoked_at: None,
-            revocation_reason: None,
-            superseded_by: None,
-        };
+        let mut record = leaf.to_record(&host, "host", &csr.spki_der, now);
+        record.psk_hash = Some(psk_hash.0.to_vec());
+        record.psk_expires_at = Some(entry.expires_at);
         let audit = AuditEvent {
             at: now,
             event: "issued".into(),

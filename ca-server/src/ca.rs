@@ -251,6 +251,33 @@ pub struct SignedLeaf {
     pub not_after: i64,
 }
 
+impl SignedLeaf {
+    /// The store row for this certificate (no PSK, not revoked).
+    pub fn to_record(
+        &self,
+        hostname: &str,
+        kind: &str,
+        spki_der: &[u8],
+        issued_at: i64,
+    ) -> crate::store::CertRecord {
+        crate::store::CertRecord {
+            serial: self.serial.clone(),
+            hostname: hostname.to_owned(),
+            kind: kind.to_owned(),
+            public_key_sha256: policy::csr::spki_sha256(spki_der).to_vec(),
+            psk_hash: None,
+            psk_expires_at: None,
+            not_before: self.not_before,
+            not_after: self.not_after,
+            der: self.der.clone(),
+            issued_at,
+            revoked_at: None,
+            revocation_reason: None,
+            superseded_by: None,
+        }
+    }
+}
+
 /// The intermediate, loaded and ready to sign leaves and CRLs.
 pub struct Signer {
     issuer: Issuer<'static, CaKey>,

@@ -8,7 +8,7 @@ use crate::ca::{self, CaPaths, LeafRequest, Signer};
 use crate::clock::{Clock, SystemClock};
 use crate::http::{self, AppState};
 use crate::server::{self, Limits, TlsSource};
-use crate::store::{AuditEvent, CertRecord, Store};
+use crate::store::{AuditEvent, Store};
 use anyhow::{Context, Result, bail};
 use policy::{AllowedName, KeyKind, Profile};
 use rcgen::{KeyPair, PublicKeyData};
@@ -110,21 +110,7 @@ async fn issue_server_cert(
         now,
         validity,
     })?;
-    let record = CertRecord {
-        serial: leaf.serial.clone(),
-        hostname: hostname.clone(),
-        kind: "server".into(),
-        public_key_sha256: policy::csr::spki_sha256(&spki).to_vec(),
-        psk_hash: None,
-        psk_expires_at: None,
-        not_before: leaf.not_before,
-        not_after: leaf.not_after,
-        der: leaf.der.clone(),
-        issued_at: now,
-        revoked_at: None,
-        revocation_reason: None,
-        superseded_by: None,
-    };
+    let record = leaf.to_record(&hostname, "server", &spki, now);
     store
         .record_certificate(
             &record,

@@ -292,6 +292,24 @@ impl CaServer {
             .collect()
     }
 
+    /// `ca-client bootstrap` against this server for `host`, reading the PSK
+    /// from `psk_file` and writing into `dir`; add flags and run it.
+    pub fn bootstrap_cmd(&self, host: &str, psk_file: &Path, dir: &Path) -> Command {
+        let mut cmd = ca_client();
+        cmd.args([
+            "bootstrap",
+            "--server",
+            &self.url,
+            "--fingerprint",
+            &self.fingerprint,
+        ])
+        .args(["--hostname", host, "--psk-file"])
+        .arg(psk_file)
+        .arg("--dir")
+        .arg(dir);
+        cmd
+    }
+
     /// The root certificate PEM path.
     pub fn root_pem(&self) -> PathBuf {
         self.data_dir.join("root.crt")

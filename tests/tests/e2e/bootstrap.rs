@@ -16,20 +16,7 @@ fn bootstrap_issues_a_verifiable_certificate_and_spends_the_psk() {
     let psk_file = write_file(work.path(), "psk", &psk);
     let dir = work.path().join("tls");
 
-    let out = run_ok(
-        ca_client()
-            .args([
-                "bootstrap",
-                "--server",
-                &server.url,
-                "--fingerprint",
-                &server.fingerprint,
-            ])
-            .args(["--hostname", HOST, "--psk-file"])
-            .arg(&psk_file)
-            .arg("--dir")
-            .arg(&dir),
-    );
+    let out = run_ok(&mut server.bootstrap_cmd(HOST, &psk_file, &dir));
     assert!(out.contains("issued web1.example.internal"), "{out}");
     assert!(!psk_file.exists(), "the PSK file is deleted after success");
 
@@ -92,18 +79,7 @@ fn bootstrap_issues_a_verifiable_certificate_and_spends_the_psk() {
 
     // A second host with the same (spent) PSK and a new key is refused with exit code 4.
     let psk_file2 = write_file(work.path(), "psk2", &psk);
-    let out = run(ca_client()
-        .args([
-            "bootstrap",
-            "--server",
-            &server.url,
-            "--fingerprint",
-            &server.fingerprint,
-        ])
-        .args(["--hostname", HOST, "--psk-file"])
-        .arg(&psk_file2)
-        .arg("--dir")
-        .arg(work.path().join("other")));
+    let out = run(&mut server.bootstrap_cmd(HOST, &psk_file2, &work.path().join("other")));
     assert_eq!(
         out.status.code(),
         Some(4),

@@ -58,18 +58,8 @@ fn a_lost_response_is_recovered_by_the_idempotent_retry() {
     let psk_file = write_file(work.path(), "psk", &psk);
     let dir = work.path().join("tls");
     let out = run_ok(
-        ca_client()
-            .args([
-                "bootstrap",
-                "--server",
-                &server.url,
-                "--fingerprint",
-                &server.fingerprint,
-            ])
-            .args(["--hostname", HOST, "--psk-file"])
-            .arg(&psk_file)
-            .arg("--dir")
-            .arg(&dir)
+        server
+            .bootstrap_cmd(HOST, &psk_file, &dir)
             .arg("--key")
             .arg(&key)
             .arg("--json"),
@@ -81,18 +71,7 @@ fn a_lost_response_is_recovered_by_the_idempotent_retry() {
 
     // Another key with the spent PSK: refused (exit code 4), nothing issued.
     let psk_file = write_file(work.path(), "psk2", &psk);
-    let out = run(ca_client()
-        .args([
-            "bootstrap",
-            "--server",
-            &server.url,
-            "--fingerprint",
-            &server.fingerprint,
-        ])
-        .args(["--hostname", HOST, "--psk-file"])
-        .arg(&psk_file)
-        .arg("--dir")
-        .arg(work.path().join("other")));
+    let out = run(&mut server.bootstrap_cmd(HOST, &psk_file, &work.path().join("other")));
     assert_eq!(out.status.code(), Some(4));
     assert_eq!(server.certs_of(HOST).len(), 1);
     server.assert_no_secret_leaks();
@@ -108,38 +87,15 @@ fn an_interrupted_bootstrap_resumes_with_its_pending_key() {
     let dir = work.path().join("tls");
     server.stop();
     let psk_file = write_file(work.path(), "psk", &psk);
-    let out = run(ca_client()
-        .args([
-            "bootstrap",
-            "--server",
-            &server.url,
-            "--fingerprint",
-            &server.fingerprint,
-        ])
-        .args(["--hostname", HOST, "--psk-file"])
-        .arg(&psk_file)
-        .arg("--dir")
-        .arg(&dir)
+    let out = run(server
+        .bootstrap_cmd(HOST, &psk_file, &dir)
         .args(["--retry-for", "1s"]));
     assert_eq!(out.status.code(), Some(5));
     let pending = read(&dir.join("pending-key.pem"));
     assert!(psk_file.exists());
 
     server.restart();
-    run_ok(
-        ca_client()
-            .args([
-                "bootstrap",
-                "--server",
-                &server.url,
-                "--fingerprint",
-                &server.fingerprint,
-            ])
-            .args(["--hostname", HOST, "--psk-file"])
-            .arg(&psk_file)
-            .arg("--dir")
-            .arg(&dir),
-    );
+    run_ok(&mut server.bootstrap_cmd(HOST, &psk_file, &dir));
     assert_eq!(
         read(&dir.join("key.pem")),
         pending,

@@ -60,6 +60,15 @@ pub fn bin(name: &str) -> PathBuf {
         if profile_dir().file_name().is_some_and(|p| p == "release") {
             cmd.arg("--release");
         }
+        // Drop what cargo set for this test process (CARGO_PKG_NAME and
+        // friends): build scripts watch some of them, and inheriting them
+        // would make every run rebuild ring.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy().into_owned();
+            if (key.starts_with("CARGO_") && key != "CARGO_HOME") || key == "OUT_DIR" {
+                cmd.env_remove(&key);
+            }
+        }
         let status = cmd
             .env("CARGO_TARGET_DIR", target_dir())
             .status()

@@ -20,13 +20,15 @@ fn a_lost_response_is_recovered_by_the_idempotent_retry() {
     let key = openssl_key(work.path(), "key.pem", "ec:P-256").unwrap();
     let csr = openssl_csr(&key, HOST, Some(&psk), &[]).unwrap();
 
-    // Send the request over raw TLS and hang up without reading the answer.
+    // Send the request over raw TLS; once the server has committed, hang up
+    // without reading the answer: the response is lost.
     let root = pem::parse(read(&server.root_pem()))
         .unwrap()
         .into_contents();
     let config = Arc::new(ca_client::trust::pinned_client_config(&root, None).unwrap());
     let port = server.port;
-    block_on(async move {
+    let server_ref = &server;
+    let recorded = block_on(async move {
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .unwrap();
@@ -44,14 +46,14 @@ fn a_lost_response_is_recovered_by_the_idempotent_retry() {
         req.extend_from_slice(&csr);
         tls.write_all(&req).await.unwrap();
         tls.flush().await.unwrap();
-        drop(tls); // the response is lost
+        let recorded = wait_for(
+            Duration::from_secs(10),
+            "the certificate to be recorded",
+            || server_ref.certs_of(HOST).into_iter().next(),
+        );
+        drop(tls);
+        recorded
     });
-    // The server finished the issuance although nobody read the answer.
-    let recorded = wait_for(
-        Duration::from_secs(10),
-        "the certificate to be recorded",
-        || server.certs_of(HOST).into_iter().next(),
-    );
     let serial = recorded["serial"].as_str().unwrap().to_owned();
 
     // The host retries with the same key: it gets the recorded certificate.

@@ -3,6 +3,8 @@
 //! wraps the CLIs and a pinned HTTPS client. Everything runs on 127.0.0.1
 //! and is cleaned up on drop.
 
+pub mod pg;
+
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -6,3 +6,4 @@ mod bootstrap;
 mod concurrency;
 mod rejections;
 mod retry;
+mod store_pg;

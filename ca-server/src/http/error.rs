@@ -48,6 +48,58 @@ impl ApiError {
         )
     }
 
+    /// No current CRL to serve (never signed, or expired while re-signing failed):
+    /// an expired CRL is never served.
+    pub fn crl_unavailable() -> ApiError {
+        let mut e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "crl_unavailable",
+            "no current CRL; retry later",
+        );
+        e.retry_after = Some(5);
+        e
+    }
+
+    /// A name in a Puppet URL with no certificate (or no valid name at all).
+    pub fn certificate_not_found(name: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "Could not find certificate {}",
+                policy::hostname::escape_for_display(&name.chars().take(256).collect::<String>())
+            ),
+        )
+    }
+
+    /// The same answer as text for the Puppet CA API, whose agents send
+    /// `Accept: text/plain` and print only the status line: the message goes
+    /// in the body and, as far as HTTP allows, in the reason phrase (which
+    /// `puppet ... --debug` shows).
+    pub fn into_text_response(self) -> Response {
+        let mut resp = (
+            self.status,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("{}\n", self.message),
+        )
+            .into_response();
+        let phrase: Vec<u8> = self
+            .message
+            .bytes()
+            .take(160)
+            .map(|b| if (0x20..0x7f).contains(&b) { b } else { b'?' })
+            .collect();
+        if let Ok(phrase) = hyper::ext::ReasonPhrase::try_from(phrase) {
+            resp.extensions_mut().insert(phrase);
+        }
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp.extensions_mut().insert(Outcome(self.code));
+        resp
+    }
+
     pub fn store_unavailable() -> ApiError {
         let mut e = ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -14,6 +14,9 @@ use sqlx::{AnyPool, Executor, Row};
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod crl;
+pub use crl::{RevocationMarker, RevokedEntry};
+
 /// Which engine a URL selects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Engine {

@@ -4,6 +4,8 @@
 
 mod bootstrap;
 mod concurrency;
+mod crl;
+mod puppet;
 mod rejections;
 mod retry;
 mod store_pg;

@@ -72,6 +72,17 @@ impl ApiError {
         )
     }
 
+    /// For Puppet's `certificate_request`: agents read a 400 there as "this
+    /// name already has a request" and go on to wait, silently, for a manual
+    /// signature that never comes. A CSR the CA cannot read is a 422 instead,
+    /// so the agent prints "Failed to submit the CSR, HTTP response was 422".
+    pub fn for_puppet_csr(mut self) -> ApiError {
+        if self.status == StatusCode::BAD_REQUEST {
+            self.status = StatusCode::UNPROCESSABLE_ENTITY;
+        }
+        self
+    }
+
     /// The same answer as text for the Puppet CA API, whose agents send
     /// `Accept: text/plain` and print only the status line: the message goes
     /// in the body and, as far as HTTP allows, in the reason phrase (which

@@ -10,8 +10,10 @@
 //!   idempotent retry) with the CSR's CN bound to `{certname}`. It answers
 //!   200 (empty) only when a certificate was issued; a refusal gets the same
 //!   status as on `/v1/sign` (403 for any PSK failure, 422 for a policy
-//!   refusal) so the agent prints "Failed to submit the CSR, HTTP response
-//!   was 403" instead of waiting for a manual signature that never comes.
+//!   refusal, and 422 rather than 400 for an unreadable CSR, since the agent
+//!   takes a 400 as "already requested") so the agent prints "Failed to
+//!   submit the CSR, HTTP response was 403" instead of waiting for a manual
+//!   signature that never comes.
 //!   Nothing is kept from a refused request: no pending CSR can squat a name.
 //! - `GET certificate/{certname}` returns the newest valid (unexpired,
 //!   unrevoked) certificate issued against a PSK for that name, 404 otherwise.
@@ -127,6 +129,6 @@ async fn certificate_request(
                 "issued"
             },
         ),
-        Err(e) => e.into_text_response(),
+        Err(e) => e.for_puppet_csr().into_text_response(),
     }
 }

@@ -291,6 +291,13 @@ fn the_puppet_ca_api_answers_in_text_and_binds_the_csr_to_the_certname() {
         "the precise reason is audited"
     );
 
+    // A body the CA cannot read: 422, not the 400 an agent takes for "already
+    // requested" (it would then wait silently).
+    let garbage = write_file(work.path(), "garbage.csr", "not a CSR");
+    let r = put(&garbage, host);
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(r.text().contains("CSR is not valid"), "{}", r.text());
+
     // No PSK: the generic 403 (the audit says psk_missing), nothing kept.
     let no_psk = write_file(
         work.path(),
@@ -360,5 +367,40 @@ fn the_puppet_ca_api_answers_in_text_and_binds_the_csr_to_the_certname() {
         None,
     );
     assert_eq!(r.status, 405);
+    server.assert_no_secret_leaks();
+}
+
+#[test]
+fn a_puppet_agent_can_carry_the_psk_as_challenge_password() {
+    if !require_puppet() {
+        return;
+    }
+    let mut server = CaServer::start();
+    let host = "agent3.example.internal";
+    // Ruby writes challengePassword as a PrintableString, whatever it holds:
+    // this PSK has the `_` that PrintableString does not allow.
+    let psk = "Zg4iPgx_OFNITw_dRhJ05omhxk-QEymzPbWJbcZubaw";
+    let mut add = server.cli();
+    add.args(["psk", "add", host, "--psk-stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut child = add.spawn().unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), psk.as_bytes()).unwrap();
+    assert!(child.wait_with_output().unwrap().status.success());
+    server.remember_secret(psk);
+
+    let agent = PuppetAgent::new(&server, host, None);
+    std::fs::write(
+        agent.confdir().join("csr_attributes.yaml"),
+        format!("custom_attributes:\n  1.2.840.113549.1.9.7: \"{psk}\"\n"),
+    )
+    .unwrap();
+    let out = agent.bootstrap(&[]);
+    let text = agent_output(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("Completed SSL initialization"), "{text}");
+    assert!(!live_psks(&server).contains(host));
+    let cert_text = openssl_text(&agent.cert_path());
+    assert!(!cert_text.contains(psk), "{cert_text}");
     server.assert_no_secret_leaks();
 }

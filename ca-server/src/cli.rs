@@ -92,9 +92,9 @@ pub struct ServeArgs {
     /// Lifetime of the CRL at /v1/crl (re-signed after half of it, and on any revocation).
     #[arg(long, env = "CA_CRL_VALIDITY", default_value = "24h")]
     pub crl_validity: humantime::Duration,
-    /// Lifetime of the CRLs served to Puppet agents and of the root CRL: longer than
-    /// the agents' crl_refresh_interval (1 day), as an agent cannot recover from an expired CRL.
-    #[arg(long, env = "CA_PUPPET_CRL_VALIDITY", default_value = "90d")]
+    /// Lifetime of the CRLs served to Puppet agents and of the root CRL. Long, as
+    /// Puppet Server's: an agent keeps the CRL it downloaded and cannot recover once it expires.
+    #[arg(long, env = "CA_PUPPET_CRL_VALIDITY", default_value = "1825d")]
     pub puppet_crl_validity: humantime::Duration,
 }
 

@@ -4,10 +4,10 @@
 //! One generation ([`CrlSet`]) is signed from one view of the store:
 //! - the intermediate's CRL with the short validity (`--crl-validity`,
 //!   default 24 h): `GET /v1/crl`, the leaves' CRL distribution point;
-//! - the same entries with the long validity (`--puppet-crl-validity`):
-//!   Puppet agents refresh their CRL once a day by default and cannot
-//!   recover from an expired one (their refresh itself is verified against
-//!   it), so they get a CRL that outlives their refresh interval;
+//! - the same entries with the long validity (`--puppet-crl-validity`,
+//!   default 5 years as Puppet Server): Puppet agents download their CRL once
+//!   (refreshing only if `crl_refresh_interval` is set) and cannot recover
+//!   from an expired one, since the refresh itself is verified against it;
 //! - the root's CRL (covering the intermediate), signed while `root.key` is
 //!   online and kept as `root.crl` for when it is not: verifiers that check
 //!   the whole chain (Puppet's default `certificate_revocation = chain`,
@@ -33,8 +33,11 @@ use time::OffsetDateTime;
 
 /// Default validity of the intermediate's CRL served at `/v1/crl`.
 pub const DEFAULT_CRL_VALIDITY: Duration = Duration::from_secs(24 * 3600);
-/// Default validity of the CRLs served to Puppet agents (and of the root CRL).
-pub const DEFAULT_PUPPET_CRL_VALIDITY: Duration = Duration::from_secs(90 * 86_400);
+/// Default validity of the CRLs served to Puppet agents (and of the root CRL):
+/// five years, as Puppet Server's. A Puppet 7 agent downloads its CRL once and
+/// never refreshes it unless `crl_refresh_interval` is set, and an expired CRL
+/// breaks every connection it makes, its own refresh included.
+pub const DEFAULT_PUPPET_CRL_VALIDITY: Duration = Duration::from_secs(5 * 365 * 86_400);
 /// How often the background task looks at the store for changes.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -118,7 +121,7 @@ impl CrlSet {
 /// Where the root CRL comes from.
 enum RootCrlSource {
     /// `root.key` is online: sign a fresh one with every generation.
-    Key(RootSigner),
+    Key(Box<RootSigner>),
     /// The root key is offline: serve `root.crl` as found at start.
     File(SignedCrl),
     /// Neither: chain verifiers will miss the intermediate's status.
@@ -160,7 +163,7 @@ impl CrlService {
         }
         let root_crl_path = paths.dir.join("root.crl");
         let root = match RootSigner::load(paths)? {
-            Some(key) => RootCrlSource::Key(key),
+            Some(key) => RootCrlSource::Key(Box::new(key)),
             None => match read_root_crl(&root_crl_path, &signer.root_der) {
                 Ok(Some(crl)) => {
                     tracing::info!(
@@ -598,7 +601,7 @@ mod tests {
                 .next_update()
                 .unwrap()
                 .timestamp(),
-            NOW + 90 * 86_400
+            NOW + 5 * 365 * 86_400
         );
         let root_crl = parse(&set.root.as_ref().unwrap().der);
         root_crl.verify_signature(root.public_key()).unwrap();

@@ -305,20 +305,13 @@ impl Signer {
     /// belongs to the intermediate and the intermediate to the root.
     pub fn load(paths: &CaPaths, crl_url: Option<String>) -> Result<Signer> {
         let root_der = read_cert_der(&paths.root_cert)?;
-        let intermediate_der = read_cert_der(&paths.intermediate_cert)?;
-        let key = CaKey::load(&paths.intermediate_key)?;
+        let (intermediate_der, key) =
+            load_ca_pair(&paths.intermediate_cert, &paths.intermediate_key)?;
 
         let (_, int) = x509_parser::parse_x509_certificate(&intermediate_der)
             .map_err(|e| anyhow!("parsing {}: {e}", paths.intermediate_cert.display()))?;
         let (_, root) = x509_parser::parse_x509_certificate(&root_der)
             .map_err(|e| anyhow!("parsing {}: {e}", paths.root_cert.display()))?;
-        if int.public_key().raw != key.subject_public_key_info().as_slice() {
-            bail!(
-                "{} does not belong to {}",
-                paths.intermediate_key.display(),
-                paths.intermediate_cert.display()
-            );
-        }
         int.verify_signature(Some(root.public_key()))
             .map_err(|_| anyhow!("the intermediate is not signed by the root"))?;
         let intermediate_not_after = int.validity().not_after.timestamp();
@@ -436,17 +429,7 @@ impl RootSigner {
         if !paths.root_key.exists() {
             return Ok(None);
         }
-        let root_der = read_cert_der(&paths.root_cert)?;
-        let key = CaKey::load(&paths.root_key)?;
-        let (_, root) = x509_parser::parse_x509_certificate(&root_der)
-            .map_err(|e| anyhow!("parsing {}: {e}", paths.root_cert.display()))?;
-        if root.public_key().raw != key.subject_public_key_info().as_slice() {
-            bail!(
-                "{} does not belong to {}",
-                paths.root_key.display(),
-                paths.root_cert.display()
-            );
-        }
+        let (root_der, key) = load_ca_pair(&paths.root_cert, &paths.root_key)?;
         let issuer = Issuer::from_ca_cert_der(&root_der.clone().into(), key)
             .context("reading the root as an issuer")?;
         Ok(Some(RootSigner { issuer, root_der }))
@@ -456,6 +439,22 @@ impl RootSigner {
     pub fn sign_crl(&self, params: CertificateRevocationListParams) -> Result<Vec<u8>> {
         sign_crl_with(&self.issuer, &self.root_der, params)
     }
+}
+
+/// Reads a CA certificate (DER) and its key, checking that they belong together.
+fn load_ca_pair(cert_path: &Path, key_path: &Path) -> Result<(Vec<u8>, CaKey)> {
+    let der = read_cert_der(cert_path)?;
+    let key = CaKey::load(key_path)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| anyhow!("parsing {}: {e}", cert_path.display()))?;
+    if cert.public_key().raw != key.subject_public_key_info().as_slice() {
+        bail!(
+            "{} does not belong to {}",
+            key_path.display(),
+            cert_path.display()
+        );
+    }
+    Ok((der, key))
 }
 
 /// Signs `params` with `issuer`, whose certificate is `issuer_der`. The CRL's

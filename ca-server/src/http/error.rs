@@ -51,13 +51,7 @@ impl ApiError {
     /// No current CRL to serve (never signed, or expired while re-signing failed):
     /// an expired CRL is never served.
     pub fn crl_unavailable() -> ApiError {
-        let mut e = ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "crl_unavailable",
-            "no current CRL; retry later",
-        );
-        e.retry_after = Some(5);
-        e
+        ApiError::unavailable("crl_unavailable", "no current CRL; retry later")
     }
 
     /// A name in a Puppet URL with no certificate (or no valid name at all).
@@ -112,11 +106,15 @@ impl ApiError {
     }
 
     pub fn store_unavailable() -> ApiError {
-        let mut e = ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
+        ApiError::unavailable(
             "store_unavailable",
             "the certificate store is unavailable; retry later (nothing was consumed)",
-        );
+        )
+    }
+
+    /// 503 with `Retry-After: 5`.
+    fn unavailable(code: &'static str, message: &str) -> ApiError {
+        let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message);
         e.retry_after = Some(5);
         e
     }

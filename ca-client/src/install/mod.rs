@@ -368,11 +368,12 @@ fn pid_from_file(path: &Path) -> Result<Option<i32>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    let pid: i32 = text
-        .lines()
-        .next()
-        .unwrap_or("")
-        .trim()
+    // An empty pid file means not running (`nginx -t` leaves one behind).
+    let first = text.lines().next().unwrap_or("").trim();
+    if first.is_empty() {
+        return Ok(None);
+    }
+    let pid: i32 = first
         .parse()
         .with_context(|| format!("{} does not start with a pid", path.display()))?;
     Ok(sys::process_alive(pid).then_some(pid))

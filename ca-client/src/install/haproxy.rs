@@ -7,11 +7,10 @@
 
 use super::generation::GenFile;
 use super::material::{self, KeySet, Material};
-use super::probe::Probe;
-use super::{ClientAuth, InstallOptions, Service, gen_file, pid_from_file, read_text};
+use super::{ClientAuth, InstallOptions, Service, crl_file, gen_file, read_text};
 use crate::fsutil::{KEY_MODE, PUBLIC_MODE};
 use anyhow::Result;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use zeroize::Zeroizing;
 
@@ -62,9 +61,7 @@ impl Service for Haproxy {
             gen_file(COMBINED, combined.to_vec(), KEY_MODE),
             gen_file(CA, m.root_pem(), PUBLIC_MODE),
         ];
-        if let Some(crl) = &m.crl_pem {
-            files.push(gen_file(CRL, crl.clone(), PUBLIC_MODE));
-        }
+        files.extend(crl_file(m, CRL));
         files
     }
 
@@ -88,22 +85,11 @@ impl Service for Haproxy {
         Some(cmd)
     }
 
-    fn running_pid(&self, opts: &InstallOptions) -> Result<Option<i32>> {
-        pid_from_file(
-            opts.pid_file
-                .as_deref()
-                .unwrap_or(&PathBuf::from(DEFAULT_PID_FILE)),
-        )
+    fn default_pid_file(&self) -> &'static str {
+        DEFAULT_PID_FILE
     }
 
     fn reload_signal(&self) -> i32 {
         libc::SIGUSR2
-    }
-
-    fn probe(&self, opts: &InstallOptions) -> Result<Option<Probe>> {
-        Ok(opts.probe.clone().map(|addr| Probe {
-            addr,
-            postgres: false,
-        }))
     }
 }

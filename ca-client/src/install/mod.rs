@@ -149,12 +149,32 @@ pub trait Service {
     fn reread(&self, dir: &Path) -> Result<KeySet>;
     /// The default configuration check, if the service has one.
     fn check_command(&self, opts: &InstallOptions) -> Option<Command>;
+    /// The pid file used without `--pid-file`.
+    fn default_pid_file(&self) -> &'static str;
     /// The running service's main pid, if it runs.
-    fn running_pid(&self, opts: &InstallOptions) -> Result<Option<i32>>;
+    fn running_pid(&self, opts: &InstallOptions) -> Result<Option<i32>> {
+        pid_from_file(
+            opts.pid_file
+                .as_deref()
+                .unwrap_or(Path::new(self.default_pid_file())),
+        )
+    }
     /// The signal that makes the service re-read its files.
     fn reload_signal(&self) -> i32;
-    /// Where to confirm the served certificate after a reload.
-    fn probe(&self, opts: &InstallOptions) -> Result<Option<Probe>>;
+    /// Where to confirm the served certificate after a reload (`--probe`).
+    fn probe(&self, opts: &InstallOptions) -> Result<Option<Probe>> {
+        Ok(opts.probe.clone().map(|addr| Probe {
+            addr,
+            postgres: false,
+        }))
+    }
+}
+
+/// The CRL as a generation file, when the bootstrap directory has one.
+fn crl_file(m: &Material, name: &'static str) -> Option<GenFile> {
+    m.crl_pem
+        .as_ref()
+        .map(|crl| gen_file(name, crl.clone(), crate::fsutil::PUBLIC_MODE))
 }
 
 fn service(kind: ServiceKind) -> &'static dyn Service {
@@ -178,6 +198,9 @@ pub async fn install(opts: &InstallOptions) -> Result<InstallOutcome, InstallErr
     let m = Material::load(&opts.dir)
         .with_context(|| format!("the material in {} is not usable", opts.dir.display()))?;
     let current = current_path(&opts.dest)?;
+    // Pre-flight: a missing --pgdata or an unreadable pid file is a usage
+    // problem, found before anything is written.
+    svc.running_pid(opts)?;
     let dest = Dest::open(&opts.dest)?;
     let previous = dest.current()?;
 
@@ -409,4 +432,127 @@ fn reread_split(dir: &Path, key: &str, chain: &str, root: &str) -> Result<KeySet
         chain,
         root,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(service: ServiceKind) -> InstallOptions {
+        InstallOptions {
+            service,
+            dir: PathBuf::from("/nonexistent"),
+            dest: PathBuf::from("/etc/tls"),
+            owner: None,
+            reload: Reload::Never,
+            check: None,
+            config: None,
+            pid_file: None,
+            pgdata: None,
+            probe: None,
+            probe_timeout: Duration::from_secs(1),
+            client_auth: ClientAuth::Required,
+            bind: "127.0.0.1:8443".into(),
+        }
+    }
+
+    fn material(crl: bool) -> Material {
+        Material {
+            key_pem: Zeroizing::new("KEY".into()),
+            chain: vec![b"leaf".to_vec(), b"intermediate".to_vec()],
+            root: b"root".to_vec(),
+            crl_pem: crl.then(|| b"CRL".to_vec()),
+            leaf: LeafInfo {
+                hostname: "web.example.internal".into(),
+                serial: "01".into(),
+                not_after: String::new(),
+            },
+        }
+    }
+
+    /// Each service's snippet names the CRL (and the generation holds it)
+    /// exactly when the bootstrap directory has one.
+    #[test]
+    fn crl_directives_follow_the_crl_file() {
+        let cur = "/etc/tls/current";
+        for (kind, directive, file) in [
+            (
+                ServiceKind::Nginx,
+                "ssl_crl                 /etc/tls/current/crl.pem;",
+                "crl.pem",
+            ),
+            (
+                ServiceKind::Postgres,
+                "ssl_crl_file = '/etc/tls/current/root.crl'",
+                "root.crl",
+            ),
+            (
+                ServiceKind::Haproxy,
+                " crl-file /etc/tls/current/crl.pem",
+                "crl.pem",
+            ),
+        ] {
+            let svc = service(kind);
+            let opts = options(kind);
+            for crl in [false, true] {
+                let m = material(crl);
+                let snippet = svc.snippet(cur, &m, &opts);
+                assert_eq!(
+                    snippet.contains(directive),
+                    crl,
+                    "{kind:?} crl={crl}:\n{snippet}"
+                );
+                let names: Vec<&str> = svc.files(&m).iter().map(|f| f.name).collect();
+                assert_eq!(names.contains(&file), crl, "{kind:?} {names:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn client_auth_and_key_modes_per_service() {
+        let m = material(false);
+        let nginx = service(ServiceKind::Nginx).snippet("/d", &m, &options(ServiceKind::Nginx));
+        assert!(nginx.contains("ssl_verify_client       on;"), "{nginx}");
+        let haproxy =
+            service(ServiceKind::Haproxy).snippet("/d", &m, &options(ServiceKind::Haproxy));
+        assert!(
+            haproxy.contains(
+                "bind 127.0.0.1:8443 ssl crt /d/haproxy.pem ca-file /d/ca.pem verify required\n"
+            ),
+            "{haproxy}"
+        );
+        for kind in [
+            ServiceKind::Nginx,
+            ServiceKind::Postgres,
+            ServiceKind::Haproxy,
+        ] {
+            for f in service(kind).files(&m) {
+                let secret = f.contents.windows(3).any(|w| w == b"KEY");
+                let want = if secret {
+                    crate::fsutil::KEY_MODE
+                } else {
+                    crate::fsutil::PUBLIC_MODE
+                };
+                assert_eq!(f.mode, want, "{kind:?} {}", f.name);
+            }
+        }
+    }
+
+    #[test]
+    fn dest_paths_that_would_need_quoting_are_refused() {
+        assert_eq!(
+            current_path(Path::new("/etc/nginx/tls")).unwrap(),
+            "/etc/nginx/tls/current"
+        );
+        for bad in [
+            "/etc/my tls",
+            "/etc/a;b",
+            "/etc/'x'",
+            "/etc/a\"b",
+            "/etc/$x",
+            "/etc/a{b}",
+        ] {
+            assert!(current_path(Path::new(bad)).is_err(), "{bad}");
+        }
+    }
 }

@@ -7,12 +7,11 @@
 
 use super::generation::GenFile;
 use super::material::{KeySet, Material};
-use super::probe::Probe;
-use super::{ClientAuth, InstallOptions, Service, gen_file, pid_from_file, reread_split};
+use super::{ClientAuth, InstallOptions, Service, crl_file, gen_file, reread_split};
 use crate::fsutil::{KEY_MODE, PUBLIC_MODE};
 use anyhow::Result;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 pub const CHAIN: &str = "fullchain.pem";
@@ -66,9 +65,7 @@ impl Service for Nginx {
             gen_file(KEY, m.key_pem.as_bytes(), KEY_MODE),
             gen_file(CA, m.root_pem(), PUBLIC_MODE),
         ];
-        if let Some(crl) = &m.crl_pem {
-            files.push(gen_file(CRL, crl.clone(), PUBLIC_MODE));
-        }
+        files.extend(crl_file(m, CRL));
         files
     }
 
@@ -85,22 +82,11 @@ impl Service for Nginx {
         Some(cmd)
     }
 
-    fn running_pid(&self, opts: &InstallOptions) -> Result<Option<i32>> {
-        pid_from_file(
-            opts.pid_file
-                .as_deref()
-                .unwrap_or(&PathBuf::from(DEFAULT_PID_FILE)),
-        )
+    fn default_pid_file(&self) -> &'static str {
+        DEFAULT_PID_FILE
     }
 
     fn reload_signal(&self) -> i32 {
         libc::SIGHUP
-    }
-
-    fn probe(&self, opts: &InstallOptions) -> Result<Option<Probe>> {
-        Ok(opts.probe.clone().map(|addr| Probe {
-            addr,
-            postgres: false,
-        }))
     }
 }

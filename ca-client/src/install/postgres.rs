@@ -15,7 +15,7 @@
 use super::generation::GenFile;
 use super::material::{KeySet, Material};
 use super::probe::Probe;
-use super::{InstallOptions, Reload, Service, gen_file, pid_from_file, reread_split};
+use super::{InstallOptions, Reload, Service, crl_file, gen_file, pid_from_file, reread_split};
 use crate::fsutil::{KEY_MODE, PUBLIC_MODE};
 use anyhow::{Context, Result, bail};
 use std::path::Path;
@@ -75,9 +75,7 @@ impl Service for Postgres {
                 PUBLIC_MODE,
             ),
         ];
-        if let Some(crl) = &m.crl_pem {
-            files.push(gen_file(CRL, crl.clone(), PUBLIC_MODE));
-        }
+        files.extend(crl_file(m, CRL));
         files
     }
 
@@ -87,6 +85,10 @@ impl Service for Postgres {
 
     fn check_command(&self, _opts: &InstallOptions) -> Option<Command> {
         None
+    }
+
+    fn default_pid_file(&self) -> &'static str {
+        "postmaster.pid"
     }
 
     fn running_pid(&self, opts: &InstallOptions) -> Result<Option<i32>> {

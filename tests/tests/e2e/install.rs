@@ -38,6 +38,35 @@ fn bootstrap(ca: &mut CaServer, host: &str, work: &Path, label: &str) -> Host {
     }
 }
 
+/// A CA with a server host and a client host bootstrapped, and a second
+/// CA that issued a certificate for the same client name (the intruder).
+struct Fleet {
+    ca: CaServer,
+    work: tempfile::TempDir,
+    server: Host,
+    client: Host,
+    intruder: Host,
+}
+
+impl Fleet {
+    fn new(server_name: &str, client_name: &str) -> Fleet {
+        let mut ca = CaServer::start();
+        // Only its certificate is needed; the second CA stops after this.
+        let mut other_ca = CaServer::start();
+        let work = tempfile::tempdir().unwrap();
+        let server = bootstrap(&mut ca, server_name, work.path(), "server");
+        let client = bootstrap(&mut ca, client_name, work.path(), "client");
+        let intruder = bootstrap(&mut other_ca, client_name, work.path(), "intruder");
+        Fleet {
+            ca,
+            work,
+            server,
+            client,
+            intruder,
+        }
+    }
+}
+
 /// `ca-client install SERVICE --dir DIR --dest DEST` plus `args`.
 fn install(service: &str, host: &Host, dest: &Path, args: &[&str]) -> Command {
     let mut cmd = ca_client();
@@ -198,12 +227,14 @@ fn nginx_serves_the_installed_certificate_and_checks_client_certificates() {
     if !require_tool("nginx") || !require_tool("curl") || !require_tool("openssl") {
         return;
     }
-    let mut ca = CaServer::start();
-    let mut other_ca = CaServer::start();
-    let work = tempfile::tempdir().unwrap();
-    let web = bootstrap(&mut ca, WEB, work.path(), "web");
-    let client = bootstrap(&mut ca, CLIENT, work.path(), "client");
-    let intruder = bootstrap(&mut other_ca, CLIENT, work.path(), "intruder");
+    let Fleet {
+        ca: _ca,
+        work,
+        server: web,
+        client,
+        intruder,
+        ..
+    } = Fleet::new(WEB, CLIENT);
 
     let (open_port, mtls_port) = (free_port(), free_port());
     let dest = work.path().join("nginx/tls");
@@ -373,12 +404,14 @@ fn haproxy_serves_the_combined_pem_and_requires_our_client_certificates() {
     if !require_tool("haproxy") || !require_tool("curl") || !require_tool("openssl") {
         return;
     }
-    let mut ca = CaServer::start();
-    let mut other_ca = CaServer::start();
-    let work = tempfile::tempdir().unwrap();
-    let web = bootstrap(&mut ca, WEB, work.path(), "web");
-    let client = bootstrap(&mut ca, CLIENT, work.path(), "client");
-    let intruder = bootstrap(&mut other_ca, CLIENT, work.path(), "intruder");
+    let Fleet {
+        mut ca,
+        work,
+        server: web,
+        client,
+        intruder,
+        ..
+    } = Fleet::new(WEB, CLIENT);
 
     let port = free_port();
     let dest = work.path().join("haproxy/tls");
@@ -498,12 +531,14 @@ fn postgres_verify_full_client_certificates_reinstall_and_rollback() {
     const DB: &str = "db.example.internal";
     const APP: &str = "app.example.internal";
     let cluster = PgCluster::start();
-    let mut ca = CaServer::start();
-    let mut other_ca = CaServer::start();
-    let work = tempfile::tempdir().unwrap();
-    let db = bootstrap(&mut ca, DB, work.path(), "db");
-    let app = bootstrap(&mut ca, APP, work.path(), "app");
-    let intruder = bootstrap(&mut other_ca, APP, work.path(), "intruder");
+    let Fleet {
+        mut ca,
+        work,
+        server: db,
+        client: app,
+        intruder,
+        ..
+    } = Fleet::new(DB, APP);
 
     // DEST must be reachable by the server's user (the cluster's directory is).
     let dest = cluster.tmp.path().join("tls");

@@ -390,9 +390,17 @@ fn nginx_reinstall_switches_without_dropping_and_failed_installs_keep_the_previo
         second.serial
     );
 
-    // Once the configuration is fixed, the same material installs.
+    // Once the configuration is fixed, the same material installs; this
+    // time reloaded by an operator's command (`nginx -s reload`) instead of
+    // the signal, still confirmed by the probe.
     std::fs::write(&nginx.conf, conf).unwrap();
-    run_ok(&mut install("nginx", &fourth, &dest, &strs(&args)));
+    let reload = format!(
+        "{} -s reload -c {}",
+        ca_tests::services::program("nginx").display(),
+        nginx.conf.display()
+    );
+    let out = run_ok(install("nginx", &fourth, &dest, &strs(&args)).args(["--reload", &reload]));
+    assert!(out.contains("(reloaded, new certificate served)"), "{out}");
     assert_eq!(
         served_serial(port, WEB, &ca_pem, &[]).unwrap(),
         fourth.serial

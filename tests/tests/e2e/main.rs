@@ -4,6 +4,7 @@
 
 mod bootstrap;
 mod concurrency;
+mod install;
 mod rejections;
 mod retry;
 mod store_pg;

@@ -6,6 +6,7 @@
 pub mod curl;
 pub mod pg;
 pub mod puppet;
+pub mod services;
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};

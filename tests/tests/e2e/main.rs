@@ -5,6 +5,7 @@
 mod bootstrap;
 mod concurrency;
 mod crl;
+mod install;
 mod puppet;
 mod rejections;
 mod retry;

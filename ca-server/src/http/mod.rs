@@ -165,11 +165,7 @@ pub(crate) async fn issue(
     Ok(issued)
 }
 
-pub(crate) fn pem_response(
-    status: StatusCode,
-    body: String,
-    content_type: &'static str,
-) -> Response {
+fn pem_response(status: StatusCode, body: String, content_type: &'static str) -> Response {
     let mut resp = (status, body).into_response();
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));

@@ -15,6 +15,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 mod batch;
+mod crl;
+pub use crl::{RevocationMarker, RevokedEntry};
 
 /// Which engine a URL selects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,7 +4,9 @@
 
 mod bootstrap;
 mod concurrency;
+mod crl;
 mod install;
+mod puppet;
 mod rejections;
 mod retry;
 mod store_pg;

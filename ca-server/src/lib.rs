@@ -13,6 +13,9 @@ pub mod clock;
 pub mod crl;
 pub mod hardening;
 pub mod http;
+pub mod revocation;
 pub mod serve;
 pub mod server;
 pub mod store;
+#[cfg(test)]
+mod testing;

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 mod batch;
 mod crl;
-pub use crl::{RevocationMarker, RevokedEntry};
+pub use crl::{CrlPoll, CrlSnapshot, PublishedCrls, RevokedEntry};
 
 /// Which engine a URL selects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +112,10 @@ macro_rules! cert_columns {
          not_before, not_after, der, issued_at, revoked_at, revocation_reason, superseded_by"
     };
 }
+
+// Declared after `cert_columns!`, which it uses.
+mod revoke;
+pub use revoke::{Revocation, RevokeOutcome};
 
 /// Handle on the database; cheap to clone.
 #[derive(Debug, Clone)]

@@ -232,6 +232,6 @@ impl Authority {
 }
 
 /// Untrusted text bound for the audit table: at most 256 characters.
-fn clip(s: &str) -> String {
+pub(crate) fn clip(s: &str) -> String {
     s.chars().take(256).collect()
 }

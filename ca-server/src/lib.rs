@@ -9,10 +9,12 @@
 pub mod authority;
 pub mod ca;
 pub mod cli;
+pub mod client_verifier;
 pub mod clock;
 pub mod crl;
 pub mod hardening;
 pub mod http;
+pub mod renewal;
 pub mod revocation;
 pub mod serve;
 pub mod server;

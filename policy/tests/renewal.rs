@@ -67,7 +67,8 @@ fn a_valid_certificate_renews_with_its_own_names() {
 #[test]
 fn revoked_superseded_expired_and_early_certificates_cannot_renew() {
     let csr = csr_for(HOST, &[HOST.into()]);
-    let cases: [(fn(&mut RenewalGrant), i64, RenewalRefusal); 5] = [
+    type Change = fn(&mut RenewalGrant);
+    let cases: [(Change, i64, RenewalRefusal); 5] = [
         (|g| g.revoked = true, NOW, RenewalRefusal::Revoked),
         (|g| g.superseded = true, NOW, RenewalRefusal::Superseded),
         (|_| {}, NOW + 86_400, RenewalRefusal::Expired),

@@ -4,8 +4,9 @@
 pub mod crl;
 pub mod error;
 pub mod puppet;
+pub mod renew;
 
-use crate::authority::{Authority, Issued};
+use crate::authority::{Authority, Issued, SignError};
 use crate::crl::CrlService;
 use crate::store::Store;
 use axum::Router;
@@ -18,6 +19,7 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use error::{ApiError, Outcome};
 use http_body_util::BodyExt;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,7 +31,9 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 #[derive(Debug, Clone)]
 pub struct Peer {
     pub addr: SocketAddr,
-    /// The client certificate chain, if the client presented one that verified.
+    /// The client certificate chain, if the client presented one that chains
+    /// to our root. It may be expired or revoked: handlers authenticate it
+    /// against the store (`Authority::authenticate_client`).
     pub client_chain: Option<Arc<Vec<rustls::pki_types::CertificateDer<'static>>>>,
 }
 
@@ -50,6 +54,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .merge(crl::routes())
         .merge(puppet::routes())
+        .merge(renew::routes())
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(middleware::from_fn(log_request))
@@ -108,7 +113,11 @@ async fn sign(
     req: Request,
 ) -> Result<Response, ApiError> {
     let issued = issue(&state, &headers, req, None).await?;
+    Ok(issued_response(issued))
+}
 
+/// 201 (200 for an idempotent retry) with the chain PEM and `X-Certificate-Serial`.
+pub(crate) fn issued_response(issued: Issued) -> Response {
     let status = if issued.replayed {
         StatusCode::OK
     } else {
@@ -128,7 +137,7 @@ async fn sign(
     } else {
         "issued"
     }));
-    Ok(resp)
+    resp
 }
 
 /// Reads a CSR body and runs the issuance flow for it (with the CN bound to
@@ -148,20 +157,23 @@ pub(crate) async fn issue(
     check_content_type(headers)?;
     let body = read_body(req.into_body(), headers, BODY_LIMIT, state.body_timeout).await?;
 
-    // Run the flow on its own task: a client that disconnects mid-request
-    // must not cancel it between signing and recording.
     let authority = state.authority.clone();
-    let issued =
-        tokio::spawn(async move { authority.sign(&body, certname.as_deref(), &peer).await })
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "signing task failed");
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "internal error",
-                )
-            })??;
+    detached(async move { authority.sign(&body, certname.as_deref(), &peer).await }).await
+}
+
+/// Runs a signing flow on its own task: a client that disconnects
+/// mid-request must not cancel it between signing and recording.
+pub(crate) async fn detached(
+    flow: impl Future<Output = Result<Issued, SignError>> + Send + 'static,
+) -> Result<Issued, ApiError> {
+    let issued = tokio::spawn(flow).await.map_err(|e| {
+        tracing::error!(error = %e, "signing task failed");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
+    })??;
     Ok(issued)
 }
 
@@ -174,7 +186,7 @@ fn pem_response(status: StatusCode, body: String, content_type: &'static str) ->
 
 /// CSRs come as PEM (text/plain, application/x-pem-file, application/pkcs10)
 /// or DER (application/pkcs10, application/octet-stream); no type means sniff.
-fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(ct) = headers.get(header::CONTENT_TYPE) else {
         return Ok(());
     };

@@ -4,8 +4,11 @@
 #![deny(unsafe_code)]
 
 pub mod bootstrap;
+pub mod crl;
+pub mod failure;
 pub mod fsutil;
 pub mod https;
 pub mod install;
 pub mod keys;
+pub mod renew;
 pub mod trust;

@@ -78,7 +78,8 @@ pub fn server_config(
             .add(root.clone())
             .context("adding a client trust anchor")?;
     }
-    let verifier = crate::client_verifier::ClientVerifier::build(Arc::new(roots), provider.clone())?;
+    let verifier =
+        crate::client_verifier::ClientVerifier::build(Arc::new(roots), provider.clone())?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)

@@ -19,6 +19,7 @@ pub mod material;
 pub mod nginx;
 pub mod postgres;
 pub mod probe;
+pub mod record;
 pub mod sys;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -32,7 +33,9 @@ use sys::Owner;
 use zeroize::Zeroizing;
 
 /// The services `install` knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ServiceKind {
     Nginx,
@@ -40,8 +43,17 @@ pub enum ServiceKind {
     Haproxy,
 }
 
+impl ServiceKind {
+    pub fn name(self) -> &'static str {
+        service(self).name()
+    }
+}
+
 /// Client-certificate verification written into the nginx and HAProxy snippets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum ClientAuth {
     /// No client certificates (the snippet still names the CA file).
     None,
@@ -238,6 +250,10 @@ pub async fn install(opts: &InstallOptions) -> Result<InstallOutcome, InstallErr
         Ok((reload, confirmed)) => {
             if let Err(e) = dest.prune(&generation) {
                 tracing::warn!(error = %format!("{e:#}"), "could not remove old generations");
+            }
+            // Remembered for `renew --install` and `crl --install`.
+            if let Err(e) = record::remember(opts) {
+                tracing::warn!(error = %format!("{e:#}"), "could not record the install");
             }
             Ok(InstallOutcome {
                 service: opts.service,

@@ -4,9 +4,11 @@
 //! and is cleaned up on drop.
 
 pub mod curl;
+pub mod fleet;
 pub mod pg;
 pub mod puppet;
 pub mod services;
+pub mod trio;
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};

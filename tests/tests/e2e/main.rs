@@ -8,5 +8,7 @@ mod crl;
 mod install;
 mod puppet;
 mod rejections;
+mod renewal;
 mod retry;
+mod revocation;
 mod store_pg;

@@ -12,3 +12,4 @@ mod renewal;
 mod retry;
 mod revocation;
 mod store_pg;
+mod systemd_examples;

@@ -1,6 +1,6 @@
 //! Host side of the CA: key generation, the PSK bootstrap with a pinned root,
-//! an HTTPS client, the service installers (nginx, PostgreSQL, HAProxy), and
-//! the file utilities the server shares.
+//! renewal over mTLS, CRL refresh, an HTTPS client, the service installers
+//! (nginx, PostgreSQL, HAProxy), and the file utilities the server shares.
 #![deny(unsafe_code)]
 
 pub mod bootstrap;

@@ -2,8 +2,10 @@
 //! one-time pre-shared keys.
 //!
 //! Crate map: [`ca`] holds the CA material and builds certificates; [`crl`]
-//! signs and caches the revocation lists; [`store`] is the database; [`authority`] is the issuance flow; [`http`] and
-//! [`server`] are the HTTPS edge; [`cli`] and [`serve`] are the binary.
+//! signs, publishes and caches the revocation lists; [`store`] is the database; [`authority`] is the issuance flow
+//! and [`renewal`] the same for a host renewing with its certificate;
+//! [`revocation`] is the admin's `revoke`; [`http`], [`server`] and
+//! [`client_verifier`] are the HTTPS edge; [`cli`] and [`serve`] are the binary.
 #![deny(unsafe_code)]
 
 pub mod authority;

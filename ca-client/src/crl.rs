@@ -25,6 +25,7 @@ use crate::https::HttpsClient;
 use crate::install::ServiceKind;
 use crate::install::material::{CRL_FILE, certs_from_pem};
 use crate::install::record::{self, Reinstalled};
+use crate::timefmt::{rfc3339, unix_now};
 use crate::trust;
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
@@ -368,23 +369,6 @@ async fn fetch(url: &str, ca: &CaCerts, opts: &CrlOptions) -> Result<(Vec<u8>, V
     }
     let root = out.pop().expect("two replies");
     Ok((out.pop().expect("two replies"), root))
-}
-
-pub(crate) fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-pub(crate) fn rfc3339(t: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(t)
-        .ok()
-        .and_then(|d| {
-            d.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| t.to_string())
 }
 
 #[cfg(test)]

@@ -11,4 +11,5 @@ pub mod https;
 pub mod install;
 pub mod keys;
 pub mod renew;
+pub mod timefmt;
 pub mod trust;

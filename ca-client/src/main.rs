@@ -5,7 +5,8 @@
 use ca_client::bootstrap::{self, BootstrapOptions, exit};
 use ca_client::crl::{self, CrlOptions, Source};
 use ca_client::failure::Failure;
-use ca_client::install::{self, ClientAuth, InstallOptions, Reload, ServiceKind};
+use ca_client::install::record::{self, InstallFlags};
+use ca_client::install::{self, InstallOptions, ServiceKind};
 use ca_client::keys::KeyType;
 use ca_client::renew::{self, RenewOptions, RenewOutcome, Threshold};
 use clap::{Parser, Subcommand};
@@ -68,6 +69,13 @@ struct RenewArgs {
     /// Run this command (sh -c) after renewing, e.g. to reload a service that reads --dir.
     #[arg(long, value_name = "CMD")]
     reload: Option<String>,
+    #[command(flatten)]
+    request: RequestArgs,
+}
+
+/// How long `renew` and `crl` keep trying, and what they print.
+#[derive(Debug, clap::Args)]
+struct RequestArgs {
     /// Keep retrying for this long before giving up.
     #[arg(long, default_value = "2m")]
     retry_for: humantime::Duration,
@@ -94,15 +102,8 @@ struct CrlArgs {
     /// Re-install for these services when their CRL differs (as recorded by `ca-client install`).
     #[arg(long, value_enum, value_delimiter = ',')]
     install: Vec<ServiceKind>,
-    /// Keep retrying for this long before giving up.
-    #[arg(long, default_value = "1m")]
-    retry_for: humantime::Duration,
-    /// Timeout of each request.
-    #[arg(long, default_value = "30s")]
-    timeout: humantime::Duration,
-    /// Print the outcome as JSON.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    request: RequestArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -114,45 +115,8 @@ struct InstallArgs {
     /// The bootstrap directory (key.pem, cert.pem, chain.pem, ca.pem, crl.pem).
     #[arg(long)]
     dir: PathBuf,
-    /// Directory for the service's files; they live under DEST/current/.
-    #[arg(long)]
-    dest: PathBuf,
-    /// Owner of the installed files, USER[:GROUP] (e.g. postgres).
-    #[arg(long)]
-    owner: Option<String>,
-    /// Reload with this command (sh -c) instead of signalling the pid from the pid file.
-    #[arg(long, value_name = "CMD", conflicts_with = "no_reload")]
-    reload: Option<String>,
-    /// Do not reload the service (for PostgreSQL: nor confirm).
-    #[arg(long)]
-    no_reload: bool,
-    /// Run this configuration check (sh -c) instead of `nginx -t` / `haproxy -c -f CONFIG`.
-    #[arg(long, value_name = "CMD")]
-    check: Option<String>,
-    /// Main configuration file for the default check: nginx.conf (default:
-    /// nginx's own), haproxy.cfg (default /etc/haproxy/haproxy.cfg).
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// nginx/HAProxy pid file: the service is running if it names a live
-    /// process, which gets the reload signal (default /run/nginx.pid, /run/haproxy.pid).
-    #[arg(long, value_name = "FILE")]
-    pid_file: Option<PathBuf>,
-    /// PostgreSQL data directory (its postmaster.pid gives the pid, port and address).
-    #[arg(long, value_name = "DIR")]
-    pgdata: Option<PathBuf>,
-    /// After reloading, connect here (HOST:PORT) until the new certificate is
-    /// served; roll back if it is not. PostgreSQL: default from postmaster.pid.
-    #[arg(long, value_name = "HOST:PORT")]
-    probe: Option<String>,
-    /// How long to wait for the service to serve the new certificate.
-    #[arg(long, default_value = "30s")]
-    probe_timeout: humantime::Duration,
-    /// Client-certificate verification in the nginx/HAProxy snippet.
-    #[arg(long, value_enum, default_value = "none")]
-    client_auth: ClientAuth,
-    /// HAProxy: the bind address in the snippet.
-    #[arg(long, default_value = ":443")]
-    bind: String,
+    #[command(flatten)]
+    flags: InstallFlags,
     /// Print the configuration snippet and exit; install nothing.
     #[arg(long)]
     print_config: bool,
@@ -163,29 +127,7 @@ struct InstallArgs {
 
 impl InstallArgs {
     fn options(&self) -> anyhow::Result<InstallOptions> {
-        Ok(InstallOptions {
-            service: self.service,
-            dir: self.dir.clone(),
-            dest: self.dest.clone(),
-            owner: self
-                .owner
-                .as_deref()
-                .map(install::sys::Owner::parse)
-                .transpose()?,
-            reload: match (&self.reload, self.no_reload) {
-                (_, true) => Reload::Never,
-                (Some(cmd), false) => Reload::Command(cmd.clone()),
-                (None, false) => Reload::Signal,
-            },
-            check: self.check.clone(),
-            config: self.config.clone(),
-            pid_file: self.pid_file.clone(),
-            pgdata: self.pgdata.clone(),
-            probe: self.probe.clone(),
-            probe_timeout: self.probe_timeout.into(),
-            client_auth: self.client_auth,
-            bind: self.bind.clone(),
-        })
+        self.flags.options(self.service, &self.dir)
     }
 }
 
@@ -323,14 +265,14 @@ async fn run_renew(args: &RenewArgs) -> i32 {
         key_type: args.key_type.unwrap_or(KeyType::P256),
         install: args.install.clone(),
         reload: args.reload.clone(),
-        deadline: args.retry_for.into(),
-        request_timeout: args.timeout.into(),
+        deadline: args.request.retry_for.into(),
+        request_timeout: args.request.timeout.into(),
     };
     let out = match renew::renew(&opts).await {
         Ok(out) => out,
         Err(e) => return failed(e),
     };
-    if args.json {
+    if args.request.json {
         println!("{}", serde_json::to_string(&out).expect("serialisable"));
         return exit::OK;
     }
@@ -363,12 +305,7 @@ async fn run_renew(args: &RenewArgs) -> i32 {
                 if reloaded { " reload ran" } else { "" }
             );
             for s in services {
-                println!(
-                    "  {} at {}: {}",
-                    s.service.name(),
-                    s.dest.display(),
-                    s.outcome
-                );
+                println!("  {s}");
             }
         }
     }
@@ -385,14 +322,14 @@ async fn run_crl(args: &CrlArgs) -> i32 {
         source,
         dir: args.dir.clone(),
         install: args.install.clone(),
-        deadline: args.retry_for.into(),
-        request_timeout: args.timeout.into(),
+        deadline: args.request.retry_for.into(),
+        request_timeout: args.request.timeout.into(),
     };
     let out = match crl::refresh(&opts).await {
         Ok(out) => out,
         Err(e) => return failed(e),
     };
-    if args.json {
+    if args.request.json {
         println!("{}", serde_json::to_string(&out).expect("serialisable"));
         return exit::OK;
     }
@@ -413,12 +350,7 @@ async fn run_crl(args: &CrlArgs) -> i32 {
         }
     );
     for s in out.services {
-        println!(
-            "  {} at {}: {}",
-            s.service.name(),
-            s.dest.display(),
-            s.outcome
-        );
+        println!("  {s}");
     }
     exit::OK
 }
@@ -445,6 +377,10 @@ async fn run_install(args: &InstallArgs) -> i32 {
     }
     match install::install(&opts).await {
         Ok(out) => {
+            // Remembered for `renew --install` and `crl --install`.
+            if let Err(e) = record::remember(args.service, &args.dir, &args.flags) {
+                tracing::warn!(error = %format!("{e:#}"), "could not record the install");
+            }
             if args.json {
                 println!("{}", serde_json::to_string(&out).expect("serialisable"));
             } else {

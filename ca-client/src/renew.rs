@@ -19,14 +19,15 @@
 use crate::bootstrap::{
     self, BootstrapError, CERT_FILE, CHAIN_FILE, KEY_FILE, PENDING_KEY_FILE, exit,
 };
-use crate::crl::{CaCerts, rfc3339, unix_now};
+use crate::crl::CaCerts;
 use crate::failure::Failure;
 use crate::fsutil::{self, KEY_MODE};
 use crate::https::HttpsClient;
 use crate::install::ServiceKind;
-use crate::install::material::certs_from_pem;
+use crate::install::material::{certs_from_pem, subject_cn};
 use crate::install::record::{self, Reinstalled};
 use crate::keys::{HostKey, KeyType};
+use crate::timefmt::{rfc3339, unix_now};
 use crate::trust::{self, PinnedCa};
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
@@ -296,13 +297,7 @@ fn load_current(dir: &Path) -> Result<Current> {
         if leaf.public_key().raw != key.spki_der().as_slice() {
             bail!("{KEY_FILE} is not the key of the certificate in {CHAIN_FILE}");
         }
-        let hostname = leaf
-            .subject()
-            .iter_common_name()
-            .next()
-            .and_then(|cn| cn.as_str().ok())
-            .context("the certificate has no subject CN")?
-            .to_owned();
+        let hostname = subject_cn(&leaf)?;
         (
             hostname,
             hex::encode(leaf.raw_serial()),

@@ -4,11 +4,11 @@
 //! A certificate leaves this module only after its row is committed, so
 //! nothing is ever handed out that the store does not know about.
 
-use crate::ca::{LeafRequest, Signer};
+use crate::ca::{LeafRequest, SignedLeaf, Signer};
 use crate::clock::Clock;
 use crate::store::{AuditEvent, Issuance, Store, StoreError};
 use policy::csr::Csr;
-use policy::{Decision, PskFailure, Rejection};
+use policy::{Decision, Profile, PskFailure, Rejection};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -98,16 +98,7 @@ impl Authority {
             .hash();
 
         // 3. Sign (CPU only; discarded unless the record below commits).
-        let leaf = self
-            .signer
-            .sign_leaf(&LeafRequest {
-                profile: &profile,
-                key: csr.key,
-                spki_der: &csr.spki_der,
-                now,
-                validity: self.validity,
-            })
-            .map_err(SignError::Signer)?;
+        let leaf = self.sign_profile(&profile, &csr, now)?;
 
         // 4. Record: spend the PSK and store the certificate atomically.
         let mut record = leaf.to_record(&host, "host", &csr.spki_der, now);
@@ -147,6 +138,25 @@ impl Authority {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Signs the certificate policy decided for `csr`: the one step every
+    /// route to the signer shares (its public key is all the CSR gives).
+    pub(crate) fn sign_profile(
+        &self,
+        profile: &Profile,
+        csr: &Csr,
+        now: i64,
+    ) -> Result<SignedLeaf, SignError> {
+        self.signer
+            .sign_leaf(&LeafRequest {
+                profile,
+                key: csr.key,
+                spki_der: &csr.spki_der,
+                now,
+                validity: self.validity,
+            })
+            .map_err(SignError::Signer)
     }
 
     /// A PSK that did not authenticate: either the idempotent retry of a

@@ -301,13 +301,7 @@ fn format_audit(a: &AuditEvent) -> String {
 
 /// Unix seconds as RFC 3339 UTC.
 pub fn rfc3339(t: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(t)
-        .ok()
-        .and_then(|d| {
-            d.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| t.to_string())
+    ca_client::timefmt::rfc3339(t)
 }
 
 async fn psk(

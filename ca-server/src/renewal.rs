@@ -14,7 +14,6 @@
 //! certificate with the same new key gets the certificate already issued.
 
 use crate::authority::{Authority, Issued, SignError, clip};
-use crate::ca::LeafRequest;
 use crate::store::{AuditEvent, CertRecord, StoreError};
 use policy::csr::Csr;
 use policy::{AllowedName, Decision, Rejection, RenewalGrant, RenewalRefusal};
@@ -105,16 +104,7 @@ impl Authority {
         };
 
         // Sign (CPU only; discarded unless the record below commits).
-        let leaf = self
-            .signer
-            .sign_leaf(&LeafRequest {
-                profile: &profile,
-                key: csr.key,
-                spki_der: &csr.spki_der,
-                now,
-                validity: self.validity,
-            })
-            .map_err(SignError::Signer)?;
+        let leaf = self.sign_profile(&profile, &csr, now)?;
         let record = leaf.to_record(&profile.hostname, "host", &csr.spki_der, now);
         let audit = AuditEvent {
             at: now,
@@ -264,6 +254,7 @@ fn names_of(der: &[u8]) -> Result<Vec<AllowedName>, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ca::LeafRequest;
     use crate::testing::{NOW, fixture};
     use ca_client::keys::{HostKey, KeyType};
     use policy::{KeyKind, Profile};

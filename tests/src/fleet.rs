@@ -33,6 +33,13 @@ pub fn bootstrap(ca: &mut CaServer, host: &str, work: &Path, label: &str) -> Hos
     }
 }
 
+/// `ca-client VERB --server URL --dir DIR` (`renew`, `crl`) for `ca`'s URL.
+pub fn ca_client_verb(verb: &str, ca: &CaServer, dir: &Path) -> Command {
+    let mut cmd = ca_client();
+    cmd.args([verb, "--server", &ca.url, "--dir"]).arg(dir);
+    cmd
+}
+
 /// `ca-client install SERVICE --dir DIR --dest DEST` plus `args`.
 pub fn install(service: &str, host: &Host, dest: &Path, args: &[&str]) -> Command {
     let mut cmd = ca_client();

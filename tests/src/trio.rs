@@ -28,6 +28,14 @@ pub struct Trio {
 }
 
 impl Trio {
+    /// Whether every tool the trio needs is installed (see `require_tool`).
+    pub fn tools_present() -> bool {
+        ["nginx", "haproxy", "curl", "openssl", "psql"]
+            .iter()
+            .all(|t| crate::require_tool(t))
+            && crate::pg::require_postgres()
+    }
+
     /// Installs `web`'s material for nginx and HAProxy and `db`'s for
     /// PostgreSQL (each records its install in the host directory, for
     /// `--install` later), starts them, and creates a login role per name
@@ -137,24 +145,19 @@ impl Trio {
     /// `Ok` if nginx answers 200 to `client`'s certificate (it answers 400
     /// to a refused certificate), else what it did.
     pub fn nginx_lets_in(&self, client: &Host) -> Result<(), String> {
-        let (code, status, err) = curl(
-            &self.web_name,
-            self.nginx_port,
-            &Trio::ca_file(&self.web),
-            &strs(&client_cert_args(client)),
-        );
-        match (code, status.as_str()) {
-            (0, "200") => Ok(()),
-            _ => Err(format!("curl exit {code}, HTTP {status}: {err}")),
-        }
+        self.curl_lets_in(self.nginx_port, client)
     }
 
     /// `Ok` if HAProxy answers 200 to `client`'s certificate (it fails the
     /// handshake for a refused one).
     pub fn haproxy_lets_in(&self, client: &Host) -> Result<(), String> {
+        self.curl_lets_in(self.haproxy_port, client)
+    }
+
+    fn curl_lets_in(&self, port: u16, client: &Host) -> Result<(), String> {
         let (code, status, err) = curl(
             &self.web_name,
-            self.haproxy_port,
+            port,
             &Trio::ca_file(&self.web),
             &strs(&client_cert_args(client)),
         );

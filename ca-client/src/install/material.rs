@@ -74,9 +74,9 @@ impl Material {
         let crl_pem = if crl_path.exists() {
             let pem = read(CRL_FILE)?;
             let ca = CaCerts::new(root.clone(), &chain)?;
-            CrlBundle::from_pem(&pem, &ca, crate::crl::unix_now(), false).with_context(|| {
-                format!("{CRL_FILE} is not usable (run `ca-client crl` to fetch a current one)")
-            })?;
+            CrlBundle::from_pem(&pem, &ca, crate::timefmt::unix_now(), false).with_context(
+                || format!("{CRL_FILE} is not usable (run `ca-client crl` to fetch a current one)"),
+            )?;
             Some(pem)
         } else {
             None
@@ -147,6 +147,17 @@ pub fn key_from_pem(text: &str) -> Result<Zeroizing<String>> {
     ))))
 }
 
+/// A certificate's subject CN: the host's name.
+pub fn subject_cn(cert: &x509_parser::certificate::X509Certificate<'_>) -> Result<String> {
+    Ok(cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .context("the certificate has no subject CN")?
+        .to_owned())
+}
+
 /// Checks one set: the key is the leaf's, and leaf + intermediates chain to
 /// `root` for the leaf's own name, now, as a TLS server certificate.
 pub fn check_set(key_pem: &str, chain: &[Vec<u8>], root: &[u8]) -> Result<LeafInfo> {
@@ -160,13 +171,7 @@ pub fn check_set(key_pem: &str, chain: &[Vec<u8>], root: &[u8]) -> Result<LeafIn
             hex::encode(leaf.raw_serial())
         );
     }
-    let hostname = leaf
-        .subject()
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
-        .context("the certificate has no subject CN")?
-        .to_owned();
+    let hostname = subject_cn(&leaf)?;
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(CertificateDer::from(root.to_vec()))

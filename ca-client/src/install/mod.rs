@@ -75,6 +75,17 @@ pub enum Reload {
     Never,
 }
 
+impl Reload {
+    /// From the `--reload CMD` and `--no-reload` flags.
+    pub fn from_flags(command: Option<&str>, never: bool) -> Reload {
+        match (command, never) {
+            (_, true) => Reload::Never,
+            (Some(cmd), false) => Reload::Command(cmd.to_owned()),
+            (None, false) => Reload::Signal,
+        }
+    }
+}
+
 /// Inputs of an install.
 #[derive(Debug, Clone)]
 pub struct InstallOptions {
@@ -250,10 +261,6 @@ pub async fn install(opts: &InstallOptions) -> Result<InstallOutcome, InstallErr
         Ok((reload, confirmed)) => {
             if let Err(e) = dest.prune(&generation) {
                 tracing::warn!(error = %format!("{e:#}"), "could not remove old generations");
-            }
-            // Remembered for `renew --install` and `crl --install`.
-            if let Err(e) = record::remember(opts) {
-                tracing::warn!(error = %format!("{e:#}"), "could not record the install");
             }
             Ok(InstallOutcome {
                 service: opts.service,

@@ -16,60 +16,61 @@ use crate::install::material::CRL_FILE;
 use anyhow::{Context, Result, anyhow, bail};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 /// The record's file name in the bootstrap directory.
 pub const RECORD_FILE: &str = "installs.json";
 
-/// One install, as its flags were given.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct InstallRecord {
-    pub service: ServiceKind,
-    /// Absolute.
+/// The flags of `ca-client install` besides the service and `--dir`: what
+/// is recorded, and turned into [`InstallOptions`] now or on a later redo.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args, serde::Serialize, serde::Deserialize)]
+pub struct InstallFlags {
+    /// Directory for the service's files; they live under DEST/current/.
+    #[arg(long)]
     pub dest: PathBuf,
-    /// `uid:gid`, resolved when the install ran.
+    /// Owner of the installed files, USER[:GROUP] (e.g. postgres).
+    #[arg(long)]
     pub owner: Option<String>,
-    /// `--reload CMD`.
+    /// Reload with this command (sh -c) instead of signalling the pid from the pid file.
+    #[arg(long, value_name = "CMD", conflicts_with = "no_reload")]
     pub reload: Option<String>,
+    /// Do not reload the service (for PostgreSQL: nor confirm).
+    #[arg(long)]
     pub no_reload: bool,
+    /// Run this configuration check (sh -c) instead of `nginx -t` / `haproxy -c -f CONFIG`.
+    #[arg(long, value_name = "CMD")]
     pub check: Option<String>,
+    /// Main configuration file for the default check: nginx.conf (default:
+    /// nginx's own), haproxy.cfg (default /etc/haproxy/haproxy.cfg).
+    #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// nginx/HAProxy pid file: the service is running if it names a live
+    /// process, which gets the reload signal (default /run/nginx.pid, /run/haproxy.pid).
+    #[arg(long, value_name = "FILE")]
     pub pid_file: Option<PathBuf>,
+    /// PostgreSQL data directory (its postmaster.pid gives the pid, port and address).
+    #[arg(long, value_name = "DIR")]
     pub pgdata: Option<PathBuf>,
+    /// After reloading, connect here (HOST:PORT) until the new certificate is
+    /// served; roll back if it is not. PostgreSQL: default from postmaster.pid.
+    #[arg(long, value_name = "HOST:PORT")]
     pub probe: Option<String>,
-    pub probe_timeout_secs: u64,
+    /// How long to wait for the service to serve the new certificate.
+    #[arg(long, default_value = "30s")]
+    #[serde(with = "as_text")]
+    pub probe_timeout: humantime::Duration,
+    /// Client-certificate verification in the nginx/HAProxy snippet.
+    #[arg(long, value_enum, default_value = "none")]
     pub client_auth: ClientAuth,
+    /// HAProxy: the bind address in the snippet.
+    #[arg(long, default_value = ":443")]
     pub bind: String,
 }
 
-impl InstallRecord {
-    fn of(opts: &InstallOptions) -> Result<InstallRecord> {
-        let (reload, no_reload) = match &opts.reload {
-            Reload::Signal => (None, false),
-            Reload::Command(cmd) => (Some(cmd.clone()), false),
-            Reload::Never => (None, true),
-        };
-        Ok(InstallRecord {
-            service: opts.service,
-            dest: std::path::absolute(&opts.dest)?,
-            owner: opts.owner.map(|o| format!("{}:{}", o.uid, o.gid)),
-            reload,
-            no_reload,
-            check: opts.check.clone(),
-            config: opts.config.clone(),
-            pid_file: opts.pid_file.clone(),
-            pgdata: opts.pgdata.clone(),
-            probe: opts.probe.clone(),
-            probe_timeout_secs: opts.probe_timeout.as_secs().max(1),
-            client_auth: opts.client_auth,
-            bind: opts.bind.clone(),
-        })
-    }
-
-    /// The install options to redo this install from `dir`.
-    pub fn options(&self, dir: &Path) -> Result<InstallOptions> {
+impl InstallFlags {
+    /// The options of an install of `service` from `dir`.
+    pub fn options(&self, service: ServiceKind, dir: &Path) -> Result<InstallOptions> {
         Ok(InstallOptions {
-            service: self.service,
+            service,
             dir: dir.to_path_buf(),
             dest: self.dest.clone(),
             owner: self
@@ -77,22 +78,42 @@ impl InstallRecord {
                 .as_deref()
                 .map(super::sys::Owner::parse)
                 .transpose()?,
-            reload: match (&self.reload, self.no_reload) {
-                (_, true) => Reload::Never,
-                (Some(cmd), false) => Reload::Command(cmd.clone()),
-                (None, false) => Reload::Signal,
-            },
+            reload: Reload::from_flags(self.reload.as_deref(), self.no_reload),
             check: self.check.clone(),
             config: self.config.clone(),
             pid_file: self.pid_file.clone(),
             pgdata: self.pgdata.clone(),
             probe: self.probe.clone(),
-            probe_timeout: Duration::from_secs(self.probe_timeout_secs),
+            probe_timeout: self.probe_timeout.into(),
             client_auth: self.client_auth,
             bind: self.bind.clone(),
         })
     }
+}
 
+/// A duration as humantime text in the record ("30s").
+mod as_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &humantime::Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&d.to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<humantime::Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// One install, as its flags were given.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct InstallRecord {
+    pub service: ServiceKind,
+    #[serde(flatten)]
+    pub flags: InstallFlags,
+}
+
+impl InstallRecord {
     /// The CRL file as the service reads it (under `DEST/current`).
     fn installed_crl(&self) -> PathBuf {
         let name = match self.service {
@@ -100,19 +121,21 @@ impl InstallRecord {
             ServiceKind::Haproxy => haproxy::CRL,
             ServiceKind::Postgres => postgres::CRL,
         };
-        self.dest.join(super::generation::CURRENT).join(name)
+        self.flags.dest.join(super::generation::CURRENT).join(name)
     }
 }
 
 /// Adds (or replaces, for the same service and destination) the record of
-/// a successful install.
-pub fn remember(opts: &InstallOptions) -> Result<()> {
-    let record = InstallRecord::of(opts)?;
-    let mut records = recorded(&opts.dir)?;
-    records.retain(|r| !(r.service == record.service && r.dest == record.dest));
+/// a successful install of `service` from `dir` with `flags`.
+pub fn remember(service: ServiceKind, dir: &Path, flags: &InstallFlags) -> Result<()> {
+    let mut flags = flags.clone();
+    flags.dest = std::path::absolute(&flags.dest)?;
+    let record = InstallRecord { service, flags };
+    let mut records = recorded(dir)?;
+    records.retain(|r| !(r.service == record.service && r.flags.dest == record.flags.dest));
     records.push(record);
     let json = serde_json::to_vec_pretty(&records).expect("records serialise");
-    fsutil::write_atomic(&opts.dir.join(RECORD_FILE), &json, KEY_MODE)
+    fsutil::write_atomic(&dir.join(RECORD_FILE), &json, KEY_MODE)
 }
 
 /// The recorded installs of `dir` (none if there is no record).
@@ -151,6 +174,18 @@ pub struct Reinstalled {
     pub outcome: String,
 }
 
+impl std::fmt::Display for Reinstalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} at {}: {}",
+            self.service.name(),
+            self.dest.display(),
+            self.outcome
+        )
+    }
+}
+
 /// Redoes the recorded installs of `dir` for `services`. Every service is
 /// tried; if any fails, the failure (exit 7 when a service refused the new
 /// files and was rolled back) lists what happened to each.
@@ -184,19 +219,19 @@ pub async fn reinstall(
         if only == Only::CrlChanged && std::fs::read(record.installed_crl()).ok() == crl {
             done.push(Reinstalled {
                 service: record.service,
-                dest: record.dest.clone(),
+                dest: record.flags.dest.clone(),
                 outcome: "CRL already installed".into(),
             });
             continue;
         }
-        let result = match record.options(dir) {
+        let result = match record.flags.options(record.service, dir) {
             Ok(opts) => install(&opts).await.map_err(Failure::from),
             Err(e) => Err(Failure::new(exit::ERROR, e)),
         };
         match result {
             Ok(out) => done.push(Reinstalled {
                 service: record.service,
-                dest: record.dest.clone(),
+                dest: record.flags.dest.clone(),
                 outcome: format!(
                     "installed serial={} ({}{})",
                     out.leaf.serial,
@@ -212,7 +247,7 @@ pub async fn reinstall(
                 let line = format!(
                     "{} at {}: {:#}",
                     record.service.name(),
-                    record.dest.display(),
+                    record.flags.dest.display(),
                     e.error
                 );
                 failed = Some(match failed {
@@ -228,17 +263,7 @@ pub async fn reinstall(
     match failed {
         None => Ok(done),
         Some(f) => {
-            let ok: String = done
-                .iter()
-                .map(|d| {
-                    format!(
-                        "\n{} at {}: {}",
-                        d.service.name(),
-                        d.dest.display(),
-                        d.outcome
-                    )
-                })
-                .collect();
+            let ok: String = done.iter().map(|d| format!("\n{d}")).collect();
             Err(Failure::new(f.code, anyhow!("{:#}{ok}", f.error)))
         }
     }
@@ -249,19 +274,18 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
-    fn options(dir: &Path, service: ServiceKind, dest: &str, reload: Reload) -> InstallOptions {
-        InstallOptions {
-            service,
-            dir: dir.to_path_buf(),
+    fn flags(dir: &Path, dest: &str, reload: Option<&str>, no_reload: bool) -> InstallFlags {
+        InstallFlags {
             dest: dir.join(dest),
-            owner: Some(super::super::sys::Owner { uid: 0, gid: 0 }),
-            reload,
+            owner: Some("0:0".into()),
+            reload: reload.map(str::to_owned),
+            no_reload,
             check: Some("true".into()),
             config: Some(dir.join("nginx.conf")),
             pid_file: None,
             pgdata: None,
             probe: Some("127.0.0.1:8443".into()),
-            probe_timeout: Duration::from_secs(7),
+            probe_timeout: "7s".parse().unwrap(),
             client_auth: ClientAuth::Required,
             bind: ":443".into(),
         }
@@ -272,29 +296,38 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
         assert!(recorded(dir).unwrap().is_empty());
-        let a = options(dir, ServiceKind::Nginx, "a", Reload::Signal);
-        let b = options(
-            dir,
-            ServiceKind::Haproxy,
-            "b",
-            Reload::Command("reload-it".into()),
-        );
-        remember(&a).unwrap();
-        remember(&b).unwrap();
+        let a = flags(dir, "a", None, false);
+        let b = flags(dir, "b", Some("reload-it"), false);
+        remember(ServiceKind::Nginx, dir, &a).unwrap();
+        remember(ServiceKind::Haproxy, dir, &b).unwrap();
         // The same service and destination again replaces the record.
-        let a2 = options(dir, ServiceKind::Nginx, "a", Reload::Never);
-        remember(&a2).unwrap();
+        let a2 = flags(dir, "a", None, true);
+        remember(ServiceKind::Nginx, dir, &a2).unwrap();
         let got = recorded(dir).unwrap();
-        assert_eq!(got.len(), 2);
-        for (record, want) in got.iter().zip([&b, &a2]) {
-            let back = record.options(dir).unwrap();
-            assert_eq!(back.service, want.service);
-            assert_eq!(back.dest, want.dest);
-            assert_eq!(back.reload, want.reload);
-            assert_eq!(back.owner, want.owner);
-            assert_eq!(back.probe_timeout, want.probe_timeout);
-            assert_eq!(back.client_auth, want.client_auth);
-        }
+        assert_eq!(
+            got,
+            vec![
+                InstallRecord {
+                    service: ServiceKind::Haproxy,
+                    flags: b.clone()
+                },
+                InstallRecord {
+                    service: ServiceKind::Nginx,
+                    flags: a2.clone()
+                },
+            ]
+        );
+        let opts = got[0].flags.options(got[0].service, dir).unwrap();
+        assert_eq!(opts.reload, Reload::Command("reload-it".into()));
+        assert_eq!(opts.probe_timeout, std::time::Duration::from_secs(7));
+        assert_eq!(
+            got[1]
+                .flags
+                .options(ServiceKind::Nginx, dir)
+                .unwrap()
+                .reload,
+            Reload::Never
+        );
         let path = dir.join(RECORD_FILE);
         assert_eq!(
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,

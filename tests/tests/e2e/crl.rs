@@ -5,6 +5,7 @@
 //! revocation reaches whether the CLI can sign or not.
 
 use ca_tests::curl::curl;
+use ca_tests::fleet::bootstrap;
 use ca_tests::pg::{PgCluster, require_postgres};
 use ca_tests::*;
 use std::process::Command;
@@ -147,13 +148,7 @@ fn replicas_sharing_postgresql_serve_one_published_crl_that_revocations_reach() 
     // B signed at start and published; A serves that very CRL within a poll.
     let first = wait_for_one_crl(&a, &b, None);
     let work = tempfile::tempdir().unwrap();
-    let psk = a.psk_add("r1.example.internal", &[]);
-    let psk_file = write_file(work.path(), "psk", &psk);
-    run_ok(&mut a.bootstrap_cmd("r1.example.internal", &psk_file, &work.path().join("r1")));
-    let serial = a.certs_of("r1.example.internal")[0]["serial"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let serial = bootstrap(&mut a, "r1.example.internal", work.path(), "r1").raw_serial;
 
     // The admin revokes on the CA host: the CLI signs and publishes, both serve it.
     run_ok(a.cli().args(["revoke", &serial]));
@@ -162,13 +157,7 @@ fn replicas_sharing_postgresql_serve_one_published_crl_that_revocations_reach() 
 
     // From a host without the CA keys (only the database URL): the
     // revocation is recorded, and the servers sign the CRL themselves.
-    let psk = a.psk_add("r2.example.internal", &[]);
-    let psk_file = write_file(work.path(), "psk2", &psk);
-    run_ok(&mut a.bootstrap_cmd("r2.example.internal", &psk_file, &work.path().join("r2")));
-    let serial2 = a.certs_of("r2.example.internal")[0]["serial"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let serial2 = bootstrap(&mut a, "r2.example.internal", work.path(), "r2").raw_serial;
     let out = run(Command::new(bin("ca-server"))
         .arg("--data-dir")
         .arg(work.path().join("no-keys"))

@@ -6,8 +6,7 @@
 
 use ca_client::https::{HttpsClient, Reply, TransportError};
 use ca_client::keys::{HostKey, KeyType};
-use ca_tests::fleet::{HandshakeLoop, Host, assert_switched, bootstrap, strs};
-use ca_tests::pg::require_postgres;
+use ca_tests::fleet::{HandshakeLoop, Host, assert_switched, bootstrap, ca_client_verb, strs};
 use ca_tests::services::norm_serial;
 use ca_tests::trio::Trio;
 use ca_tests::*;
@@ -22,10 +21,8 @@ const APP: &str = "app.example.internal";
 
 /// `ca-client renew --server URL --dir DIR` plus `args`.
 fn renew_cmd(ca: &CaServer, dir: &Path, args: &[&str]) -> Command {
-    let mut cmd = ca_client();
-    cmd.args(["renew", "--server", &ca.url, "--dir"])
-        .arg(dir)
-        .args(args);
+    let mut cmd = ca_client_verb("renew", ca, dir);
+    cmd.args(args);
     cmd
 }
 
@@ -40,13 +37,7 @@ fn renewed_serial(out: &str) -> String {
 
 #[test]
 fn renewal_over_mtls_reinstalls_and_the_services_keep_serving() {
-    if !require_tool("nginx")
-        || !require_tool("haproxy")
-        || !require_tool("curl")
-        || !require_tool("openssl")
-        || !require_tool("psql")
-        || !require_postgres()
-    {
+    if !Trio::tools_present() {
         return;
     }
     let mut ca = CaServer::start();

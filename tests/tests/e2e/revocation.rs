@@ -5,8 +5,7 @@
 //! Also: revoking by host, twice, or an unknown serial, and `ca-client crl`
 //! refusing a foreign or older CRL.
 
-use ca_tests::fleet::{Host, bootstrap};
-use ca_tests::pg::require_postgres;
+use ca_tests::fleet::{Host, bootstrap, ca_client_verb};
 use ca_tests::trio::Trio;
 use ca_tests::*;
 use std::path::Path;
@@ -20,10 +19,8 @@ const B: &str = "b.example.internal";
 
 /// `ca-client crl --server URL --dir DIR` plus `args`.
 fn crl_cmd(ca: &CaServer, dir: &Path, args: &[&str]) -> Command {
-    let mut cmd = ca_client();
-    cmd.args(["crl", "--server", &ca.url, "--dir"])
-        .arg(dir)
-        .args(args);
+    let mut cmd = ca_client_verb("crl", ca, dir);
+    cmd.args(args);
     cmd
 }
 
@@ -94,13 +91,7 @@ fn openssl_verify(ca: &CaServer, host: &Host, crl: &Path) -> Result<String, Stri
 
 #[test]
 fn a_revoked_client_certificate_is_refused_by_nginx_haproxy_and_postgres() {
-    if !require_tool("nginx")
-        || !require_tool("haproxy")
-        || !require_tool("curl")
-        || !require_tool("openssl")
-        || !require_tool("psql")
-        || !require_postgres()
-    {
+    if !Trio::tools_present() {
         return;
     }
     let mut ca = CaServer::start();

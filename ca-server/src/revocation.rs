@@ -97,6 +97,10 @@ pub struct CrlArgs {
     /// instead of stdout.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Sign and publish a new generation first, even if the published one is
+    /// current (e.g. with `root.key` put back for a while, to renew the root CRL).
+    #[arg(long)]
+    pub sign: bool,
     #[command(flatten)]
     pub validity: CrlValidityArgs,
 }
@@ -227,7 +231,7 @@ pub async fn crl(args: CrlArgs, data_dir: &Path, url: &str, clock: Arc<dyn Clock
     let now = clock.now();
     let service = crl_service(data_dir, &store, clock, args.validity.config())?;
     let set = match service.load_published().await? {
-        Some(set) if set.intermediate.is_current(now) => set,
+        Some(set) if set.intermediate.is_current(now) && !args.sign => set,
         _ => service.regenerate().await?,
     };
     if set.current_root(now).is_none() {

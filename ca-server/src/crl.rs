@@ -871,6 +871,32 @@ mod tests {
         assert!(set.root.is_none());
     }
 
+    #[tokio::test]
+    async fn a_server_without_the_root_key_serves_the_newest_root_crl_published() {
+        let f = fixture().await;
+        let key = std::fs::read(&f.paths.root_key).unwrap();
+        let first = f.service().regenerate().await.unwrap();
+        std::fs::remove_file(&f.paths.root_key).unwrap();
+        // Offline: root.crl from the data dir; and one with neither.
+        let keyless = f.service();
+        std::fs::remove_file(f.paths.dir.join("root.crl")).unwrap();
+        let bare = f.service();
+        std::fs::write(&f.paths.root_key, &key).unwrap();
+
+        // The root key back for a moment (`ca-server crl --sign`): a newer root CRL.
+        let renewed = f.service().regenerate().await.unwrap();
+        let newer_root = renewed.root.as_ref().unwrap().number;
+        assert!(newer_root > first.root.as_ref().unwrap().number);
+        for service in [&keyless, &bare] {
+            service.poll().await.unwrap();
+            f.clock.set(NOW + 13 * 3600);
+            let resigned = service.regenerate().await.unwrap();
+            assert!(resigned.generation() > renewed.generation());
+            assert_eq!(resigned.root.as_ref().unwrap().number, newer_root);
+            f.clock.set(NOW);
+        }
+    }
+
     #[test]
     fn reason_names_map_to_rfc5280_codes() {
         assert_eq!(

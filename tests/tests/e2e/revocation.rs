@@ -275,6 +275,11 @@ fn revoke_by_host_twice_unknown_and_with_a_bad_reason() {
     let bundle = work.path().join("bundle.pem");
     run_ok(ca.cli().arg("crl").arg("--out").arg(&bundle));
     assert_eq!(crl_facts(&first_crl(&bundle)).0 as i64, number);
+    // `crl --sign` signs a new generation on demand, listing the same.
+    run_ok(ca.cli().args(["crl", "--sign", "--out"]).arg(&bundle));
+    let (resigned, listed) = crl_facts(&first_crl(&bundle));
+    assert!(resigned as i64 > number);
+    assert_eq!(listed.len(), 2);
 
     // Unknown serial or host: exit 3. Bad reason or no target: usage, exit 2.
     for args in [

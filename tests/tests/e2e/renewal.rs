@@ -94,9 +94,18 @@ fn renewal_over_mtls_reinstalls_and_the_services_keep_serving() {
         "a new key by default"
     );
     assert!(!web.dir.join("pending-key.pem").exists());
-    let served = trio.served(&app);
-    assert_eq!(served[0].as_deref(), Ok(norm_serial(&new_serial).as_str()));
-    assert_eq!(served[1].as_deref(), Ok(norm_serial(&new_serial).as_str()));
+    // HAProxy too (an old nginx or HAProxy worker may answer a handshake
+    // or two more while it drains).
+    let want = norm_serial(&new_serial);
+    wait_for(
+        Duration::from_secs(30),
+        "both to serve the new certificate",
+        || {
+            let served = trio.served(&app);
+            (served[0].as_deref() == Ok(want.as_str()) && served[1].as_deref() == Ok(want.as_str()))
+                .then_some(())
+        },
+    );
     trio.all_let_in(&app, APP)
         .unwrap_or_else(|e| panic!("{e}\n{}", trio.logs()));
 
@@ -114,21 +123,45 @@ fn renewal_over_mtls_reinstalls_and_the_services_keep_serving() {
         .unwrap();
     assert_eq!(new["status"], "valid");
 
-    // PostgreSQL: renewed with --when-remaining as a duration, reloaded, still serving.
+    // PostgreSQL: renewed with --when-remaining as a duration, reloaded,
+    // still serving; then --reload CMD runs.
     assert_eq!(trio.served(&app)[2].as_deref(), Ok(db.serial.as_str()));
+    let marker = work.path().join("reload-ran");
+    let reload = format!("touch {}", marker.display());
     let out = run_ok(&mut renew_cmd(
         &ca,
         &db.dir,
-        &["--when-remaining", "3650d", "--install", "postgres"],
+        &[
+            "--when-remaining",
+            "3650d",
+            "--install",
+            "postgres",
+            "--reload",
+            &reload,
+        ],
     ));
     let db_new = renewed_serial(&out);
-    assert!(out.contains("postgres at "), "{out}");
+    assert!(
+        out.contains("postgres at ") && out.contains("reload ran"),
+        "{out}"
+    );
+    assert!(marker.exists());
     assert_eq!(
         trio.served(&app)[2].as_deref(),
         Ok(norm_serial(&db_new).as_str())
     );
     trio.postgres_lets_in(&app, APP)
         .unwrap_or_else(|e| panic!("{e}\n{}", trio.logs()));
+    // A failing --reload is reported (exit 1); the renewal itself stands.
+    let out = run(&mut renew_cmd(
+        &ca,
+        &db.dir,
+        &["--force", "--reload", "exit 3"],
+    ));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("was renewed, but --reload"), "{err}");
+    assert_eq!(ca.certs_of(DB).len(), 3);
 
     // The replaced certificate cannot renew again.
     let out = run(&mut renew_cmd(&ca, &old_dir, &["--force"]));
@@ -165,7 +198,11 @@ fn renewal_over_mtls_reinstalls_and_the_services_keep_serving() {
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .filter(|v| v["event"] == "renewed")
         .collect();
-    assert_eq!(renewed.len(), 2);
+    assert_eq!(renewed.len(), 3, "web once, db twice");
+    assert_eq!(
+        renewed[1]["actor"],
+        format!("cert:{}", db.raw_serial).as_str()
+    );
     assert_eq!(renewed[0]["serial"], new_serial.as_str());
     assert_eq!(
         renewed[0]["actor"],

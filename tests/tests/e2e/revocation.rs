@@ -67,10 +67,23 @@ fn openssl_serial(host: &Host) -> String {
     .to_owned()
 }
 
-/// `openssl verify -crl_check_all` of `host`'s certificate with a CRL bundle.
+/// `openssl verify -crl_check` (the leaf) and `-crl_check_all` (the whole
+/// chain) of `host`'s certificate with a CRL bundle: both must agree.
 fn openssl_verify(ca: &CaServer, host: &Host, crl: &Path) -> Result<String, String> {
+    let leaf = openssl_verify_with(ca, host, crl, "-crl_check");
+    let chain = openssl_verify_with(ca, host, crl, "-crl_check_all");
+    assert_eq!(leaf.is_ok(), chain.is_ok(), "{leaf:?} {chain:?}");
+    chain
+}
+
+fn openssl_verify_with(
+    ca: &CaServer,
+    host: &Host,
+    crl: &Path,
+    flag: &str,
+) -> Result<String, String> {
     let out = run(Command::new("openssl")
-        .args(["verify", "-crl_check_all", "-CAfile"])
+        .args(["verify", flag, "-CAfile"])
         .arg(ca.root_pem())
         .arg("-untrusted")
         .arg(ca.intermediate_pem())

@@ -183,6 +183,9 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
         "listening"
     );
 
+    // While the database is unreachable, requests fail fast with 503 and
+    // /healthz says so; issuance resumes when it is back (store::availability).
+    let watcher = tokio::spawn(store.clone().watch_availability());
     let sweeper = tokio::spawn(sweep_expired(store.clone(), clock.clone()));
     let renewer = tokio::spawn(renew_server_cert(
         signer.clone(),
@@ -196,6 +199,7 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
     ));
 
     server::run(listener, tls, app, opts.limits, shutdown_signal()).await?;
+    watcher.abort();
     sweeper.abort();
     renewer.abort();
     store.close().await;

@@ -10,9 +10,13 @@
 use anyhow::{Context, Result, bail};
 use policy::{AllowedName, PskEntry, PskHash};
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Executor, Row};
+use sqlx::{AnyPool, Connection, Executor, Row};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+mod availability;
+pub mod copy;
 
 /// Which engine a URL selects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +43,9 @@ pub enum StoreError {
     /// The database could not be reached or refused the operation.
     #[error("store unavailable: {0}")]
     Unavailable(#[from] sqlx::Error),
+    /// The availability watcher sees the database down; nothing was tried.
+    #[error("store unreachable for {for_secs} s; waiting for it to come back")]
+    Down { for_secs: i64 },
     /// The PSK was consumed (or replaced, or expired) between check and commit.
     #[error("the PSK is no longer live")]
     PskGone,
@@ -114,6 +121,7 @@ macro_rules! cert_columns {
 pub struct Store {
     pool: AnyPool,
     engine: Engine,
+    gate: Arc<availability::Gate>,
 }
 
 impl Store {
@@ -145,15 +153,14 @@ impl Store {
             .connect(url)
             .await
             .with_context(|| format!("opening the store at {}", redact_url(url)))?;
-        let migrator = match engine {
-            Engine::Sqlite => sqlx::migrate!("./migrations/sqlite"),
-            Engine::Postgres => sqlx::migrate!("./migrations/postgres"),
-        };
-        migrator
-            .run(&pool)
+        migrate(&pool, engine)
             .await
             .context("running store migrations")?;
-        Ok(Store { pool, engine })
+        Ok(Store {
+            pool,
+            engine,
+            gate: Arc::default(),
+        })
     }
 
     pub fn engine(&self) -> Engine {
@@ -167,7 +174,7 @@ impl Store {
 
     /// A round trip to the database.
     pub async fn health(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query("SELECT 1").execute(self.pool()?).await?;
         Ok(())
     }
 
@@ -183,7 +190,7 @@ impl Store {
     ) -> StoreResult<()> {
         let sans: Vec<String> = allowed_sans.iter().map(|n| n.to_string()).collect();
         let sans_json = serde_json::to_string(&sans).expect("strings serialise");
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool()?.begin().await?;
         sqlx::query(
             "INSERT INTO psks (hostname, psk_hash, allowed_sans, created_at, expires_at) \
              VALUES ($1, $2, $3, $4, $5) \
@@ -209,7 +216,7 @@ impl Store {
             "SELECT hostname, psk_hash, allowed_sans, expires_at FROM psks WHERE hostname = $1",
         )
         .bind(hostname)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.pool()?)
         .await?;
         let Some(row) = row else { return Ok(None) };
         let hash: Vec<u8> = row.try_get("psk_hash")?;
@@ -232,7 +239,7 @@ impl Store {
 
     /// Removes the PSK of `hostname`; `false` if there was none.
     pub async fn remove_psk(&self, hostname: &str, audit: &AuditEvent) -> StoreResult<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool()?.begin().await?;
         let n = sqlx::query("DELETE FROM psks WHERE hostname = $1")
             .bind(hostname)
             .execute(&mut *tx)
@@ -251,7 +258,7 @@ impl Store {
         let n = sqlx::query("DELETE FROM psks WHERE hostname = $1 AND psk_hash = $2")
             .bind(hostname)
             .bind(hash.0.to_vec())
-            .execute(&self.pool)
+            .execute(self.pool()?)
             .await?
             .rows_affected();
         Ok(n > 0)
@@ -259,7 +266,7 @@ impl Store {
 
     /// Deletes every PSK whose lifetime ended at or before `now`; returns their hostnames.
     pub async fn sweep_expired_psks(&self, now: i64) -> StoreResult<Vec<String>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool()?.begin().await?;
         let rows = sqlx::query("DELETE FROM psks WHERE expires_at <= $1 RETURNING hostname")
             .bind(now)
             .fetch_all(&mut *tx)
@@ -290,7 +297,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT hostname, allowed_sans, created_at, expires_at FROM psks ORDER BY hostname",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool()?)
         .await?;
         rows.iter()
             .map(|row| {
@@ -310,7 +317,7 @@ impl Store {
     /// transaction. `PskGone` if the PSK was not live at `now` any more (a
     /// concurrent request won, an admin replaced it, or it expired).
     pub async fn record_issuance(&self, issuance: &Issuance<'_>) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool()?.begin().await?;
         // The DELETE is the first statement, so SQLite takes its write lock at
         // once and PostgreSQL locks the row: of two concurrent redemptions
         // exactly one sees a row come back.
@@ -339,7 +346,7 @@ impl Store {
         cert: &CertRecord,
         audit: &AuditEvent,
     ) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool()?.begin().await?;
         insert_cert(&mut *tx, cert).await?;
         insert_audit(&mut *tx, audit).await?;
         tx.commit().await?;
@@ -360,7 +367,7 @@ impl Store {
         ))
         .bind(hostname)
         .bind(hash.0.to_vec())
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool()?)
         .await?;
         rows.iter().map(cert_from_row).collect()
     }
@@ -373,7 +380,7 @@ impl Store {
             " FROM certificates WHERE serial = $1"
         ))
         .bind(serial)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.pool()?)
         .await?;
         row.as_ref().map(cert_from_row).transpose()
     }
@@ -396,14 +403,14 @@ impl Store {
         .bind(hostname)
         .bind(now)
         .bind(before)
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool()?)
         .await?;
         rows.iter().map(cert_from_row).collect()
     }
 
     /// Writes one audit row outside any other transaction.
     pub async fn audit(&self, event: &AuditEvent) -> StoreResult<()> {
-        insert_audit(&self.pool, event).await
+        insert_audit(self.pool()?, event).await
     }
 
     /// Audit rows at or after `since`, oldest first, at most `limit`.
@@ -414,7 +421,7 @@ impl Store {
         )
         .bind(since)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool()?)
         .await?;
         rows.iter()
             .map(|r| {
@@ -432,6 +439,26 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// Runs the migrations that ship in the binary. PostgreSQL: sqlx holds an
+/// advisory lock (`pg_advisory_lock`, keyed by the database name) for the
+/// whole run, so replicas starting at once take turns. SQLite: sqlx takes no
+/// lock, so the run happens inside `BEGIN IMMEDIATE` (the write lock, waited
+/// for through `busy_timeout`); each migration is a savepoint inside it.
+async fn migrate(pool: &AnyPool, engine: Engine) -> Result<()> {
+    match engine {
+        Engine::Postgres => sqlx::migrate!("./migrations/postgres").run(pool).await?,
+        Engine::Sqlite => {
+            let mut conn = pool.acquire().await?;
+            let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+            sqlx::migrate!("./migrations/sqlite")
+                .run_direct(None, &mut *tx, false)
+                .await?;
+            tx.commit().await?;
+        }
+    }
+    Ok(())
 }
 
 async fn insert_cert<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(

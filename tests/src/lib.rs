@@ -153,6 +153,54 @@ impl CaServer {
     }
 
     pub fn start_with(opts: ServerOptions) -> CaServer {
+        let mut server = CaServer::prepare(opts);
+        server.spawn(0);
+        server
+    }
+
+    /// `n` servers on one data dir and one store (`opts.database_url`),
+    /// launched at the same moment (their migrations race), then each
+    /// waited for. The first owns the data dir; drop the others first.
+    pub fn start_replicas(opts: ServerOptions, n: usize) -> Vec<CaServer> {
+        let first = CaServer::prepare(opts);
+        let mut servers: Vec<CaServer> = (1..n).map(|_| first.unstarted_replica()).collect();
+        servers.insert(0, first);
+        let before: Vec<usize> = servers.iter_mut().map(|s| s.launch(0)).collect();
+        for (s, before) in servers.iter_mut().zip(before) {
+            s.wait_listening(before);
+        }
+        servers
+    }
+
+    /// Another server on this one's data dir (the same CA keys) and store,
+    /// on its own port, with its own log. It must not outlive `self`.
+    pub fn replica(&self) -> CaServer {
+        let mut server = self.unstarted_replica();
+        server.spawn(0);
+        server
+    }
+
+    fn unstarted_replica(&self) -> CaServer {
+        let tmp = tempfile::Builder::new()
+            .prefix("ca-e2e-replica-")
+            .tempdir()
+            .expect("tempdir");
+        CaServer {
+            log_path: tmp.path().join("server.log"),
+            tmp,
+            data_dir: self.data_dir.clone(),
+            addr: String::new(),
+            port: 0,
+            url: String::new(),
+            fingerprint: self.fingerprint.clone(),
+            opts: self.opts.clone(),
+            child: None,
+            psks: Vec::new(),
+        }
+    }
+
+    /// A data dir initialised by `ca-server init`; no process yet.
+    fn prepare(opts: ServerOptions) -> CaServer {
         let tmp = tempfile::Builder::new()
             .prefix("ca-e2e-")
             .tempdir()
@@ -166,7 +214,7 @@ impl CaServer {
         )
         .trim()
         .to_owned();
-        let mut server = CaServer {
+        CaServer {
             log_path: tmp.path().join("server.log"),
             tmp,
             data_dir,
@@ -177,9 +225,7 @@ impl CaServer {
             opts,
             child: None,
             psks: Vec::new(),
-        };
-        server.spawn(0);
-        server
+        }
     }
 
     /// The server's stdout/stderr so far.
@@ -188,6 +234,12 @@ impl CaServer {
     }
 
     fn spawn(&mut self, port: u16) {
+        let before = self.launch(port);
+        self.wait_listening(before);
+    }
+
+    /// Starts the process; returns how many `listening` lines its log had before.
+    fn launch(&mut self, port: u16) -> usize {
         let mut cmd = Command::new(bin("ca-server"));
         cmd.arg("--data-dir").arg(&self.data_dir);
         if let Some(url) = &self.opts.database_url {
@@ -216,6 +268,11 @@ impl CaServer {
             .spawn()
             .expect("spawning ca-server");
         self.child = Some(child);
+        before
+    }
+
+    /// Waits for the `before`+1-th `listening` line and reads the bound address.
+    fn wait_listening(&mut self, before: usize) {
         let addr = wait_for(Duration::from_secs(30), "ca-server to listen", || {
             if let Some(status) = self
                 .child

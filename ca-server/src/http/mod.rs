@@ -3,8 +3,8 @@
 
 pub mod error;
 
-use crate::authority::Authority;
-use crate::store::Store;
+use crate::authority::{Authority, SignError};
+use crate::store::{Store, StoreError};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -121,7 +121,12 @@ async fn sign(
                 "internal",
                 "internal error",
             )
-        })??;
+        })?
+        .inspect_err(|e| {
+            if let SignError::Store(StoreError::Unavailable(_)) = e {
+                state.store.suspect();
+            }
+        })?;
 
     let status = if issued.replayed {
         StatusCode::OK

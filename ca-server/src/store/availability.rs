@@ -8,33 +8,50 @@
 //! closes the gate on the first failed probe, and opens it again on the first
 //! good one: while the database is down, requests fail at once with
 //! [`StoreError::Down`] (503 `store_unavailable`), and issuance resumes
-//! without a restart. Stores that nobody watches (the CLI) keep the gate open.
+//! without a restart. A caller that meets a database error calls
+//! [`Store::suspect`] so the next probe runs at once instead of at its
+//! interval; only a probe ever closes the gate. Stores that nobody watches
+//! (the CLI) keep the gate open.
 
 use super::{Store, StoreError, StoreResult};
 use sqlx::AnyConnection;
-use sqlx::{AnyPool, ConnectOptions};
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyPool, ConnectOptions, Transaction};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 
-/// Time between probes while the database answers.
-const PROBE_UP: Duration = Duration::from_millis(500);
-/// Time between reconnection attempts while it does not.
-const PROBE_DOWN: Duration = Duration::from_millis(250);
+/// Time between probes (a one-row read: four a second cost nothing, and
+/// bound how long an outage goes unnoticed when nobody calls `suspect`).
+const PROBE_INTERVAL: Duration = Duration::from_millis(250);
 /// Longest a probe (connect or query) may take before it counts as a failure.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Shared up/down state of one store.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Gate {
-    down: AtomicBool,
+    /// `true` while the database is down; waiters in [`Store::conn`] watch it.
+    down: watch::Sender<bool>,
     /// Unix seconds of the probe that found the database down.
     down_since: AtomicI64,
+    /// Wakes the watcher for an early probe.
+    wake: tokio::sync::Notify,
+}
+
+impl Default for Gate {
+    fn default() -> Gate {
+        Gate {
+            down: watch::Sender::new(false),
+            down_since: AtomicI64::new(0),
+            wake: tokio::sync::Notify::new(),
+        }
+    }
 }
 
 impl Gate {
     fn check(&self) -> StoreResult<()> {
-        if self.down.load(Ordering::Acquire) {
+        if *self.down.borrow() {
             let since = self.down_since.load(Ordering::Acquire);
             return Err(StoreError::Down {
                 for_secs: (unix_now() - since).max(0),
@@ -45,10 +62,25 @@ impl Gate {
 
     /// Records a probe result; returns `true` if the state changed.
     fn set_down(&self, down: bool) -> bool {
-        if down {
+        if down && !*self.down.borrow() {
             self.down_since.store(unix_now(), Ordering::Release);
         }
-        self.down.swap(down, Ordering::AcqRel) != down
+        self.down.send_replace(down) != down
+    }
+
+    /// Runs `op` (which waits for a pool connection) unless the gate is or
+    /// becomes closed first: a request waiting for a connection when the
+    /// database goes away gets its 503 then, not at the pool's timeout.
+    async fn guard<T>(
+        &self,
+        op: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+    ) -> StoreResult<T> {
+        self.check()?;
+        let mut down = self.down.subscribe();
+        tokio::select! {
+            r = op => Ok(r?),
+            _ = down.wait_for(|d| *d) => Err(self.check().expect_err("the gate closed")),
+        }
     }
 }
 
@@ -67,9 +99,24 @@ impl Store {
         Ok(&self.pool)
     }
 
+    /// A pooled connection, unless the database is down (see [`Gate::guard`]).
+    pub(super) async fn conn(&self) -> StoreResult<PoolConnection<Any>> {
+        self.gate.guard(self.pool.acquire()).await
+    }
+
+    /// A transaction on a pooled connection, unless the database is down.
+    pub(super) async fn begin(&self) -> StoreResult<Transaction<'static, Any>> {
+        self.gate.guard(self.pool.begin()).await
+    }
+
     /// `false` while the watcher sees the database down.
     pub fn is_up(&self) -> bool {
         self.gate.check().is_ok()
+    }
+
+    /// Asks the watcher to probe now: a caller met a database error.
+    pub fn suspect(&self) {
+        self.gate.wake.notify_one();
     }
 
     /// Watches the database until the task is dropped or aborted (`serve`
@@ -88,7 +135,10 @@ impl Store {
                     );
                 }
             }
-            tokio::time::sleep(if ok { PROBE_UP } else { PROBE_DOWN }).await;
+            tokio::select! {
+                _ = tokio::time::sleep(PROBE_INTERVAL) => {}
+                _ = self.gate.wake.notified() => {}
+            }
         }
     }
 }

@@ -174,8 +174,17 @@ impl Store {
 
     /// A round trip to the database.
     pub async fn health(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1").execute(self.pool()?).await?;
-        Ok(())
+        let result = async {
+            sqlx::query("SELECT 1")
+                .execute(&mut *self.conn().await?)
+                .await?;
+            Ok(())
+        }
+        .await;
+        if matches!(result, Err(StoreError::Unavailable(_))) {
+            self.suspect();
+        }
+        result
     }
 
     /// Creates or replaces the PSK of `hostname` (at most one live PSK per host).
@@ -190,7 +199,7 @@ impl Store {
     ) -> StoreResult<()> {
         let sans: Vec<String> = allowed_sans.iter().map(|n| n.to_string()).collect();
         let sans_json = serde_json::to_string(&sans).expect("strings serialise");
-        let mut tx = self.pool()?.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query(
             "INSERT INTO psks (hostname, psk_hash, allowed_sans, created_at, expires_at) \
              VALUES ($1, $2, $3, $4, $5) \
@@ -216,7 +225,7 @@ impl Store {
             "SELECT hostname, psk_hash, allowed_sans, expires_at FROM psks WHERE hostname = $1",
         )
         .bind(hostname)
-        .fetch_optional(self.pool()?)
+        .fetch_optional(&mut *self.conn().await?)
         .await?;
         let Some(row) = row else { return Ok(None) };
         let hash: Vec<u8> = row.try_get("psk_hash")?;
@@ -239,7 +248,7 @@ impl Store {
 
     /// Removes the PSK of `hostname`; `false` if there was none.
     pub async fn remove_psk(&self, hostname: &str, audit: &AuditEvent) -> StoreResult<bool> {
-        let mut tx = self.pool()?.begin().await?;
+        let mut tx = self.begin().await?;
         let n = sqlx::query("DELETE FROM psks WHERE hostname = $1")
             .bind(hostname)
             .execute(&mut *tx)
@@ -258,7 +267,7 @@ impl Store {
         let n = sqlx::query("DELETE FROM psks WHERE hostname = $1 AND psk_hash = $2")
             .bind(hostname)
             .bind(hash.0.to_vec())
-            .execute(self.pool()?)
+            .execute(&mut *self.conn().await?)
             .await?
             .rows_affected();
         Ok(n > 0)
@@ -266,7 +275,7 @@ impl Store {
 
     /// Deletes every PSK whose lifetime ended at or before `now`; returns their hostnames.
     pub async fn sweep_expired_psks(&self, now: i64) -> StoreResult<Vec<String>> {
-        let mut tx = self.pool()?.begin().await?;
+        let mut tx = self.begin().await?;
         let rows = sqlx::query("DELETE FROM psks WHERE expires_at <= $1 RETURNING hostname")
             .bind(now)
             .fetch_all(&mut *tx)
@@ -297,7 +306,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT hostname, allowed_sans, created_at, expires_at FROM psks ORDER BY hostname",
         )
-        .fetch_all(self.pool()?)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         rows.iter()
             .map(|row| {
@@ -317,7 +326,7 @@ impl Store {
     /// transaction. `PskGone` if the PSK was not live at `now` any more (a
     /// concurrent request won, an admin replaced it, or it expired).
     pub async fn record_issuance(&self, issuance: &Issuance<'_>) -> StoreResult<()> {
-        let mut tx = self.pool()?.begin().await?;
+        let mut tx = self.begin().await?;
         // The DELETE is the first statement, so SQLite takes its write lock at
         // once and PostgreSQL locks the row: of two concurrent redemptions
         // exactly one sees a row come back.
@@ -346,7 +355,7 @@ impl Store {
         cert: &CertRecord,
         audit: &AuditEvent,
     ) -> StoreResult<()> {
-        let mut tx = self.pool()?.begin().await?;
+        let mut tx = self.begin().await?;
         insert_cert(&mut *tx, cert).await?;
         insert_audit(&mut *tx, audit).await?;
         tx.commit().await?;
@@ -367,7 +376,7 @@ impl Store {
         ))
         .bind(hostname)
         .bind(hash.0.to_vec())
-        .fetch_all(self.pool()?)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         rows.iter().map(cert_from_row).collect()
     }
@@ -380,7 +389,7 @@ impl Store {
             " FROM certificates WHERE serial = $1"
         ))
         .bind(serial)
-        .fetch_optional(self.pool()?)
+        .fetch_optional(&mut *self.conn().await?)
         .await?;
         row.as_ref().map(cert_from_row).transpose()
     }
@@ -403,14 +412,14 @@ impl Store {
         .bind(hostname)
         .bind(now)
         .bind(before)
-        .fetch_all(self.pool()?)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         rows.iter().map(cert_from_row).collect()
     }
 
     /// Writes one audit row outside any other transaction.
     pub async fn audit(&self, event: &AuditEvent) -> StoreResult<()> {
-        insert_audit(self.pool()?, event).await
+        insert_audit(&mut *self.conn().await?, event).await
     }
 
     /// Audit rows at or after `since`, oldest first, at most `limit`.
@@ -421,7 +430,7 @@ impl Store {
         )
         .bind(since)
         .bind(limit)
-        .fetch_all(self.pool()?)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         rows.iter()
             .map(|r| {

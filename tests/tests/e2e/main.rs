@@ -5,5 +5,6 @@
 mod bootstrap;
 mod concurrency;
 mod rejections;
+mod replicas;
 mod retry;
 mod store_pg;

@@ -152,6 +152,13 @@ impl Store {
             })
             .connect(url)
             .await
+            .map_err(|e| match e {
+                // sqlx retries a refused connection until its acquire timeout.
+                sqlx::Error::PoolTimedOut => anyhow::anyhow!(
+                    "the database did not accept a connection within 5 s (is it running and reachable?)"
+                ),
+                e => e.into(),
+            })
             .with_context(|| format!("opening the store at {}", redact_url(url)))?;
         migrate(&pool, engine)
             .await

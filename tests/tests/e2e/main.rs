@@ -4,7 +4,9 @@
 
 mod bootstrap;
 mod concurrency;
+mod haproxy;
 mod rejections;
 mod replicas;
 mod retry;
+mod store_copy;
 mod store_pg;

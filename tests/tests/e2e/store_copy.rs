@@ -1,0 +1,213 @@
+//! `ca-server store copy`: a CA that ran on SQLite moves to PostgreSQL and a
+//! server on PostgreSQL carries on with the same CA, certificates, audit log,
+//! CRL number and PSK history.
+
+use bytes::Bytes;
+use ca_tests::pg::{PgCluster, require_postgres};
+use ca_tests::*;
+use http::Method;
+use sqlx::Connection;
+use std::collections::BTreeSet;
+use std::path::Path;
+
+fn json_lines(out: &str) -> Vec<serde_json::Value> {
+    out.lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+fn cert_list(server: &CaServer) -> Vec<serde_json::Value> {
+    json_lines(&run_ok(server.cli().args(["cert", "list", "--json"])))
+}
+
+fn audit_rows(server: &CaServer) -> Vec<serde_json::Value> {
+    json_lines(&run_ok(server.cli().args([
+        "audit", "--since", "3650d", "--limit", "100000", "--json",
+    ])))
+}
+
+fn bundle(server: &CaServer) -> Bytes {
+    let client = server.client();
+    block_on(async move {
+        client
+            .send(Method::GET, "/v1/ca", None, Bytes::new())
+            .await
+            .unwrap()
+            .body
+    })
+}
+
+/// Bootstraps `host` with `psk`; returns the `--json` output.
+fn bootstrap(server: &CaServer, host: &str, psk: &str, dir: &Path) -> serde_json::Value {
+    let psk_file = write_file(dir.parent().unwrap(), &format!("{host}.psk"), psk);
+    serde_json::from_str(&run_ok(
+        server.bootstrap_cmd(host, &psk_file, dir).arg("--json"),
+    ))
+    .unwrap()
+}
+
+#[test]
+fn a_sqlite_ca_copied_to_postgresql_serves_the_same_ca_certificates_and_psk_history() {
+    if !require_postgres() || !require_tool("openssl") {
+        return;
+    }
+    let pg = PgCluster::start();
+    let pg_url = pg.create_database("ca");
+    let mut server = CaServer::start();
+    let work = tempfile::tempdir().unwrap();
+
+    // A CA with history on SQLite: two hosts bootstrapped, two PSKs still
+    // live (one with an extra name), refusals in the audit log, a CRL number.
+    let mut issued = Vec::new();
+    for host in ["used1.example.internal", "used2.example.internal"] {
+        let psk = server.psk_add(host, &[]);
+        let out = bootstrap(&server, host, &psk, &work.path().join(host));
+        issued.push((host, psk, out["serial"].as_str().unwrap().to_owned()));
+    }
+    let live = server.psk_add("live.example.internal", &[]);
+    let with_san = server.psk_add("sans.example.internal", &["--san", "10.9.8.7"]);
+    let replay = run(&mut server.bootstrap_cmd(
+        issued[0].0,
+        &write_file(work.path(), "replay.psk", &issued[0].1),
+        &work.path().join("replay"),
+    ));
+    assert_eq!(replay.status.code(), Some(4), "a used PSK is refused");
+    let sqlite_url = format!("sqlite://{}", server.data_dir.join("ca.db").display());
+    block_on(async {
+        sqlx::any::install_default_drivers();
+        let mut c = sqlx::AnyConnection::connect(&sqlite_url).await.unwrap();
+        // No CRL is generated yet on this branch: set the number as a CRL run would.
+        sqlx::query("UPDATE crl_state SET crl_number = 5 WHERE id = 1")
+            .execute(&mut c)
+            .await
+            .unwrap();
+        c.close().await.unwrap();
+    });
+    let certs_before = cert_list(&server);
+    let audit_before = audit_rows(&server);
+    let psks_before = run_ok(server.cli().args(["psk", "list", "--json"]));
+    let bundle_before = bundle(&server);
+
+    // Stop the SQLite server, copy, and verify.
+    server.stop();
+    let report: serde_json::Value = serde_json::from_str(&run_ok(
+        server
+            .cli()
+            .args(["store", "copy", "--to", &pg_url, "--json"]),
+    ))
+    .unwrap();
+    let rows = |t: &str| {
+        report["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["table"] == t)
+            .unwrap()["rows"]
+            .as_u64()
+            .unwrap() as usize
+    };
+    assert_eq!(rows("psks"), 2);
+    assert_eq!(rows("certificates"), certs_before.len());
+    assert_eq!(rows("audit"), audit_before.len());
+    assert_eq!(report["crl_number"], 5);
+    assert_eq!(
+        pg.psql("ca", "SELECT crl_number FROM crl_state WHERE id = 1"),
+        "5"
+    );
+
+    // A second copy into the same database is refused: no merging.
+    let again = run(server.cli().args(["store", "copy", "--to", &pg_url]));
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already holds data"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+
+    // The same data dir (CA keys) now serves from PostgreSQL.
+    server.opts.database_url = Some(pg_url.clone());
+    server.restart();
+    assert_eq!(bundle(&server), bundle_before, "the same CA");
+    assert_eq!(
+        run_ok(server.cli().args(["psk", "list", "--json"])),
+        psks_before
+    );
+    let certs_after = cert_list(&server);
+    let serials = |v: &[serde_json::Value]| -> BTreeSet<String> {
+        v.iter()
+            .map(|c| c["serial"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let new: Vec<_> = certs_after
+        .iter()
+        .filter(|c| !serials(&certs_before).contains(c["serial"].as_str().unwrap()))
+        .collect();
+    assert_eq!(new.len(), 1, "only the new server certificate: {new:?}");
+    assert_eq!(new[0]["kind"], "server");
+    for c in &certs_before {
+        assert!(
+            certs_after.contains(c),
+            "{c} is listed the same after the copy"
+        );
+    }
+    // The audit log came along (ids and all), followed by the copy itself.
+    let audit_after = audit_rows(&server);
+    assert_eq!(&audit_after[..audit_before.len()], &audit_before[..]);
+    assert!(
+        audit_after[audit_before.len()..]
+            .iter()
+            .any(|a| a["event"] == "store_copied"
+                && a["reason"].as_str().unwrap().contains("crl_number 5"))
+    );
+
+    // Used PSKs: a new key is refused; the original key gets its certificate
+    // back (the idempotent retry works across the move).
+    let (host, psk, serial) = &issued[0];
+    let refused = run(&mut server.bootstrap_cmd(
+        host,
+        &write_file(work.path(), "again.psk", psk),
+        &work.path().join("again"),
+    ));
+    assert_eq!(refused.status.code(), Some(4));
+    let recovered: serde_json::Value = serde_json::from_str(&run_ok(
+        server
+            .bootstrap_cmd(
+                host,
+                &write_file(work.path(), "same-key.psk", psk),
+                &work.path().join("same-key"),
+            )
+            .arg("--key")
+            .arg(work.path().join(host).join("key.pem"))
+            .arg("--json"),
+    ))
+    .unwrap();
+    assert_eq!(recovered["recovered"], true);
+    assert_eq!(recovered["serial"], serial.as_str());
+    // Live PSKs redeem on PostgreSQL, the extra name included.
+    bootstrap(
+        &server,
+        "live.example.internal",
+        &live,
+        &work.path().join("live"),
+    );
+    let out = bootstrap(
+        &server,
+        "sans.example.internal",
+        &with_san,
+        &work.path().join("sans"),
+    );
+    let text = openssl_text(&work.path().join("sans").join("cert.pem"));
+    assert!(text.contains("IP Address:10.9.8.7"), "{text}");
+    assert_eq!(
+        pg.psql(
+            "ca",
+            &format!(
+                "SELECT hostname FROM certificates WHERE serial = '{}'",
+                out["serial"].as_str().unwrap()
+            )
+        ),
+        "sans.example.internal"
+    );
+    assert_eq!(pg.psql("ca", "SELECT count(*) FROM psks"), "0");
+    server.assert_no_secret_leaks();
+}

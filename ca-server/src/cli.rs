@@ -590,6 +590,9 @@ async fn store_copy(from: &str, to: &str, json: bool, clock: &SystemClock) -> Re
             ..Default::default()
         })
         .await?;
+    // Closing checkpoints a SQLite target into its main file (a backup is one file).
+    source.close().await;
+    target.close().await;
     if json {
         println!("{}", serde_json::to_string(&report)?);
     } else {

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 mod availability;
 pub mod copy;
+mod ownership;
 
 /// Which engine a URL selects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

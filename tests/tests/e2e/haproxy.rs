@@ -129,12 +129,16 @@ fn the_sample_haproxy_config_balances_replicas_and_follows_their_health() {
             work.path(),
         );
     }
-    wait_for(Duration::from_secs(30), "HAProxy to check both replicas", || {
-        servers
-            .iter()
-            .all(|s| s.logs().contains("path=\"/healthz\" status=200"))
-            .then_some(())
-    });
+    wait_for(
+        Duration::from_secs(30),
+        "HAProxy to check both replicas",
+        || {
+            servers
+                .iter()
+                .all(|s| s.logs().contains("path=\"/healthz\" status=200"))
+                .then_some(())
+        },
+    );
     assert!(!proxy.logs().contains("is DOWN"), "{}", proxy.logs());
 
     // Replica 1 dies: HAProxy marks it down; replica 2 serves alone.

@@ -603,3 +603,36 @@ fn postgresql_stopped_mid_load_gives_503_and_issuance_resumes_without_restart() 
         progress.unavailable.load(Ordering::SeqCst)
     );
 }
+
+#[test]
+fn a_replica_with_another_cas_data_dir_refuses_the_shared_store() {
+    let Some(fleet) = Fleet::start() else {
+        return;
+    };
+    let servers_before = fleet.sql("SELECT count(*) FROM certificates WHERE kind = 'server'");
+    // An empty data dir: `serve` initialises a brand-new CA there, then must
+    // refuse the store the fleet's CA writes to (`timeout` ends a server
+    // that wrongly started).
+    let tmp = tempfile::tempdir().unwrap();
+    let out = run(std::process::Command::new("timeout")
+        .arg("60")
+        .arg(bin("ca-server"))
+        .arg("--data-dir")
+        .arg(tmp.path().join("data"))
+        .args(["--database-url", &fleet.db_url])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--hostname",
+            "localhost",
+        ]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("certificates of another CA"), "{stderr}");
+    assert_eq!(
+        fleet.sql("SELECT count(*) FROM certificates WHERE kind = 'server'"),
+        servers_before,
+        "nothing was issued into the fleet's store"
+    );
+}

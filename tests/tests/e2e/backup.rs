@@ -17,7 +17,7 @@ fn issue(server: &mut CaServer, host: &str, work: &Path) -> String {
 
 /// Bootstraps `host` with `psk`; returns the serial.
 fn redeem(server: &CaServer, host: &str, psk: &str, work: &Path) -> String {
-    let psk_file = write_file(work, &format!("{host}.psk"), &psk);
+    let psk_file = write_file(work, &format!("{host}.psk"), psk);
     let out = run_ok(
         server
             .bootstrap_cmd(host, &psk_file, &work.join(host))

@@ -378,6 +378,22 @@ impl CaServer {
         cmd
     }
 
+    /// Runs `bootstrap --key KEY --json` for `host` (the retry of a request
+    /// whose response was lost) and asserts it recovers certificate `serial`.
+    pub fn assert_retry_recovers(&self, host: &str, psk: &str, key: &Path, serial: &str) {
+        let work = tempfile::tempdir().unwrap();
+        let psk_file = write_file(work.path(), "psk", psk);
+        let out = run_ok(
+            self.bootstrap_cmd(host, &psk_file, &work.path().join("tls"))
+                .arg("--key")
+                .arg(key)
+                .arg("--json"),
+        );
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["serial"], serial, "the recorded certificate comes back");
+        assert_eq!(v["recovered"], true);
+    }
+
     /// The root certificate PEM path.
     pub fn root_pem(&self) -> PathBuf {
         self.data_dir.join("root.crt")

@@ -7,11 +7,12 @@
 //! database on a connection of its own (never waiting behind a busy pool),
 //! closes the gate on the first failed probe, and opens it again on the first
 //! good one: while the database is down, requests fail at once with
-//! [`StoreError::Down`] (503 `store_unavailable`), and issuance resumes
-//! without a restart. A caller that meets a database error calls
-//! [`Store::suspect`] so the next probe runs at once instead of at its
-//! interval; only a probe ever closes the gate. Stores that nobody watches
-//! (the CLI) keep the gate open.
+//! [`StoreError::Down`] (503 `store_unavailable`), requests already waiting
+//! for a pool connection are released with the same error when the gate
+//! closes, and issuance resumes without a restart. A caller that meets a
+//! database error calls [`Store::suspect`] so the next probe runs at once
+//! instead of at its interval; only a probe ever closes the gate. Stores
+//! that nobody watches (the CLI) keep the gate open.
 
 use super::{Store, StoreError, StoreResult};
 use sqlx::AnyConnection;

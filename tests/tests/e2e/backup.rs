@@ -27,24 +27,23 @@ fn redeem(server: &CaServer, host: &str, psk: &str, work: &Path) -> String {
     v["serial"].as_str().unwrap().to_owned()
 }
 
-fn serials(server: &CaServer) -> Vec<String> {
-    run_ok(server.cli().args(["cert", "list", "--json"]))
+/// One field of every line of a `--json` listing.
+fn listed(server: &CaServer, args: &[&str], field: &str) -> Vec<String> {
+    run_ok(server.cli().args(args))
         .lines()
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v["serial"].as_str().unwrap().to_owned()
+            v[field].as_str().unwrap().to_owned()
         })
         .collect()
 }
 
+fn serials(server: &CaServer) -> Vec<String> {
+    listed(server, &["cert", "list", "--json"], "serial")
+}
+
 fn live_psks(server: &CaServer) -> Vec<String> {
-    run_ok(server.cli().args(["psk", "list", "--json"]))
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v["hostname"].as_str().unwrap().to_owned()
-        })
-        .collect()
+    listed(server, &["psk", "list", "--json"], "hostname")
 }
 
 /// What a restore must show: the backup's certificates, not the later one;
@@ -70,11 +69,7 @@ fn postgresql_pg_dump_and_pg_restore() {
         return;
     }
     let pg = PgCluster::start();
-    let url = pg.create_database("ca");
-    let mut server = CaServer::start_with(ServerOptions {
-        database_url: Some(url),
-        ..Default::default()
-    });
+    let mut server = CaServer::start_with(pg.server_options("ca"));
     let work = tempfile::tempdir().unwrap();
     issue(&mut server, "before.example.internal", work.path());
     server.psk_add("live.example.internal", &[]);

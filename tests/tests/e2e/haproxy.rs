@@ -104,14 +104,7 @@ fn the_sample_haproxy_config_balances_replicas_and_follows_their_health() {
         return;
     }
     let mut pg = PgCluster::start();
-    let db_url = pg.create_database("ca");
-    let mut servers = CaServer::start_replicas(
-        ServerOptions {
-            database_url: Some(db_url),
-            ..Default::default()
-        },
-        2,
-    );
+    let mut servers = CaServer::start_replicas(pg.server_options("ca"), 2);
     let work = tempfile::tempdir().unwrap();
     let proxy = HaProxy::start(
         work.path(),

@@ -38,20 +38,28 @@ impl Fleet {
             return None;
         }
         let pg = PgCluster::start();
-        let db_url = pg.create_database("ca");
+        let opts = pg.server_options("ca");
+        let db_url = opts.database_url.clone().unwrap();
         // Both start at once against the empty database: their migrations race.
-        let servers = CaServer::start_replicas(
-            ServerOptions {
-                database_url: Some(db_url.clone()),
-                ..Default::default()
-            },
-            2,
-        );
+        let servers = CaServer::start_replicas(opts, 2);
         Some(Fleet {
             servers,
             pg,
             db_url,
         })
+    }
+
+    /// A fleet with `PSKS` PSKs added.
+    fn with_psks() -> Option<(Fleet, Vec<String>)> {
+        let fleet = Fleet::start()?;
+        let psks = seed_psks(&fleet.db_url, PSKS);
+        Some((fleet, psks))
+    }
+
+    /// Checks [`live_and_consumed`] now and says what it found.
+    fn snapshot(&self, when: &str) {
+        let (live, consumed) = live_and_consumed(self);
+        eprintln!("{when}: {live} live, {consumed} consumed");
     }
 
     fn clients(&self) -> Vec<HttpsClient> {
@@ -405,14 +413,12 @@ fn by_replica(fleet: &Fleet) -> String {
 
 #[test]
 fn two_replicas_on_postgresql_issue_exactly_one_certificate_per_psk() {
-    let Some(mut fleet) = Fleet::start() else {
+    let Some((mut fleet, psks)) = Fleet::with_psks() else {
         return;
     };
-    let psks = seed_psks(&fleet.db_url, PSKS);
     let (outcomes, progress, took) = run_load(&mut fleet, &psks, |fleet, _| {
         // Mid-load, the invariant holds in a snapshot.
-        let (live, consumed) = live_and_consumed(fleet);
-        eprintln!("mid-load: {live} live, {consumed} consumed");
+        fleet.snapshot("mid-load");
     });
     let refused = check_outcomes(&fleet, &outcomes);
     assert_eq!(progress.transport_errors.load(Ordering::SeqCst), 0);
@@ -458,15 +464,13 @@ fn two_replicas_on_postgresql_issue_exactly_one_certificate_per_psk() {
 
 #[test]
 fn a_replica_killed_mid_load_loses_no_psk_and_its_clients_recover_on_the_other() {
-    let Some(mut fleet) = Fleet::start() else {
+    let Some((mut fleet, psks)) = Fleet::with_psks() else {
         return;
     };
-    let psks = seed_psks(&fleet.db_url, PSKS);
     let (outcomes, progress, took) = run_load(&mut fleet, &psks, |fleet, _| {
         fleet.servers[0].kill9();
         // Right after the kill: nothing half-written.
-        let (live, consumed) = live_and_consumed(fleet);
-        eprintln!("after kill -9: {live} live, {consumed} consumed");
+        fleet.snapshot("after kill -9");
     });
     let refused = check_outcomes(&fleet, &outcomes);
     let lost = outcomes.iter().filter(|o| o.lost_response).count();
@@ -538,17 +542,7 @@ fn a_response_lost_to_kill_9_is_recovered_from_the_other_replica() {
     fleet.servers[0].kill9();
 
     // The host retries through replica 1 with the same key: it gets the recorded certificate.
-    let psk_file = write_file(work.path(), "psk", &psk);
-    let out = run_ok(
-        fleet.servers[1]
-            .bootstrap_cmd(&h, &psk_file, &work.path().join("tls"))
-            .arg("--key")
-            .arg(&key)
-            .arg("--json"),
-    );
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["serial"], serial.as_str());
-    assert_eq!(v["recovered"], true);
+    fleet.servers[1].assert_retry_recovers(&h, &psk, &key, &serial);
     // Another key with the spent PSK is refused on replica 1 too.
     let psk_file = write_file(work.path(), "psk2", &psk);
     let out = run(&mut fleet.servers[1].bootstrap_cmd(&h, &psk_file, &work.path().join("other")));
@@ -560,10 +554,9 @@ fn a_response_lost_to_kill_9_is_recovered_from_the_other_replica() {
 
 #[test]
 fn postgresql_stopped_mid_load_gives_503_and_issuance_resumes_without_restart() {
-    let Some(mut fleet) = Fleet::start() else {
+    let Some((mut fleet, psks)) = Fleet::with_psks() else {
         return;
     };
-    let psks = seed_psks(&fleet.db_url, PSKS);
     let (outcomes, progress, took) = run_load(&mut fleet, &psks, |fleet, progress| {
         fleet.pg.stop();
         let seen = progress.unavailable.load(Ordering::SeqCst);
@@ -578,8 +571,7 @@ fn postgresql_stopped_mid_load_gives_503_and_issuance_resumes_without_restart() 
         let done = progress.done.load(Ordering::SeqCst);
         fleet.pg.restart();
         // Right after the restart: nothing half-written.
-        let (live, consumed) = live_and_consumed(fleet);
-        eprintln!("PostgreSQL back: {live} live, {consumed} consumed, {done} PSKs done");
+        fleet.snapshot(&format!("PostgreSQL back after {done} PSKs"));
         for i in 0..fleet.servers.len() {
             wait_for(Duration::from_secs(30), "/healthz to recover", || {
                 (fleet.healthz(i) == 200).then_some(())

@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the end-to-end tests drive. Keep in sync with docs/testing.md.
-PACKAGES=(openssl curl ca-certificates postgresql haproxy)
+PACKAGES=(openssl curl ca-certificates postgresql nginx haproxy)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -23,8 +23,19 @@ if ((${#missing[@]})); then
     SUDO="sudo"
   fi
   export DEBIAN_FRONTEND=noninteractive
+  # The packages' scripts would start system services (nginx on port 80 of
+  # every address); the tests run their own daemons, so forbid starts
+  # (policy-rc.d exit 101) while installing, unless a policy exists already.
+  policy=/usr/sbin/policy-rc.d
+  own_policy=""
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+    $SUDO chmod 755 "$policy"
+    own_policy=1
+  fi
   $SUDO apt-get update -q
   $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+  if [ -n "$own_policy" ]; then $SUDO rm -f "$policy"; fi
 fi
 
 echo "==> cargo fmt --check"

@@ -39,6 +39,8 @@ pub mod exit {
     pub const UNREACHABLE: i32 = 5;
     /// The server refused the request itself (4xx other than 403).
     pub const REFUSED: i32 = 6;
+    /// `install`: the service refused the new files; the previous ones were put back.
+    pub const SERVICE: i32 = 7;
 }
 
 /// A failure with its exit code.

@@ -7,7 +7,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// `sha256:<lowercase hex>` over a certificate's DER.
 pub fn fingerprint(der: &[u8]) -> String {
@@ -60,30 +60,46 @@ pub fn pinned_client_config(
 /// exactly one request, `GET /v1/ca`, whose answer is then checked against
 /// the pinned fingerprint before anything is trusted.
 pub fn unverified_client_config() -> Result<ClientConfig> {
-    let provider = provider();
-    let mut config = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnyServerCert(provider)))
-        .with_no_client_auth();
+    let (mut config, _) = observing_client_config()?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
+}
+
+/// The leaf certificate a server presented, recorded by [`observing_client_config`].
+pub type SeenLeaf = Arc<Mutex<Option<CertificateDer<'static>>>>;
+
+/// A client configuration that accepts any server certificate and records
+/// the leaf it was shown, even if the handshake fails later (e.g. because
+/// the server then demands a client certificate). The installers use it to
+/// ask a service which certificate it serves; nothing is trusted from it.
+pub fn observing_client_config() -> Result<(ClientConfig, SeenLeaf)> {
+    let provider = provider();
+    let seen = SeenLeaf::default();
+    let config = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyServerCert(provider, seen.clone())))
+        .with_no_client_auth();
+    Ok((config, seen))
 }
 
 /// Accepts any certificate but still checks the handshake signatures, so the
 /// TLS session itself is sound; trust comes from the fingerprint check.
 #[derive(Debug)]
-struct AcceptAnyServerCert(Arc<CryptoProvider>);
+struct AcceptAnyServerCert(Arc<CryptoProvider>, SeenLeaf);
 
 impl ServerCertVerifier for AcceptAnyServerCert {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
+        end_entity: &CertificateDer<'_>,
         _intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        if let Ok(mut seen) = self.1.lock() {
+            *seen = Some(end_entity.clone().into_owned());
+        }
         Ok(ServerCertVerified::assertion())
     }
 

@@ -115,6 +115,16 @@ pub enum PskCommand {
         #[arg(long, env = "CA_PUBLIC_URL")]
         server_url: Option<String>,
     },
+    /// Create (or replace) a PSK for every hostname read from stdin (one per
+    /// line) in one transaction; prints `HOST<TAB>PSK` lines.
+    Batch {
+        /// How long the PSKs stay valid.
+        #[arg(long, default_value = "1h")]
+        ttl: humantime::Duration,
+        /// An extra name (DNS or IP) every certificate may carry; repeatable.
+        #[arg(long = "san")]
+        sans: Vec<String>,
+    },
     /// List live PSKs (hostnames and expiry; never the secret).
     List {
         #[arg(long)]
@@ -341,11 +351,7 @@ async fn psk(
                     .context("reading the PSK from stdin")?;
                 Psk::new_supplied(buf.trim().to_owned()).context("the PSK on stdin")?
             } else {
-                let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
-                ring::rand::SystemRandom::new()
-                    .fill(&mut bytes[..])
-                    .map_err(|_| anyhow::anyhow!("CSPRNG failure"))?;
-                Psk::from_random(&bytes)
+                generate_psk()?
             };
             let now = clock.now();
             let expires_at = now + ttl.as_secs() as i64;
@@ -389,6 +395,52 @@ async fn psk(
             } else {
                 println!("{}", psk.expose());
             }
+            Ok(())
+        }
+        PskCommand::Batch { ttl, sans } => {
+            let (allowed, ttl) = parse_grant(&sans, ttl)?;
+            let mut input = String::new();
+            std::io::stdin()
+                .read_to_string(&mut input)
+                .context("reading hostnames from stdin")?;
+            let hosts: Vec<&str> = input
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            let mut psks = Vec::with_capacity(hosts.len());
+            let mut entries = Vec::with_capacity(hosts.len());
+            for host in &hosts {
+                validate_host(host)?;
+                let psk = generate_psk()?;
+                entries.push((host.to_string(), psk.hash()));
+                psks.push(psk);
+            }
+            let now = clock.now();
+            let store = Store::open(url).await?;
+            let audit = AuditEvent {
+                at: now,
+                event: "psk_added".into(),
+                outcome: "ok".into(),
+                reason: Some(format!(
+                    "batch; ttl {}s; extra names {}",
+                    ttl.as_secs(),
+                    allowed.len()
+                )),
+                actor: Some(actor()),
+                ..Default::default()
+            };
+            store
+                .put_psks(&entries, &allowed, now, now + ttl.as_secs() as i64, &audit)
+                .await?;
+            let mut out = String::with_capacity(hosts.len() * 64);
+            for (host, psk) in hosts.iter().zip(&psks) {
+                out.push_str(host);
+                out.push('\t');
+                out.push_str(psk.expose());
+                out.push('\n');
+            }
+            print!("{out}");
             Ok(())
         }
         PskCommand::List { json } => {
@@ -436,6 +488,36 @@ async fn psk(
             }
         }
     }
+}
+
+fn validate_host(host: &str) -> Result<()> {
+    policy::hostname::validate(host)
+        .with_context(|| format!("hostname {}", escape_for_display(host)))
+}
+
+/// The extra names and lifetime a spawner grants with a PSK.
+fn parse_grant(
+    sans: &[String],
+    ttl: humantime::Duration,
+) -> Result<(Vec<AllowedName>, std::time::Duration)> {
+    let allowed = sans
+        .iter()
+        .map(|s| AllowedName::parse(s).with_context(|| format!("--san {}", escape_for_display(s))))
+        .collect::<Result<Vec<_>>>()?;
+    let ttl: std::time::Duration = ttl.into();
+    if ttl.is_zero() {
+        bail!("--ttl must be positive");
+    }
+    Ok((allowed, ttl))
+}
+
+/// 32 bytes from the OS CSPRNG as a base64url PSK.
+fn generate_psk() -> Result<Psk> {
+    let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes[..])
+        .map_err(|_| anyhow::anyhow!("CSPRNG failure"))?;
+    Ok(Psk::from_random(&bytes))
 }
 
 /// Normalises a serial as operators type it: any case, colons optional,

@@ -4,6 +4,7 @@
 //! and is cleaned up on drop.
 
 pub mod pg;
+pub mod services;
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod availability;
+mod batch;
 pub mod copy;
 mod ownership;
 
@@ -205,23 +206,9 @@ impl Store {
         expires_at: i64,
         audit: &AuditEvent,
     ) -> StoreResult<()> {
-        let sans: Vec<String> = allowed_sans.iter().map(|n| n.to_string()).collect();
-        let sans_json = serde_json::to_string(&sans).expect("strings serialise");
+        let sans_json = sans_json(allowed_sans);
         let mut tx = self.begin().await?;
-        sqlx::query(
-            "INSERT INTO psks (hostname, psk_hash, allowed_sans, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (hostname) DO UPDATE SET psk_hash = excluded.psk_hash, \
-             allowed_sans = excluded.allowed_sans, created_at = excluded.created_at, \
-             expires_at = excluded.expires_at",
-        )
-        .bind(hostname)
-        .bind(hash.0.to_vec())
-        .bind(sans_json)
-        .bind(created_at)
-        .bind(expires_at)
-        .execute(&mut *tx)
-        .await?;
+        upsert_psk(&mut *tx, hostname, hash, &sans_json, created_at, expires_at).await?;
         insert_audit(&mut *tx, audit).await?;
         tx.commit().await?;
         Ok(())
@@ -475,6 +462,38 @@ async fn migrate(pool: &AnyPool, engine: Engine) -> Result<()> {
             tx.commit().await?;
         }
     }
+    Ok(())
+}
+
+/// The stored form of a PSK's extra names: a JSON array of strings.
+fn sans_json(allowed_sans: &[AllowedName]) -> String {
+    let sans: Vec<String> = allowed_sans.iter().map(|n| n.to_string()).collect();
+    serde_json::to_string(&sans).expect("strings serialise")
+}
+
+/// Creates or replaces one PSK row.
+async fn upsert_psk<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+    ex: E,
+    hostname: &str,
+    hash: &PskHash,
+    sans_json: &str,
+    created_at: i64,
+    expires_at: i64,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO psks (hostname, psk_hash, allowed_sans, created_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (hostname) DO UPDATE SET psk_hash = excluded.psk_hash, \
+         allowed_sans = excluded.allowed_sans, created_at = excluded.created_at, \
+         expires_at = excluded.expires_at",
+    )
+    .bind(hostname)
+    .bind(hash.0.to_vec())
+    .bind(sans_json)
+    .bind(created_at)
+    .bind(expires_at)
+    .execute(ex)
+    .await?;
     Ok(())
 }
 

@@ -5,78 +5,39 @@
 //! back when it returns, without a restart.
 
 use ca_tests::pg::{PgCluster, require_postgres};
+use ca_tests::services::{Haproxy, free_port};
 use ca_tests::*;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
-/// A running `haproxy -db -f examples/haproxy.cfg`, killed on drop.
-struct HaProxy {
-    child: Child,
-    log: PathBuf,
-    url: String,
+/// `examples/haproxy.cfg`, unchanged, in front of `replicas`; returns the
+/// proxy and its URL.
+fn start_proxy(dir: &Path, root: &Path, replicas: &[&CaServer]) -> (Haproxy, String) {
+    let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/haproxy.cfg");
+    let port = free_port();
+    let mut proxy = Haproxy::with_config(dir, &cfg);
+    proxy.env = vec![
+        ("CA_FRONTEND".into(), format!("127.0.0.1:{port}")),
+        ("CA_NAME".into(), "localhost".into()),
+        ("CA_ROOT".into(), root.display().to_string()),
+        ("CA1".into(), replicas[0].addr.clone()),
+        ("CA2".into(), replicas[1].addr.clone()),
+    ];
+    let check = proxy.check();
+    assert!(
+        check.status.success(),
+        "haproxy -c: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    proxy.start(&[port]);
+    (proxy, format!("https://localhost:{port}"))
 }
 
-impl HaProxy {
-    fn start(dir: &Path, root: &Path, replicas: &[&CaServer]) -> HaProxy {
-        let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/haproxy.cfg");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let env = [
-            ("CA_FRONTEND", format!("127.0.0.1:{port}")),
-            ("CA_NAME", "localhost".to_owned()),
-            ("CA_ROOT", root.display().to_string()),
-            ("CA1", replicas[0].addr.clone()),
-            ("CA2", replicas[1].addr.clone()),
-        ];
-        run_ok(
-            Command::new("haproxy")
-                .args(["-c", "-f"])
-                .arg(&cfg)
-                .envs(env.clone()),
-        );
-        let log = dir.join("haproxy.log");
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new("haproxy")
-            .args(["-db", "-f"])
-            .arg(&cfg)
-            .envs(env)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("starting haproxy");
-        let proxy = HaProxy {
-            child,
-            log,
-            url: format!("https://localhost:{port}"),
-        };
-        wait_for(Duration::from_secs(30), "haproxy to listen", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-        });
-        proxy
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits until `needle` has appeared `n` times in HAProxy's log.
-    fn wait_log(&self, n: usize, needle: &str) {
-        wait_for(Duration::from_secs(60), needle, || {
-            (self.logs().matches(needle).count() >= n).then_some(())
-        });
-    }
-}
-
-impl Drop for HaProxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Waits until `needle` appears in HAProxy's log.
+fn wait_log(proxy: &Haproxy, needle: &str) {
+    wait_for(Duration::from_secs(60), needle, || {
+        proxy.logs().contains(needle).then_some(())
+    });
 }
 
 /// `ca-client bootstrap` for `host` through `url`.
@@ -106,7 +67,7 @@ fn the_sample_haproxy_config_balances_replicas_and_follows_their_health() {
     let mut pg = PgCluster::start();
     let mut servers = CaServer::start_replicas(pg.server_options("ca"), 2);
     let work = tempfile::tempdir().unwrap();
-    let proxy = HaProxy::start(
+    let (proxy, url) = start_proxy(
         work.path(),
         &servers[0].root_pem(),
         &[&servers[0], &servers[1]],
@@ -116,7 +77,7 @@ fn the_sample_haproxy_config_balances_replicas_and_follows_their_health() {
     // the pinned fingerprint is the CA's own).
     for i in 0..4 {
         bootstrap_through(
-            &proxy.url,
+            &url,
             &mut servers[0],
             &format!("lb{i}.example.internal"),
             work.path(),
@@ -136,11 +97,11 @@ fn the_sample_haproxy_config_balances_replicas_and_follows_their_health() {
 
     // Replica 1 dies: HAProxy marks it down; replica 2 serves alone.
     servers[0].kill9();
-    proxy.wait_log(1, "Server ca_replicas/ca1 is DOWN");
+    wait_log(&proxy, "Server ca_replicas/ca1 is DOWN");
     let issued = |s: &CaServer| s.logs().matches("status=201").count();
     let before = issued(&servers[1]);
     bootstrap_through(
-        &proxy.url,
+        &url,
         &mut servers[1],
         "lb-after-kill.example.internal",
         work.path(),
@@ -149,7 +110,7 @@ fn the_sample_haproxy_config_balances_replicas_and_follows_their_health() {
 
     // PostgreSQL stops: replica 2 answers /healthz with 503 and goes down too.
     pg.stop();
-    proxy.wait_log(1, "Server ca_replicas/ca2 is DOWN");
+    wait_log(&proxy, "Server ca_replicas/ca2 is DOWN");
     assert!(
         proxy.logs().contains("Layer7 wrong status, code: 503"),
         "{}",
@@ -157,9 +118,9 @@ fn the_sample_haproxy_config_balances_replicas_and_follows_their_health() {
     );
     // PostgreSQL is back: the same replica process comes back up in HAProxy.
     pg.restart();
-    proxy.wait_log(1, "Server ca_replicas/ca2 is UP");
+    wait_log(&proxy, "Server ca_replicas/ca2 is UP");
     bootstrap_through(
-        &proxy.url,
+        &url,
         &mut servers[1],
         "lb-after-pg.example.internal",
         work.path(),

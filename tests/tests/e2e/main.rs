@@ -6,6 +6,7 @@ mod backup;
 mod bootstrap;
 mod concurrency;
 mod haproxy;
+mod install;
 mod rejections;
 mod replicas;
 mod retry;

@@ -10,13 +10,12 @@
 use bytes::Bytes;
 use ca_client::https::{Connection, HttpsClient};
 use ca_client::keys::{HostKey, KeyType};
-use ca_server::store::{AuditEvent, Store};
 use ca_tests::pg::{PgCluster, require_postgres};
 use ca_tests::*;
 use http::{Method, StatusCode};
 use policy::Psk;
-use ring::rand::SecureRandom;
 use std::collections::HashMap;
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -52,7 +51,7 @@ impl Fleet {
     /// A fleet with `PSKS` PSKs added.
     fn with_psks() -> Option<(Fleet, Vec<String>)> {
         let fleet = Fleet::start()?;
-        let psks = seed_psks(&fleet.db_url, PSKS);
+        let psks = seed_psks(&fleet.servers[0], PSKS);
         Some((fleet, psks))
     }
 
@@ -103,44 +102,43 @@ fn host(i: usize) -> String {
     format!("h{i:04}.{DOMAIN}")
 }
 
-/// Adds the PSKs through the store library (1,000 `psk add` processes would
-/// dominate the test's time; the CLI path is covered elsewhere).
-fn seed_psks(db_url: &str, n: usize) -> Vec<String> {
-    block_on(async {
-        let store = Store::open(db_url).await.unwrap();
-        let rng = ring::rand::SystemRandom::new();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64;
-        let mut psks = Vec::with_capacity(n);
-        for i in 0..n {
-            let mut bytes = [0u8; 32];
-            rng.fill(&mut bytes).unwrap();
-            let psk = Psk::from_random(&bytes);
-            store
-                .put_psk(
-                    &host(i),
-                    &psk.hash(),
-                    &[],
-                    now,
-                    now + 3600,
-                    &AuditEvent {
-                        at: now,
-                        event: "psk_added".into(),
-                        hostname: Some(host(i)),
-                        outcome: "ok".into(),
-                        actor: Some("e2e seed".into()),
-                        ..Default::default()
-                    },
-                )
-                .await
-                .unwrap();
-            psks.push(psk.expose().to_owned());
-        }
-        store.close().await;
-        psks
-    })
+/// Adds `n` PSKs with `ca-server psk batch` (one transaction); returns
+/// them in host order.
+fn seed_psks(server: &CaServer, n: usize) -> Vec<String> {
+    use std::io::Write;
+    let mut child = server
+        .cli()
+        .args(["psk", "batch", "--ttl", "1h"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("psk batch");
+    let hosts: String = (0..n).map(|i| format!("{}\n", host(i))).collect();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(hosts.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "psk batch: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let psks: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            let (h, psk) = l.split_once('\t').expect("HOST<TAB>PSK");
+            assert_eq!(h, host(i));
+            psk.to_owned()
+        })
+        .collect();
+    assert_eq!(psks.len(), n);
+    psks
 }
 
 /// What one client finally got for one PSK.

@@ -1,0 +1,495 @@
+//! Load generator for `POST /v1/sign` (and, for comparison, cfssl's
+//! `/api/v1/cfssl/sign`): N PSKs and N CSRs are prepared off the clock, then
+//! C workers drive the server over HTTPS with keep-alive or a new TLS
+//! connection per request. Reports certificates/s, latency percentiles,
+//! errors, server CPU seconds per certificate and peak RSS, as a table and
+//! as JSON, and verifies afterwards that exactly N certificates were recorded
+//! and N PSKs consumed.
+//!
+//! Used by scripts/bench.sh; see BENCHMARKS.md for the figures.
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use ca_client::https::HttpsClient;
+use ca_client::keys::{HostKey, KeyType};
+use http::Method;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// ca-server's /v1/sign with a PSK per CSR.
+    Ours,
+    /// cfssl serve's /api/v1/cfssl/sign (no PSK check, no database).
+    Cfssl,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConnMode {
+    KeepAlive,
+    NewConnection,
+}
+
+#[derive(Debug)]
+struct Args {
+    server: String,
+    root: PathBuf,
+    target: Target,
+    requests: usize,
+    concurrency: usize,
+    mode: ConnMode,
+    /// ca-server binary and data dir, to create PSKs and verify the store.
+    ca_server: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    server_pid: Option<u32>,
+    label: String,
+    json_out: Option<PathBuf>,
+    csr_cache: Option<PathBuf>,
+    tls_resumption: bool,
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: loadgen --server URL --root ROOT.pem [--target ours|cfssl] [--requests N] \
+         [--concurrency C] [--mode keepalive|new-conn] [--ca-server BIN --data-dir DIR \
+         [--database-url URL]] [--server-pid PID] [--label TEXT] [--json FILE] \
+         [--csr-cache FILE] [--tls-resumption]"
+    );
+    std::process::exit(2)
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        server: String::new(),
+        root: PathBuf::new(),
+        target: Target::Ours,
+        requests: 1000,
+        concurrency: 8,
+        mode: ConnMode::KeepAlive,
+        ca_server: None,
+        data_dir: None,
+        database_url: None,
+        server_pid: None,
+        label: String::new(),
+        json_out: None,
+        csr_cache: None,
+        tls_resumption: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut val = || it.next().unwrap_or_else(|| usage());
+        match flag.as_str() {
+            "--server" => a.server = val(),
+            "--root" => a.root = val().into(),
+            "--target" => {
+                a.target = match val().as_str() {
+                    "ours" => Target::Ours,
+                    "cfssl" => Target::Cfssl,
+                    _ => usage(),
+                }
+            }
+            "--requests" => a.requests = val().parse().unwrap_or_else(|_| usage()),
+            "--concurrency" => a.concurrency = val().parse().unwrap_or_else(|_| usage()),
+            "--mode" => {
+                a.mode = match val().as_str() {
+                    "keepalive" => ConnMode::KeepAlive,
+                    "new-conn" => ConnMode::NewConnection,
+                    _ => usage(),
+                }
+            }
+            "--ca-server" => a.ca_server = Some(val().into()),
+            "--data-dir" => a.data_dir = Some(val().into()),
+            "--database-url" => a.database_url = Some(val()),
+            "--server-pid" => a.server_pid = Some(val().parse().unwrap_or_else(|_| usage())),
+            "--label" => a.label = val(),
+            "--json" => a.json_out = Some(val().into()),
+            "--csr-cache" => a.csr_cache = Some(val().into()),
+            "--tls-resumption" => a.tls_resumption = true,
+            _ => usage(),
+        }
+    }
+    if a.server.is_empty() || a.root.as_os_str().is_empty() {
+        usage();
+    }
+    if a.target == Target::Ours && (a.ca_server.is_none() || a.data_dir.is_none()) {
+        eprintln!("--target ours needs --ca-server and --data-dir to create PSKs");
+        usage();
+    }
+    a
+}
+
+fn ca_server_cmd(a: &Args) -> Command {
+    let mut cmd = Command::new(a.ca_server.as_ref().expect("--ca-server"));
+    cmd.arg("--data-dir")
+        .arg(a.data_dir.as_ref().expect("--data-dir"));
+    if let Some(url) = &a.database_url {
+        cmd.arg("--database-url").arg(url);
+    }
+    cmd
+}
+
+/// Creates one PSK per host with `ca-server psk batch`; returns them in order.
+fn create_psks(a: &Args, hosts: &[String]) -> Result<Vec<String>> {
+    use std::io::Write;
+    let mut child = ca_server_cmd(a)
+        .args(["psk", "batch", "--ttl", "2h"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("running ca-server psk batch")?;
+    {
+        let mut stdin = child.stdin.take().expect("stdin");
+        for h in hosts {
+            writeln!(stdin, "{h}")?;
+        }
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("ca-server psk batch failed");
+    }
+    let text = String::from_utf8(out.stdout)?;
+    let mut psks = Vec::with_capacity(hosts.len());
+    for (line, host) in text.lines().zip(hosts) {
+        let (h, psk) = line
+            .split_once('\t')
+            .context("psk batch output is HOST<TAB>PSK")?;
+        if h != host {
+            bail!("psk batch answered {h} for {host}");
+        }
+        psks.push(psk.to_owned());
+    }
+    if psks.len() != hosts.len() {
+        bail!(
+            "psk batch returned {} PSKs for {} hosts",
+            psks.len(),
+            hosts.len()
+        );
+    }
+    Ok(psks)
+}
+
+/// One P-256 key and CSR per host, on every core.
+fn make_csrs(hosts: &[String], psks: &[Option<String>]) -> Vec<Bytes> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let chunk = hosts.len().div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = hosts
+            .chunks(chunk)
+            .zip(psks.chunks(chunk))
+            .map(|(hs, ps)| {
+                s.spawn(move || {
+                    hs.iter()
+                        .zip(ps)
+                        .map(|(h, p)| {
+                            let key = HostKey::generate(KeyType::P256).expect("keygen");
+                            let psk = p
+                                .as_ref()
+                                .map(|p| policy::Psk::new(p.clone()).expect("psk"));
+                            Bytes::from(
+                                key.csr_pem(h, &[], psk.as_ref())
+                                    .expect("csr")
+                                    .as_bytes()
+                                    .to_vec(),
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("csr thread"))
+            .collect()
+    })
+}
+
+/// CPU seconds (user + system) and peak RSS in KiB of a process, from /proc.
+fn proc_usage(pid: u32) -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let hwm = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    // Clock ticks are 100 per second on Linux x86_64.
+    Some(((utime + stime) / 100.0, hwm))
+}
+
+#[derive(Debug, Default)]
+struct Outcome {
+    latencies_us: Vec<u64>,
+    ok: usize,
+    errors: usize,
+    first_error: Option<String>,
+}
+
+fn body_for(target: Target, csr: &Bytes) -> (Option<&'static str>, &'static str, Bytes) {
+    match target {
+        Target::Ours => (Some("application/pkcs10"), "/v1/sign", csr.clone()),
+        Target::Cfssl => {
+            let body = serde_json::json!({ "certificate_request": String::from_utf8_lossy(csr) });
+            (
+                Some("application/json"),
+                "/api/v1/cfssl/sign",
+                Bytes::from(body.to_string()),
+            )
+        }
+    }
+}
+
+fn is_success(target: Target, status: http::StatusCode, body: &[u8]) -> bool {
+    match target {
+        Target::Ours => status == http::StatusCode::CREATED,
+        Target::Cfssl => {
+            status == http::StatusCode::OK
+                && serde_json::from_slice::<serde_json::Value>(body)
+                    .is_ok_and(|v| v["success"] == true)
+        }
+    }
+}
+
+async fn drive(a: &Args, client: HttpsClient, csrs: Arc<Vec<Bytes>>) -> Outcome {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..a.concurrency {
+        let (client, csrs, next) = (client.clone(), csrs.clone(), next.clone());
+        let (target, mode) = (a.target, a.mode);
+        workers.push(tokio::spawn(async move {
+            let mut out = Outcome::default();
+            let mut conn = None;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= csrs.len() {
+                    break;
+                }
+                let (ct, path, body) = body_for(target, &csrs[i]);
+                let start = Instant::now();
+                let result = match mode {
+                    ConnMode::NewConnection => client.send(Method::POST, path, ct, body).await,
+                    ConnMode::KeepAlive => {
+                        if conn.is_none() {
+                            conn = client.connect().await.ok();
+                        }
+                        match conn.as_mut() {
+                            Some(c) => {
+                                let r = c.send(Method::POST, path, ct, body).await;
+                                if r.is_err() {
+                                    conn = None;
+                                }
+                                r
+                            }
+                            None => client.send(Method::POST, path, ct, body).await,
+                        }
+                    }
+                };
+                let us = start.elapsed().as_micros() as u64;
+                match result {
+                    Ok(reply) if is_success(target, reply.status, &reply.body) => {
+                        out.ok += 1;
+                        out.latencies_us.push(us);
+                    }
+                    Ok(reply) => {
+                        out.errors += 1;
+                        out.first_error.get_or_insert_with(|| {
+                            format!("{} {}", reply.status, String::from_utf8_lossy(&reply.body))
+                        });
+                    }
+                    Err(e) => {
+                        out.errors += 1;
+                        out.first_error.get_or_insert_with(|| e.to_string());
+                    }
+                }
+            }
+            out
+        }));
+    }
+    let mut total = Outcome::default();
+    for w in workers {
+        let o = w.await.expect("worker");
+        total.ok += o.ok;
+        total.errors += o.errors;
+        total.latencies_us.extend(o.latencies_us);
+        if total.first_error.is_none() {
+            total.first_error = o.first_error;
+        }
+    }
+    total
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx] as f64 / 1000.0
+}
+
+fn main() -> Result<()> {
+    let a = parse_args();
+    let root = pem::parse(std::fs::read(&a.root).context("reading --root")?)?.into_contents();
+    let mut config = ca_client::trust::pinned_client_config(&root, None)?;
+    if !a.tls_resumption {
+        config.resumption = rustls::client::Resumption::disabled();
+    }
+    let mut client = HttpsClient::new(&a.server, config)?;
+    client.timeout = Duration::from_secs(60);
+
+    // Off the clock: hosts, PSKs and CSRs.
+    let run_id = std::process::id();
+    let hosts: Vec<String> = (0..a.requests)
+        .map(|i| format!("h{i}-r{run_id}.bench.internal"))
+        .collect();
+    let prep = Instant::now();
+    let csrs = match (&a.csr_cache, a.target) {
+        (Some(cache), Target::Cfssl) if cache.exists() => {
+            let v: Vec<String> = serde_json::from_slice(&std::fs::read(cache)?)?;
+            v.into_iter()
+                .map(|s| Bytes::from(s.into_bytes()))
+                .take(a.requests)
+                .collect()
+        }
+        _ => {
+            let psks: Vec<Option<String>> = match a.target {
+                Target::Ours => create_psks(&a, &hosts)?.into_iter().map(Some).collect(),
+                Target::Cfssl => vec![None; hosts.len()],
+            };
+            make_csrs(&hosts, &psks)
+        }
+    };
+    if let (Some(cache), Target::Ours) = (&a.csr_cache, a.target) {
+        let v: Vec<String> = csrs
+            .iter()
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect();
+        std::fs::write(cache, serde_json::to_vec(&v)?)?;
+    }
+    eprintln!(
+        "prepared {} CSRs in {:.1} s",
+        csrs.len(),
+        prep.elapsed().as_secs_f64()
+    );
+
+    let before = a.server_pid.and_then(proc_usage);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let start = Instant::now();
+    let mut outcome = rt.block_on(drive(&a, client, Arc::new(csrs)));
+    let wall = start.elapsed().as_secs_f64();
+    let after = a.server_pid.and_then(proc_usage);
+    outcome.latencies_us.sort_unstable();
+    let l = &outcome.latencies_us;
+
+    // Afterwards: exactly N certificates recorded and N PSKs consumed.
+    let (recorded, psks_left) = if a.target == Target::Ours {
+        let certs = String::from_utf8(
+            ca_server_cmd(&a)
+                .args(["cert", "list", "--json"])
+                .output()?
+                .stdout,
+        )?;
+        let suffix = format!("-r{run_id}.bench.internal\"");
+        let recorded = certs.lines().filter(|l| l.contains(&suffix)).count();
+        let psks = String::from_utf8(
+            ca_server_cmd(&a)
+                .args(["psk", "list", "--json"])
+                .output()?
+                .stdout,
+        )?;
+        let left = psks.lines().filter(|l| l.contains(&suffix)).count();
+        (Some(recorded), Some(left))
+    } else {
+        (None, None)
+    };
+
+    let cpu = match (before, after) {
+        (Some((b, _)), Some((c, _))) if outcome.ok > 0 => Some((c - b) / outcome.ok as f64),
+        _ => None,
+    };
+    let result = serde_json::json!({
+        "label": a.label,
+        "target": format!("{:?}", a.target),
+        "mode": match a.mode { ConnMode::KeepAlive => "keepalive", ConnMode::NewConnection => "new-conn" },
+        "concurrency": a.concurrency,
+        "requests": a.requests,
+        "ok": outcome.ok,
+        "errors": outcome.errors,
+        "first_error": outcome.first_error,
+        "wall_s": wall,
+        "certs_per_s": outcome.ok as f64 / wall,
+        "p50_ms": percentile(l, 0.50),
+        "p90_ms": percentile(l, 0.90),
+        "p99_ms": percentile(l, 0.99),
+        "max_ms": l.last().map(|v| *v as f64 / 1000.0).unwrap_or(0.0),
+        "server_cpu_ms_per_cert": cpu.map(|c| c * 1000.0),
+        "server_peak_rss_mib": after.map(|(_, kib)| kib as f64 / 1024.0),
+        "recorded": recorded,
+        "psks_left": psks_left,
+        "verified": recorded.map(|r| r == outcome.ok && psks_left == Some(a.requests - outcome.ok)),
+    });
+    println!(
+        "{:<28} {:>5} {:>9} {:>6} {:>6} {:>9} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8}",
+        "label",
+        "conc",
+        "mode",
+        "ok",
+        "err",
+        "certs/s",
+        "p50ms",
+        "p90ms",
+        "p99ms",
+        "maxms",
+        "cpu ms/c",
+        "rss MiB"
+    );
+    println!(
+        "{:<28} {:>5} {:>9} {:>6} {:>6} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8.1} {:>9} {:>8}",
+        a.label,
+        a.concurrency,
+        result["mode"].as_str().unwrap_or(""),
+        outcome.ok,
+        outcome.errors,
+        outcome.ok as f64 / wall,
+        percentile(l, 0.50),
+        percentile(l, 0.90),
+        percentile(l, 0.99),
+        l.last().map(|v| *v as f64 / 1000.0).unwrap_or(0.0),
+        cpu.map(|c| format!("{:.3}", c * 1000.0))
+            .unwrap_or_else(|| "-".into()),
+        after
+            .map(|(_, kib)| format!("{:.1}", kib as f64 / 1024.0))
+            .unwrap_or_else(|| "-".into()),
+    );
+    if let Some(e) = &outcome.first_error {
+        eprintln!("first error: {e}");
+    }
+    if let Some(path) = &a.json_out {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        writeln!(f, "{result}")?;
+    }
+    if result["verified"] == false {
+        bail!(
+            "store check failed: {recorded:?} certificates recorded and {psks_left:?} PSKs left for {} successes",
+            outcome.ok
+        );
+    }
+    Ok(())
+}

@@ -47,6 +47,17 @@ pub struct Authority {
 impl Authority {
     /// The whole `/v1/sign` flow for one request body from `peer`.
     pub async fn sign_with_psk(&self, body: &[u8], peer: &str) -> Result<Issued, SignError> {
+        self.sign(body, None, peer).await
+    }
+
+    /// The same flow for a route that names the host in its URL (Puppet's
+    /// `certificate_request/{certname}`): the CSR's CN must be `certname`.
+    pub async fn sign(
+        &self,
+        body: &[u8],
+        certname: Option<&str>,
+        peer: &str,
+    ) -> Result<Issued, SignError> {
         let now = self.clock.now();
         // 1. Parse and verify (pure, bounded by the body limit).
         let csr = match policy::csr::parse(body) {
@@ -60,6 +71,15 @@ impl Authority {
                 return Err(self.reject(now, shown, peer, r).await);
             }
         };
+        if let Some(certname) = certname
+            && certname != host
+        {
+            let r = Rejection::CertnameMismatch {
+                certname: certname.to_owned(),
+                cn: host.clone(),
+            };
+            return Err(self.reject(now, Some(host), peer, r).await);
+        }
 
         // 2. Authenticate and decide.
         let entry = self.store.get_psk(&host).await?;

@@ -10,9 +10,9 @@ use anyhow::{Context, Result, anyhow, bail};
 use ca_client::fsutil::{self, KEY_MODE, PUBLIC_MODE};
 use policy::{AllowedName, KeyKind, Profile};
 use rcgen::{
-    BasicConstraints, CertificateParams, CrlDistributionPoint, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType,
-    SerialNumber, SigningKey,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, CrlDistributionPoint,
+    DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair,
+    KeyUsagePurpose, PublicKeyData, SanType, SerialNumber, SigningKey,
 };
 use ring::rand::{SecureRandom, SystemRandom};
 use std::path::{Path, PathBuf};
@@ -305,20 +305,13 @@ impl Signer {
     /// belongs to the intermediate and the intermediate to the root.
     pub fn load(paths: &CaPaths, crl_url: Option<String>) -> Result<Signer> {
         let root_der = read_cert_der(&paths.root_cert)?;
-        let intermediate_der = read_cert_der(&paths.intermediate_cert)?;
-        let key = CaKey::load(&paths.intermediate_key)?;
+        let (intermediate_der, key) =
+            load_ca_pair(&paths.intermediate_cert, &paths.intermediate_key)?;
 
         let (_, int) = x509_parser::parse_x509_certificate(&intermediate_der)
             .map_err(|e| anyhow!("parsing {}: {e}", paths.intermediate_cert.display()))?;
         let (_, root) = x509_parser::parse_x509_certificate(&root_der)
             .map_err(|e| anyhow!("parsing {}: {e}", paths.root_cert.display()))?;
-        if int.public_key().raw != key.subject_public_key_info().as_slice() {
-            bail!(
-                "{} does not belong to {}",
-                paths.intermediate_key.display(),
-                paths.intermediate_cert.display()
-            );
-        }
         int.verify_signature(Some(root.public_key()))
             .map_err(|_| anyhow!("the intermediate is not signed by the root"))?;
         let intermediate_not_after = int.validity().not_after.timestamp();
@@ -409,6 +402,81 @@ impl Signer {
         let leaf = pem::encode(&pem::Pem::new("CERTIFICATE", leaf_der.to_vec()));
         format!("{leaf}{}", self.intermediate_pem)
     }
+
+    /// Signs a CRL with the intermediate (it covers every leaf). The content
+    /// is decided by `crate::crl`; the issuer's key identifier is set here.
+    pub fn sign_crl(&self, params: CertificateRevocationListParams) -> Result<Vec<u8>> {
+        sign_crl_with(&self.issuer, &self.intermediate_der, params)
+    }
+}
+
+/// The root key, loaded only while it is in the data dir (it may be moved
+/// offline after `init`), to sign the root's CRL, which covers the intermediate.
+pub struct RootSigner {
+    issuer: Issuer<'static, CaKey>,
+    root_der: Vec<u8>,
+}
+
+impl std::fmt::Debug for RootSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RootSigner").finish_non_exhaustive()
+    }
+}
+
+impl RootSigner {
+    /// `None` when `root.key` is not in the data dir.
+    pub fn load(paths: &CaPaths) -> Result<Option<RootSigner>> {
+        if !paths.root_key.exists() {
+            return Ok(None);
+        }
+        let (root_der, key) = load_ca_pair(&paths.root_cert, &paths.root_key)?;
+        let issuer = Issuer::from_ca_cert_der(&root_der.clone().into(), key)
+            .context("reading the root as an issuer")?;
+        Ok(Some(RootSigner { issuer, root_der }))
+    }
+
+    /// Signs a CRL with the root.
+    pub fn sign_crl(&self, params: CertificateRevocationListParams) -> Result<Vec<u8>> {
+        sign_crl_with(&self.issuer, &self.root_der, params)
+    }
+}
+
+/// Reads a CA certificate (DER) and its key, checking that they belong together.
+fn load_ca_pair(cert_path: &Path, key_path: &Path) -> Result<(Vec<u8>, CaKey)> {
+    let der = read_cert_der(cert_path)?;
+    let key = CaKey::load(key_path)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| anyhow!("parsing {}: {e}", cert_path.display()))?;
+    if cert.public_key().raw != key.subject_public_key_info().as_slice() {
+        bail!(
+            "{} does not belong to {}",
+            key_path.display(),
+            cert_path.display()
+        );
+    }
+    Ok((der, key))
+}
+
+/// Signs `params` with `issuer`, whose certificate is `issuer_der`. The CRL's
+/// authority key identifier must be the issuer's subject key identifier, or
+/// verifiers may not pair them.
+fn sign_crl_with(
+    issuer: &Issuer<'_, CaKey>,
+    issuer_der: &[u8],
+    mut params: CertificateRevocationListParams,
+) -> Result<Vec<u8>> {
+    let (_, cert) = x509_parser::parse_x509_certificate(issuer_der)
+        .map_err(|e| anyhow!("parsing the CA certificate: {e}"))?;
+    let ski = cert
+        .extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
+            _ => None,
+        })
+        .context("the CA certificate has no subject key identifier")?;
+    params.key_identifier_method = KeyIdMethod::PreSpecified(ski);
+    Ok(params.signed_by(issuer)?.der().to_vec())
 }
 
 /// Leaf validity with the default of the contract (30 days).

@@ -6,6 +6,7 @@
 
 use crate::ca::{self, CaPaths};
 use crate::clock::{Clock, SystemClock};
+use crate::crl::CrlConfig;
 use crate::serve::{self, ServeOptions};
 use crate::server::Limits;
 use crate::store::{AuditEvent, CertRecord, Store};
@@ -91,6 +92,13 @@ pub struct ServeArgs {
     /// CA name used if the data dir is initialised by this start.
     #[arg(long, env = "CA_NAME", default_value = "Fleet")]
     pub name: String,
+    /// Lifetime of the CRL at /v1/crl (re-signed after half of it, and on any revocation).
+    #[arg(long, env = "CA_CRL_VALIDITY", default_value = "24h")]
+    pub crl_validity: humantime::Duration,
+    /// Lifetime of the CRLs served to Puppet agents and of the root CRL. Long, as
+    /// Puppet Server's: an agent keeps the CRL it downloaded and cannot recover once it expires.
+    #[arg(long, env = "CA_PUPPET_CRL_VALIDITY", default_value = "1825d")]
+    pub puppet_crl_validity: humantime::Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -262,6 +270,10 @@ async fn run(cli: Cli) -> Result<()> {
                 validity: args.validity.into(),
                 name: args.name,
                 limits: Limits::default(),
+                crl: CrlConfig {
+                    validity: args.crl_validity.into(),
+                    long_validity: args.puppet_crl_validity.into(),
+                },
             })
             .await
         }

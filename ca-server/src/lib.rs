@@ -1,8 +1,8 @@
 //! ca-server: a certificate authority that signs automatically against
 //! one-time pre-shared keys.
 //!
-//! Crate map: [`ca`] holds the CA material and builds certificates; [`store`]
-//! is the database; [`authority`] is the issuance flow; [`http`] and
+//! Crate map: [`ca`] holds the CA material and builds certificates; [`crl`]
+//! signs and caches the revocation lists; [`store`] is the database; [`authority`] is the issuance flow; [`http`] and
 //! [`server`] are the HTTPS edge; [`cli`] and [`serve`] are the binary.
 #![deny(unsafe_code)]
 
@@ -10,6 +10,7 @@ pub mod authority;
 pub mod ca;
 pub mod cli;
 pub mod clock;
+pub mod crl;
 pub mod hardening;
 pub mod http;
 pub mod serve;

@@ -6,6 +6,7 @@
 use crate::authority::Authority;
 use crate::ca::{self, CaPaths, LeafRequest, Signer};
 use crate::clock::{Clock, SystemClock};
+use crate::crl::{CrlConfig, CrlService};
 use crate::http::{self, AppState};
 use crate::server::{self, Limits, TlsSource};
 use crate::store::{AuditEvent, Store};
@@ -28,6 +29,7 @@ pub struct ServeOptions {
     pub validity: Duration,
     pub name: String,
     pub limits: Limits,
+    pub crl: CrlConfig,
 }
 
 /// The names the server's certificate covers: `--hostname` values, or the
@@ -148,10 +150,16 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
     }
 
     let names = server_names(&opts.hostnames)?;
+    // Bound first, so the default public URL (and the CRL distribution point
+    // in every leaf) carries the real port even with `--listen ...:0`.
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("binding {}", opts.listen))?;
+    let bound = listener.local_addr()?;
     let public_url = opts
         .public_url
         .clone()
-        .unwrap_or_else(|| default_public_url(&names, opts.listen));
+        .unwrap_or_else(|| default_public_url(&names, bound));
     let signer = Arc::new(Signer::load(&paths, Some(ca::crl_url_for(&public_url)))?);
     let store = Store::open(&opts.database_url).await?;
     store.check_issued_by(&signer.intermediate_der).await?;
@@ -166,16 +174,22 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
         clock: clock.clone(),
         validity: opts.validity,
     });
+    // The first CRLs are signed before listening, so none is ever missing.
+    let crl = Arc::new(CrlService::new(
+        &paths,
+        store.clone(),
+        signer.clone(),
+        clock.clone(),
+        opts.crl,
+    )?);
+    crl.regenerate().await.context("signing the first CRLs")?;
     let app = http::router(AppState {
         authority,
         store: store.clone(),
+        crl: crl.clone(),
         body_timeout: Duration::from_secs(10),
     });
 
-    let listener = tokio::net::TcpListener::bind(opts.listen)
-        .await
-        .with_context(|| format!("binding {}", opts.listen))?;
-    let bound = listener.local_addr()?;
     tracing::info!(
         addr = %bound,
         fingerprint = %signer.fingerprint,
@@ -188,6 +202,7 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
     // /healthz says so; issuance resumes when it is back (store::availability).
     let watcher = tokio::spawn(store.clone().watch_availability());
     let sweeper = tokio::spawn(sweep_expired(store.clone(), clock.clone()));
+    let crl_refresher = tokio::spawn(crl.run());
     let renewer = tokio::spawn(renew_server_cert(
         signer.clone(),
         store.clone(),
@@ -202,6 +217,7 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
     server::run(listener, tls, app, opts.limits, shutdown_signal()).await?;
     watcher.abort();
     sweeper.abort();
+    crl_refresher.abort();
     renewer.abort();
     store.close().await;
     tracing::info!("stopped");

@@ -176,8 +176,17 @@ pub fn parse_der(der: &[u8]) -> Result<Csr, Rejection> {
     if der.is_empty() {
         return Err(Malformed::Empty.into());
     }
-    let (rest, req) = X509CertificationRequest::from_der(der)
-        .map_err(|e| Malformed::Der(describe_der_error(&e)))?;
+    // `parsed` is `der`, or a copy with a Puppet-style challengePassword relabelled.
+    let relabelled;
+    let (parsed, (rest, req)) = match X509CertificationRequest::from_der(der) {
+        Ok(ok) => (der, ok),
+        Err(e) => {
+            let refused = || Malformed::Der(describe_der_error(&e));
+            relabelled = relabel_printable_challenge_password(der).ok_or_else(refused)?;
+            let ok = X509CertificationRequest::from_der(&relabelled).map_err(|_| refused())?;
+            (relabelled.as_slice(), ok)
+        }
+    };
     if !rest.is_empty() {
         return Err(Malformed::TrailingData(rest.len()).into());
     }
@@ -189,10 +198,13 @@ pub fn parse_der(der: &[u8]) -> Result<Csr, Rejection> {
     // Key and algorithm first: both must be allowed before the signature means anything.
     let key = classify_key(&info.subject_pki)?;
     let signature = classify_signature(&req.signature_algorithm, key)?;
+    // The signature is checked over the bytes as received (`info.raw` lies in
+    // `parsed`, at the same offsets as in `der`).
+    let start = info.raw.as_ptr() as usize - parsed.as_ptr() as usize;
     verify(
         signature,
         &info.subject_pki.subject_public_key.data,
-        info.raw,
+        &der[start..start + info.raw.len()],
         &req.signature_value.data,
     )?;
 
@@ -268,6 +280,39 @@ pub fn parse_der(der: &[u8]) -> Result<Csr, Rejection> {
         psk,
         ignored_extensions,
     })
+}
+
+/// DER of the challengePassword attribute type (1.2.840.113549.1.9.7).
+const CHALLENGE_PASSWORD_OID_DER: &[u8] = &[
+    0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x07,
+];
+
+/// Ruby's OpenSSL, and so every Puppet agent's `custom_attributes`, writes
+/// challengePassword as a PrintableString without checking its alphabet: a
+/// base64url PSK with `_` is then not a valid PrintableString and x509-parser
+/// refuses the whole CSR. Returns a copy with that string's tag changed to
+/// UTF8String (same length, same offsets), or `None` if there is none.
+fn relabel_printable_challenge_password(der: &[u8]) -> Option<Vec<u8>> {
+    let at = der
+        .windows(CHALLENGE_PASSWORD_OID_DER.len())
+        .position(|w| w == CHALLENGE_PASSWORD_OID_DER)?;
+    // OID, then `SET { PrintableString }`, both with short-form lengths (a
+    // PSK is at most 512 bytes, so the SET may use one long-form length byte).
+    let set = at + CHALLENGE_PASSWORD_OID_DER.len();
+    let value = match (der.get(set)?, der.get(set + 1)?) {
+        (0x31, len) if *len < 0x80 => set + 2,
+        (0x31, 0x81) => set + 3,
+        (0x31, 0x82) => set + 4,
+        _ => return None,
+    };
+    const PRINTABLE_STRING: u8 = 0x13;
+    const UTF8_STRING: u8 = 0x0c;
+    if *der.get(value)? != PRINTABLE_STRING {
+        return None;
+    }
+    let mut copy = der.to_vec();
+    copy[value] = UTF8_STRING;
+    Some(copy)
 }
 
 fn describe_der_error(e: &x509_parser::nom::Err<x509_parser::error::X509Error>) -> String {

@@ -102,6 +102,14 @@ pub enum Rejection {
     InvalidHostname { name: String, error: HostnameError },
     #[error("name not allowed for this PSK: {}", escape_for_display(.0))]
     NameNotAllowed(String),
+    /// A route that names the host in its URL (Puppet's
+    /// `certificate_request/{certname}`) got a CSR for another name.
+    #[error(
+        "the CSR's subject CN {} does not match the certname {} in the URL",
+        escape_for_display(cn),
+        escape_for_display(certname)
+    )]
+    CertnameMismatch { certname: String, cn: String },
 }
 
 impl Rejection {
@@ -113,7 +121,8 @@ impl Rejection {
             Rejection::KeyNotAllowed(_)
             | Rejection::SignatureAlgorithmNotAllowed(_)
             | Rejection::InvalidHostname { .. }
-            | Rejection::NameNotAllowed(_) => RejectionClass::Refused,
+            | Rejection::NameNotAllowed(_)
+            | Rejection::CertnameMismatch { .. } => RejectionClass::Refused,
         }
     }
 
@@ -129,6 +138,7 @@ impl Rejection {
             Rejection::SignatureAlgorithmNotAllowed(_) => "signature_algorithm_not_allowed",
             Rejection::InvalidHostname { .. } => "invalid_hostname",
             Rejection::NameNotAllowed(_) => "name_not_allowed",
+            Rejection::CertnameMismatch { .. } => "certname_mismatch",
         }
     }
 

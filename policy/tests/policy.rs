@@ -104,6 +104,49 @@ fn challenge_password_carries_the_psk_too() {
     ));
 }
 
+/// A CSR whose challengePassword is a PrintableString holding `psk` as is,
+/// the way Ruby's OpenSSL writes Puppet's `custom_attributes`.
+fn printable_challenge_password_csr(psk: &str) -> Vec<u8> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, HOST);
+    let mut values = vec![0x31, psk.len() as u8 + 2, 0x13, psk.len() as u8];
+    values.extend_from_slice(psk.as_bytes());
+    let attr = rcgen::Attribute {
+        oid: &[1, 2, 840, 113549, 1, 9, 7],
+        values,
+    };
+    params
+        .serialize_request_with_attributes(&key, vec![attr])
+        .unwrap()
+        .der()
+        .to_vec()
+}
+
+#[test]
+fn a_puppet_style_challenge_password_with_underscores_is_read() {
+    // `_` is outside PrintableString's alphabet, but Puppet agents send it so.
+    let psk = "Zg4iPgx_OFNITw_dRhJ05omhxk-QEymzPbWJbcZubaw";
+    let der = printable_challenge_password_csr(psk);
+    let csr = csr::parse(&der).unwrap();
+    assert_eq!(csr.psk.as_ref().map(|p| p.expose()), Some(psk));
+    assert!(matches!(
+        decide(&csr, Some(&entry_for(psk, vec![], NOW + 60)), NOW),
+        Decision::Accept(_)
+    ));
+    // The signature is still checked over the bytes as sent.
+    let mut tampered = der.clone();
+    let at = tampered
+        .windows(psk.len())
+        .position(|w| w == psk.as_bytes())
+        .unwrap();
+    tampered[at] ^= 0x01;
+    assert_eq!(rejection(&tampered), Rejection::BadSignature);
+}
+
 #[test]
 fn rcgen_csrs_with_the_shared_encoder_are_accepted() {
     let psk = "A".repeat(43);

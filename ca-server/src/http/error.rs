@@ -48,12 +48,73 @@ impl ApiError {
         )
     }
 
+    /// No current CRL to serve (never signed, or expired while re-signing failed):
+    /// an expired CRL is never served.
+    pub fn crl_unavailable() -> ApiError {
+        ApiError::unavailable("crl_unavailable", "no current CRL; retry later")
+    }
+
+    /// A name in a Puppet URL with no certificate (or no valid name at all).
+    pub fn certificate_not_found(name: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "Could not find certificate {}",
+                policy::hostname::escape_for_display(&name.chars().take(256).collect::<String>())
+            ),
+        )
+    }
+
+    /// For Puppet's `certificate_request`: agents read a 400 there as "this
+    /// name already has a request" and go on to wait, silently, for a manual
+    /// signature that never comes. A CSR the CA cannot read is a 422 instead,
+    /// so the agent prints "Failed to submit the CSR, HTTP response was 422".
+    pub fn for_puppet_csr(mut self) -> ApiError {
+        if self.status == StatusCode::BAD_REQUEST {
+            self.status = StatusCode::UNPROCESSABLE_ENTITY;
+        }
+        self
+    }
+
+    /// The same answer as text for the Puppet CA API, whose agents send
+    /// `Accept: text/plain` and print only the status line: the message goes
+    /// in the body and, as far as HTTP allows, in the reason phrase (which
+    /// `puppet ... --debug` shows).
+    pub fn into_text_response(self) -> Response {
+        let mut resp = (
+            self.status,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("{}\n", self.message),
+        )
+            .into_response();
+        let phrase: Vec<u8> = self
+            .message
+            .bytes()
+            .take(160)
+            .map(|b| if (0x20..0x7f).contains(&b) { b } else { b'?' })
+            .collect();
+        if let Ok(phrase) = hyper::ext::ReasonPhrase::try_from(phrase) {
+            resp.extensions_mut().insert(phrase);
+        }
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp.extensions_mut().insert(Outcome(self.code));
+        resp
+    }
+
     pub fn store_unavailable() -> ApiError {
-        let mut e = ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
+        ApiError::unavailable(
             "store_unavailable",
             "the certificate store is unavailable; retry later (nothing was consumed)",
-        );
+        )
+    }
+
+    /// 503 with `Retry-After: 5`.
+    fn unavailable(code: &'static str, message: &str) -> ApiError {
+        let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message);
         e.retry_after = Some(5);
         e
     }

@@ -1,9 +1,12 @@
 //! The HTTPS API's routes and handlers. Handlers decode, call the authority,
 //! and render; status codes are chosen only in [`error`].
 
+pub mod crl;
 pub mod error;
+pub mod puppet;
 
-use crate::authority::{Authority, SignError};
+use crate::authority::{Authority, Issued, SignError};
+use crate::crl::CrlService;
 use crate::store::{Store, StoreError};
 use axum::Router;
 use axum::body::Body;
@@ -35,6 +38,7 @@ pub struct Peer {
 pub struct AppState {
     pub authority: Arc<Authority>,
     pub store: Store,
+    pub crl: Arc<CrlService>,
     pub body_timeout: Duration,
 }
 
@@ -44,6 +48,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/ca", get(get_ca))
         .route("/v1/sign", post(sign))
         .route("/healthz", get(healthz))
+        .merge(crl::routes())
+        .merge(puppet::routes())
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(middleware::from_fn(log_request))
@@ -101,32 +107,7 @@ async fn sign(
     headers: HeaderMap,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let peer = req
-        .extensions()
-        .get::<Peer>()
-        .map(|p| p.addr.to_string())
-        .unwrap_or_else(|| "-".into());
-    check_content_type(&headers)?;
-    let body = read_body(req.into_body(), &headers, BODY_LIMIT, state.body_timeout).await?;
-
-    // Run the flow on its own task: a client that disconnects mid-request
-    // must not cancel it between signing and recording.
-    let authority = state.authority.clone();
-    let issued = tokio::spawn(async move { authority.sign_with_psk(&body, &peer).await })
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "signing task failed");
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "internal error",
-            )
-        })?
-        .inspect_err(|e| {
-            if let SignError::Store(StoreError::Unavailable(_)) = e {
-                state.store.suspect();
-            }
-        })?;
+    let issued = issue(&state, &headers, req, None).await?;
 
     let status = if issued.replayed {
         StatusCode::OK
@@ -148,6 +129,46 @@ async fn sign(
         "issued"
     }));
     Ok(resp)
+}
+
+/// Reads a CSR body and runs the issuance flow for it (with the CN bound to
+/// `certname` when the route names one): every route to the signer goes
+/// through here and [`Authority::sign`].
+pub(crate) async fn issue(
+    state: &AppState,
+    headers: &HeaderMap,
+    req: Request,
+    certname: Option<String>,
+) -> Result<Issued, ApiError> {
+    let peer = req
+        .extensions()
+        .get::<Peer>()
+        .map(|p| p.addr.to_string())
+        .unwrap_or_else(|| "-".into());
+    check_content_type(headers)?;
+    let body = read_body(req.into_body(), headers, BODY_LIMIT, state.body_timeout).await?;
+
+    // Run the flow on its own task: a client that disconnects mid-request
+    // must not cancel it between signing and recording.
+    let authority = state.authority.clone();
+    let issued =
+        tokio::spawn(async move { authority.sign(&body, certname.as_deref(), &peer).await })
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "signing task failed");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                )
+            })?
+            .inspect_err(|e| {
+                // Wake the store watcher: a database error may be an outage.
+                if let SignError::Store(StoreError::Unavailable(_)) = e {
+                    state.store.suspect();
+                }
+            })?;
+    Ok(issued)
 }
 
 fn pem_response(status: StatusCode, body: String, content_type: &'static str) -> Response {

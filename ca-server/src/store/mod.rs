@@ -18,7 +18,9 @@ use std::time::Duration;
 mod availability;
 mod batch;
 pub mod copy;
+mod crl;
 mod ownership;
+pub use crl::{RevocationMarker, RevokedEntry};
 
 /// Which engine a URL selects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,8 +5,10 @@
 mod backup;
 mod bootstrap;
 mod concurrency;
+mod crl;
 mod haproxy;
 mod install;
+mod puppet;
 mod rejections;
 mod replicas;
 mod retry;

@@ -1,6 +1,6 @@
 //! `ca-server store copy`: a CA that ran on SQLite moves to PostgreSQL and a
 //! server on PostgreSQL carries on with the same CA, certificates, audit log,
-//! CRL number and PSK history.
+//! CRL number (the next CRL continues from it) and PSK history.
 
 use bytes::Bytes;
 use ca_tests::pg::{PgCluster, require_postgres};
@@ -35,6 +35,20 @@ fn bundle(server: &CaServer) -> Bytes {
             .unwrap()
             .body
     })
+}
+
+/// The number of the CRL the server serves at `/v1/crl`.
+fn crl_number(server: &CaServer) -> i64 {
+    let client = server.client();
+    let der = block_on(async move {
+        client
+            .send(Method::GET, "/v1/crl", None, Bytes::new())
+            .await
+            .unwrap()
+            .body
+    });
+    let (_, crl) = x509_parser::parse_x509_crl(&der).expect("a DER CRL");
+    i64::try_from(crl.crl_number().expect("a CRL number")).unwrap()
 }
 
 /// Bootstraps `host` with `psk`; returns the `--json` output.
@@ -72,17 +86,7 @@ fn a_sqlite_ca_copied_to_postgresql_serves_the_same_ca_certificates_and_psk_hist
         &work.path().join("replay"),
     ));
     assert_eq!(replay.status.code(), Some(4), "a used PSK is refused");
-    let sqlite_url = format!("sqlite://{}", server.data_dir.join("ca.db").display());
-    block_on(async {
-        sqlx::any::install_default_drivers();
-        let mut c = sqlx::AnyConnection::connect(&sqlite_url).await.unwrap();
-        // No CRL is generated yet on this branch: set the number as a CRL run would.
-        sqlx::query("UPDATE crl_state SET crl_number = 5 WHERE id = 1")
-            .execute(&mut c)
-            .await
-            .unwrap();
-        c.close().await.unwrap();
-    });
+    let served_crl = crl_number(&server);
     let certs_before = cert_list(&server);
     let audit_before = audit_rows(&server);
     let psks_before = run_ok(server.cli().args(["psk", "list", "--json"]));
@@ -90,6 +94,18 @@ fn a_sqlite_ca_copied_to_postgresql_serves_the_same_ca_certificates_and_psk_hist
 
     // Stop the SQLite server, copy, and verify.
     server.stop();
+    let sqlite_url = format!("sqlite://{}", server.data_dir.join("ca.db").display());
+    let counter = block_on(async {
+        sqlx::any::install_default_drivers();
+        let mut c = sqlx::AnyConnection::connect(&sqlite_url).await.unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT crl_number FROM crl_state WHERE id = 1")
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+        c.close().await.unwrap();
+        n
+    });
+    assert!(counter >= served_crl);
     let report: serde_json::Value = serde_json::from_str(&run_ok(
         server
             .cli()
@@ -109,10 +125,10 @@ fn a_sqlite_ca_copied_to_postgresql_serves_the_same_ca_certificates_and_psk_hist
     assert_eq!(rows("psks"), 2);
     assert_eq!(rows("certificates"), certs_before.len());
     assert_eq!(rows("audit"), audit_before.len());
-    assert_eq!(report["crl_number"], 5);
+    assert_eq!(report["crl_number"], counter);
     assert_eq!(
         pg.psql("ca", "SELECT crl_number FROM crl_state WHERE id = 1"),
-        "5"
+        counter.to_string()
     );
 
     // A second copy into the same database is refused: no merging.
@@ -128,6 +144,8 @@ fn a_sqlite_ca_copied_to_postgresql_serves_the_same_ca_certificates_and_psk_hist
     server.opts.database_url = Some(pg_url.clone());
     server.restart();
     assert_eq!(bundle(&server), bundle_before, "the same CA");
+    // CRL numbers continue from the copied counter: never reused.
+    assert!(crl_number(&server) > counter);
     assert_eq!(
         run_ok(server.cli().args(["psk", "list", "--json"])),
         psks_before
@@ -153,12 +171,13 @@ fn a_sqlite_ca_copied_to_postgresql_serves_the_same_ca_certificates_and_psk_hist
     // The audit log came along (ids and all), followed by the copy itself.
     let audit_after = audit_rows(&server);
     assert_eq!(&audit_after[..audit_before.len()], &audit_before[..]);
-    assert!(
-        audit_after[audit_before.len()..]
-            .iter()
-            .any(|a| a["event"] == "store_copied"
-                && a["reason"].as_str().unwrap().contains("crl_number 5"))
-    );
+    assert!(audit_after[audit_before.len()..].iter().any(|a| {
+        a["event"] == "store_copied"
+            && a["reason"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("crl_number {counter}"))
+    }));
 
     // Used PSKs: a new key is refused; the original key gets its certificate
     // back (the idempotent retry works across the move).

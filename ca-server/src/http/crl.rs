@@ -1,0 +1,140 @@
+//! `GET /v1/crl`: the intermediate's current CRL, DER (`application/pkix-crl`)
+//! or PEM (`?format=pem`), with `Last-Modified` / `If-Modified-Since`. The
+//! CRLs are signed in the background by [`crate::crl`]; handlers only read
+//! the cache and never serve an expired CRL.
+
+use super::AppState;
+use super::error::ApiError;
+use crate::crl::CrlSet;
+use axum::Router;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/v1/crl", get(get_crl))
+}
+
+async fn get_crl(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let pem = match format_param(query.as_deref()) {
+        Some("der") | None => false,
+        Some("pem") => true,
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "format must be der or pem",
+            ));
+        }
+    };
+    let now = state.authority.clock.now();
+    let set = current_crls(&state, now)?;
+    let crl = &set.intermediate;
+    if !crl.is_current(now) {
+        return Err(ApiError::crl_unavailable());
+    }
+    if let Some(resp) = not_modified(&headers, set.generated_at) {
+        return Ok(resp);
+    }
+    let mut resp = if pem {
+        (
+            [(header::CONTENT_TYPE, "application/x-pem-file")],
+            crl.pem.clone(),
+        )
+            .into_response()
+    } else {
+        (
+            [(header::CONTENT_TYPE, "application/pkix-crl")],
+            crl.der.clone(),
+        )
+            .into_response()
+    };
+    set_last_modified(&mut resp, set.generated_at);
+    Ok(resp)
+}
+
+/// The value of the last `format=` in a query string.
+fn format_param(query: Option<&str>) -> Option<&str> {
+    query?
+        .split('&')
+        .filter_map(|kv| kv.strip_prefix("format="))
+        .next_back()
+}
+
+/// The cached CRLs, or 503 when there are none yet.
+pub(crate) fn current_crls(state: &AppState, now: i64) -> Result<Arc<CrlSet>, ApiError> {
+    match state.crl.current() {
+        Some(set) => Ok(set),
+        None => {
+            tracing::warn!(now, "a CRL was asked for before any was signed");
+            Err(ApiError::crl_unavailable())
+        }
+    }
+}
+
+/// `304 Not Modified` when the request's `If-Modified-Since` is at or after
+/// `generated_at` (HTTP dates have whole seconds, as does `generated_at`).
+pub(crate) fn not_modified(headers: &HeaderMap, generated_at: i64) -> Option<Response> {
+    let since = headers
+        .get(header::IF_MODIFIED_SINCE)?
+        .to_str()
+        .ok()
+        .and_then(|s| httpdate::parse_http_date(s).ok())?;
+    let since = since.duration_since(UNIX_EPOCH).ok()?.as_secs() as i64;
+    (since >= generated_at).then(|| {
+        let mut resp = StatusCode::NOT_MODIFIED.into_response();
+        set_last_modified(&mut resp, generated_at);
+        resp
+    })
+}
+
+pub(crate) fn set_last_modified(resp: &mut Response, generated_at: i64) {
+    let at = UNIX_EPOCH + Duration::from_secs(generated_at.max(0) as u64);
+    if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(at)) {
+        resp.headers_mut().insert(header::LAST_MODIFIED, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_format_parameter_wins() {
+        assert_eq!(format_param(None), None);
+        assert_eq!(format_param(Some("format=pem")), Some("pem"));
+        assert_eq!(format_param(Some("x=1&format=der&format=pem")), Some("pem"));
+        assert_eq!(format_param(Some("formats=pem")), None);
+    }
+
+    #[test]
+    fn if_modified_since_is_compared_in_whole_seconds() {
+        let t: i64 = 1_800_000_000;
+        let mut h = HeaderMap::new();
+        assert!(not_modified(&h, t).is_none());
+        let date = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(t as u64));
+        h.insert(
+            header::IF_MODIFIED_SINCE,
+            HeaderValue::from_str(&date).unwrap(),
+        );
+        let resp = not_modified(&h, t).expect("same second: not modified");
+        assert_eq!(resp.status(), StatusCode::NOT_MODIFIED);
+        assert!(resp.headers().contains_key(header::LAST_MODIFIED));
+        assert!(
+            not_modified(&h, t + 1).is_none(),
+            "re-signed since: send it"
+        );
+        h.insert(
+            header::IF_MODIFIED_SINCE,
+            HeaderValue::from_static("not a date"),
+        );
+        assert!(not_modified(&h, t).is_none());
+    }
+}

@@ -162,6 +162,7 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
         .unwrap_or_else(|| default_public_url(&names, bound));
     let signer = Arc::new(Signer::load(&paths, Some(ca::crl_url_for(&public_url)))?);
     let store = Store::open(&opts.database_url).await?;
+    store.check_issued_by(&signer.intermediate_der).await?;
 
     let cert = issue_server_cert(&signer, &store, &names, clock.now(), opts.validity).await?;
     let client_roots = vec![CertificateDer::from(signer.root_der.clone())];
@@ -197,6 +198,9 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
         "listening"
     );
 
+    // While the database is unreachable, requests fail fast with 503 and
+    // /healthz says so; issuance resumes when it is back (store::availability).
+    let watcher = tokio::spawn(store.clone().watch_availability());
     let sweeper = tokio::spawn(sweep_expired(store.clone(), clock.clone()));
     let crl_refresher = tokio::spawn(crl.run());
     let renewer = tokio::spawn(renew_server_cert(
@@ -211,6 +215,7 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
     ));
 
     server::run(listener, tls, app, opts.limits, shutdown_signal()).await?;
+    watcher.abort();
     sweeper.abort();
     crl_refresher.abort();
     renewer.abort();

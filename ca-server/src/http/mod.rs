@@ -5,9 +5,9 @@ pub mod crl;
 pub mod error;
 pub mod puppet;
 
-use crate::authority::{Authority, Issued};
+use crate::authority::{Authority, Issued, SignError};
 use crate::crl::CrlService;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -161,7 +161,13 @@ pub(crate) async fn issue(
                     "internal",
                     "internal error",
                 )
-            })??;
+            })?
+            .inspect_err(|e| {
+                // Wake the store watcher: a database error may be an outage.
+                if let SignError::Store(StoreError::Unavailable(_)) = e {
+                    state.store.suspect();
+                }
+            })?;
     Ok(issued)
 }
 

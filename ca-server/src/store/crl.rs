@@ -32,7 +32,7 @@ impl Store {
         let row = sqlx::query(
             "UPDATE crl_state SET crl_number = crl_number + 1 WHERE id = 1 RETURNING crl_number",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *self.conn().await?)
         .await?;
         Ok(row.try_get("crl_number")?)
     }
@@ -45,7 +45,7 @@ impl Store {
              WHERE revoked_at IS NOT NULL AND not_after > $1 ORDER BY revoked_at, serial",
         )
         .bind(now)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         rows.iter()
             .map(|r| {
@@ -65,7 +65,7 @@ impl Store {
              WHERE revoked_at IS NOT NULL AND not_after > $1",
         )
         .bind(now)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *self.conn().await?)
         .await?;
         Ok(RevocationMarker {
             count: row.try_get("n")?,

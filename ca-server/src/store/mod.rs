@@ -10,12 +10,16 @@
 use anyhow::{Context, Result, bail};
 use policy::{AllowedName, PskEntry, PskHash};
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Executor, Row};
+use sqlx::{AnyPool, Connection, Executor, Row};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+mod availability;
 mod batch;
+pub mod copy;
 mod crl;
+mod ownership;
 pub use crl::{RevocationMarker, RevokedEntry};
 
 /// Which engine a URL selects.
@@ -43,6 +47,9 @@ pub enum StoreError {
     /// The database could not be reached or refused the operation.
     #[error("store unavailable: {0}")]
     Unavailable(#[from] sqlx::Error),
+    /// The availability watcher sees the database down; nothing was tried.
+    #[error("store unreachable for {for_secs} s; waiting for it to come back")]
+    Down { for_secs: i64 },
     /// The PSK was consumed (or replaced, or expired) between check and commit.
     #[error("the PSK is no longer live")]
     PskGone,
@@ -118,6 +125,7 @@ macro_rules! cert_columns {
 pub struct Store {
     pool: AnyPool,
     engine: Engine,
+    gate: Arc<availability::Gate>,
 }
 
 impl Store {
@@ -148,16 +156,22 @@ impl Store {
             })
             .connect(url)
             .await
+            .map_err(|e| match e {
+                // sqlx retries a refused connection until its acquire timeout.
+                sqlx::Error::PoolTimedOut => anyhow::anyhow!(
+                    "the database did not accept a connection within 5 s (is it running and reachable?)"
+                ),
+                e => e.into(),
+            })
             .with_context(|| format!("opening the store at {}", redact_url(url)))?;
-        let migrator = match engine {
-            Engine::Sqlite => sqlx::migrate!("./migrations/sqlite"),
-            Engine::Postgres => sqlx::migrate!("./migrations/postgres"),
-        };
-        migrator
-            .run(&pool)
+        migrate(&pool, engine)
             .await
             .context("running store migrations")?;
-        Ok(Store { pool, engine })
+        Ok(Store {
+            pool,
+            engine,
+            gate: Arc::default(),
+        })
     }
 
     pub fn engine(&self) -> Engine {
@@ -171,8 +185,17 @@ impl Store {
 
     /// A round trip to the database.
     pub async fn health(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        let result = async {
+            sqlx::query("SELECT 1")
+                .execute(&mut *self.conn().await?)
+                .await?;
+            Ok(())
+        }
+        .await;
+        if matches!(result, Err(StoreError::Unavailable(_))) {
+            self.suspect();
+        }
+        result
     }
 
     /// Creates or replaces the PSK of `hostname` (at most one live PSK per host).
@@ -186,7 +209,7 @@ impl Store {
         audit: &AuditEvent,
     ) -> StoreResult<()> {
         let sans_json = sans_json(allowed_sans);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         upsert_psk(&mut *tx, hostname, hash, &sans_json, created_at, expires_at).await?;
         insert_audit(&mut *tx, audit).await?;
         tx.commit().await?;
@@ -199,7 +222,7 @@ impl Store {
             "SELECT hostname, psk_hash, allowed_sans, expires_at FROM psks WHERE hostname = $1",
         )
         .bind(hostname)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.conn().await?)
         .await?;
         let Some(row) = row else { return Ok(None) };
         let hash: Vec<u8> = row.try_get("psk_hash")?;
@@ -222,7 +245,7 @@ impl Store {
 
     /// Removes the PSK of `hostname`; `false` if there was none.
     pub async fn remove_psk(&self, hostname: &str, audit: &AuditEvent) -> StoreResult<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let n = sqlx::query("DELETE FROM psks WHERE hostname = $1")
             .bind(hostname)
             .execute(&mut *tx)
@@ -241,7 +264,7 @@ impl Store {
         let n = sqlx::query("DELETE FROM psks WHERE hostname = $1 AND psk_hash = $2")
             .bind(hostname)
             .bind(hash.0.to_vec())
-            .execute(&self.pool)
+            .execute(&mut *self.conn().await?)
             .await?
             .rows_affected();
         Ok(n > 0)
@@ -249,7 +272,7 @@ impl Store {
 
     /// Deletes every PSK whose lifetime ended at or before `now`; returns their hostnames.
     pub async fn sweep_expired_psks(&self, now: i64) -> StoreResult<Vec<String>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let rows = sqlx::query("DELETE FROM psks WHERE expires_at <= $1 RETURNING hostname")
             .bind(now)
             .fetch_all(&mut *tx)
@@ -280,7 +303,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT hostname, allowed_sans, created_at, expires_at FROM psks ORDER BY hostname",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         rows.iter()
             .map(|row| {
@@ -300,7 +323,7 @@ impl Store {
     /// transaction. `PskGone` if the PSK was not live at `now` any more (a
     /// concurrent request won, an admin replaced it, or it expired).
     pub async fn record_issuance(&self, issuance: &Issuance<'_>) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         // The DELETE is the first statement, so SQLite takes its write lock at
         // once and PostgreSQL locks the row: of two concurrent redemptions
         // exactly one sees a row come back.
@@ -329,7 +352,7 @@ impl Store {
         cert: &CertRecord,
         audit: &AuditEvent,
     ) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         insert_cert(&mut *tx, cert).await?;
         insert_audit(&mut *tx, audit).await?;
         tx.commit().await?;
@@ -350,7 +373,7 @@ impl Store {
         ))
         .bind(hostname)
         .bind(hash.0.to_vec())
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         rows.iter().map(cert_from_row).collect()
     }
@@ -363,7 +386,7 @@ impl Store {
             " FROM certificates WHERE serial = $1"
         ))
         .bind(serial)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.conn().await?)
         .await?;
         row.as_ref().map(cert_from_row).transpose()
     }
@@ -386,14 +409,14 @@ impl Store {
         .bind(hostname)
         .bind(now)
         .bind(before)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         rows.iter().map(cert_from_row).collect()
     }
 
     /// Writes one audit row outside any other transaction.
     pub async fn audit(&self, event: &AuditEvent) -> StoreResult<()> {
-        insert_audit(&self.pool, event).await
+        insert_audit(&mut *self.conn().await?, event).await
     }
 
     /// Audit rows at or after `since`, oldest first, at most `limit`.
@@ -404,7 +427,7 @@ impl Store {
         )
         .bind(since)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         rows.iter()
             .map(|r| {
@@ -422,6 +445,26 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// Runs the migrations that ship in the binary. PostgreSQL: sqlx holds an
+/// advisory lock (`pg_advisory_lock`, keyed by the database name) for the
+/// whole run, so replicas starting at once take turns. SQLite: sqlx takes no
+/// lock, so the run happens inside `BEGIN IMMEDIATE` (the write lock, waited
+/// for through `busy_timeout`); each migration is a savepoint inside it.
+async fn migrate(pool: &AnyPool, engine: Engine) -> Result<()> {
+    match engine {
+        Engine::Postgres => sqlx::migrate!("./migrations/postgres").run(pool).await?,
+        Engine::Sqlite => {
+            let mut conn = pool.acquire().await?;
+            let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+            sqlx::migrate!("./migrations/sqlite")
+                .run_direct(None, &mut *tx, false)
+                .await?;
+            tx.commit().await?;
+        }
+    }
+    Ok(())
 }
 
 /// The stored form of a PSK's extra names: a JSON array of strings.

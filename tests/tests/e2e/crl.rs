@@ -108,13 +108,9 @@ fn crl_numbers_stay_unique_across_servers_sharing_postgresql() {
         return;
     }
     let pg = PgCluster::start();
-    let url = pg.create_database("ca");
-    let opts = ServerOptions {
-        database_url: Some(url),
-        ..Default::default()
-    };
-    let mut a = CaServer::start_with(opts.clone());
-    let b = CaServer::start_with(opts);
+    // Replicas: one CA (the same data dir), one store.
+    let mut a = CaServer::start_with(pg.server_options("ca"));
+    let b = a.replica();
     let (na, nb) = (crl_number(&fetch_der(&a)), crl_number(&fetch_der(&b)));
     assert_ne!(na, nb, "two servers never sign the same CRL number");
     a.restart();

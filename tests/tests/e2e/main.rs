@@ -2,11 +2,15 @@
 //! later modules, real nginx, PostgreSQL and HAProxy) on 127.0.0.1.
 //! One test binary; each test boots its own server in a temporary directory.
 
+mod backup;
 mod bootstrap;
 mod concurrency;
 mod crl;
+mod haproxy;
 mod install;
 mod puppet;
 mod rejections;
+mod replicas;
 mod retry;
+mod store_copy;
 mod store_pg;

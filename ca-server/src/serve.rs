@@ -162,7 +162,9 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
         .unwrap_or_else(|| default_public_url(&names, bound));
     let signer = Arc::new(Signer::load(&paths, Some(ca::crl_url_for(&public_url)))?);
     let store = Store::open(&opts.database_url).await?;
-    store.check_issued_by(&signer.intermediate_der).await?;
+    store
+        .check_ca_identity(&signer.fingerprint, &signer.intermediate_der)
+        .await?;
 
     let cert = issue_server_cert(&signer, &store, &names, clock.now(), opts.validity).await?;
     let client_roots = vec![CertificateDer::from(signer.root_der.clone())];

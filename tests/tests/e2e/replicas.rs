@@ -619,7 +619,7 @@ fn a_replica_with_another_cas_data_dir_refuses_the_shared_store() {
         ]));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("certificates of another CA"), "{stderr}");
+    assert!(stderr.contains("belongs to another CA"), "{stderr}");
     assert_eq!(
         fleet.sql("SELECT count(*) FROM certificates WHERE kind = 'server'"),
         servers_before,

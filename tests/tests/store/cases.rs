@@ -601,3 +601,28 @@ pub async fn copy_refuses_a_table_it_does_not_know(env: Env) {
     assert!(format!("{err:#}").contains("surprise"), "{err:#}");
     assert!(target.list_psks().await.unwrap().is_empty());
 }
+
+pub async fn the_first_root_claims_the_store_and_others_are_refused(env: Env) {
+    let store = env.open().await;
+    // Claims race like replicas starting at once: all for the same root succeed.
+    let claims: Vec<_> = (0..4)
+        .map(|_| {
+            let s = store.clone();
+            tokio::spawn(async move { s.check_ca_identity("sha256:aa", b"unused").await })
+        })
+        .collect();
+    for c in claims {
+        c.await.unwrap().expect("the same root may serve again");
+    }
+    assert_eq!(env.scalar("SELECT count(*) FROM ca_identity").await, 1);
+    // Another root (another CA's data dir) is refused; the claim stays.
+    let err = store
+        .check_ca_identity("sha256:bb", b"unused")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("belongs to another CA"), "{err}");
+    store
+        .check_ca_identity("sha256:aa", b"unused")
+        .await
+        .unwrap();
+}

@@ -49,6 +49,7 @@ const SUITE: &[Case] = suite![
     copy_moves_everything_and_verifies,
     copy_refuses_a_target_with_data,
     copy_refuses_a_table_it_does_not_know,
+    the_first_root_claims_the_store_and_others_are_refused,
 ];
 
 #[test]

@@ -165,6 +165,8 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
     store
         .check_ca_identity(&signer.fingerprint, &signer.intermediate_der)
         .await?;
+    // One durable commit per batch of waiting issuances (store/writer.rs).
+    store.start_group_commit();
 
     let cert = issue_server_cert(&signer, &store, &names, clock.now(), opts.validity).await?;
     let client_roots = vec![CertificateDer::from(signer.root_der.clone())];

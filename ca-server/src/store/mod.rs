@@ -120,12 +120,17 @@ macro_rules! cert_columns {
     };
 }
 
+// After the macro, which it uses.
+mod writer;
+
 /// Handle on the database; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
     engine: Engine,
     gate: Arc<availability::Gate>,
+    /// The group-commit writer, once `serve` starts it.
+    writer: Arc<std::sync::OnceLock<writer::Writer>>,
 }
 
 impl Store {
@@ -171,6 +176,7 @@ impl Store {
             pool,
             engine,
             gate: Arc::default(),
+            writer: Arc::default(),
         })
     }
 
@@ -323,6 +329,14 @@ impl Store {
     /// transaction. `PskGone` if the PSK was not live at `now` any more (a
     /// concurrent request won, an admin replaced it, or it expired).
     pub async fn record_issuance(&self, issuance: &Issuance<'_>) -> StoreResult<()> {
+        match self.writer.get() {
+            Some(w) => self.record_issuance_grouped(w, issuance).await,
+            None => self.record_issuance_single(issuance).await,
+        }
+    }
+
+    /// [`Store::record_issuance`] in a transaction of its own.
+    pub(super) async fn record_issuance_single(&self, issuance: &Issuance<'_>) -> StoreResult<()> {
         let mut tx = self.begin().await?;
         // The DELETE is the first statement, so SQLite takes its write lock at
         // once and PostgreSQL locks the row: of two concurrent redemptions

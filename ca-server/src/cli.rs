@@ -88,6 +88,10 @@ pub struct ServeArgs {
     /// CA name used if the data dir is initialised by this start.
     #[arg(long, env = "CA_NAME", default_value = "Fleet")]
     pub name: String,
+    #[command(flatten)]
+    pub limits: crate::server::LimitArgs,
+    #[command(flatten)]
+    pub throttle: crate::throttle::ThrottleArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -233,7 +237,8 @@ async fn run(cli: Cli) -> Result<()> {
                 public_url: args.public_url,
                 validity: args.validity.into(),
                 name: args.name,
-                limits: Limits::default(),
+                limits: Limits::from(&args.limits),
+                throttle: (&args.throttle).into(),
             })
             .await
         }
@@ -261,8 +266,12 @@ fn format_audit(a: &AuditEvent) -> String {
             .map(escape_for_display)
             .unwrap_or_else(|| "-".into())
     };
+    let repeats = match a.last_at {
+        Some(last) if a.count > 1 => format!(" count={} last={}", a.count, rfc3339(last)),
+        _ => String::new(),
+    };
     format!(
-        "{} {} outcome={} host={} serial={} reason={} peer={} actor={}",
+        "{} {} outcome={} host={} serial={} reason={} peer={} actor={}{repeats}",
         rfc3339(a.at),
         a.event,
         a.outcome,

@@ -9,6 +9,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::http::{self, AppState};
 use crate::server::{self, Limits, TlsSource};
 use crate::store::{AuditEvent, Store};
+use crate::throttle::{Throttle, ThrottleConfig};
 use anyhow::{Context, Result, bail};
 use policy::{AllowedName, KeyKind, Profile};
 use rcgen::{KeyPair, PublicKeyData};
@@ -28,6 +29,7 @@ pub struct ServeOptions {
     pub validity: Duration,
     pub name: String,
     pub limits: Limits,
+    pub throttle: ThrottleConfig,
 }
 
 /// The names the server's certificate covers: `--hostname` values, or the
@@ -164,11 +166,20 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
         signer: signer.clone(),
         clock: clock.clone(),
         validity: opts.validity,
+        throttle: Throttle::new(opts.throttle),
+        rejections: crate::rejection_log::RejectionLog::default(),
+        disk: crate::store::sqlite_path(&opts.database_url).map(|db| {
+            let dir = db
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            crate::diskguard::DiskGuard::new(dir, crate::diskguard::MIN_FREE_BYTES)
+        }),
     });
     let app = http::router(AppState {
         authority,
         store: store.clone(),
-        body_timeout: Duration::from_secs(10),
+        body_timeout: opts.limits.body_timeout,
     });
 
     let listener = tokio::net::TcpListener::bind(opts.listen)

@@ -70,6 +70,15 @@ impl From<SignError> for ApiError {
                 };
                 ApiError::new(status, r.code(), r.client_message())
             }
+            SignError::Throttled(retry) => {
+                let mut e = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_failures",
+                    "too many failed requests from this address; retry later",
+                );
+                e.retry_after = Some(crate::throttle::retry_after_secs(retry));
+                e
+            }
             SignError::Store(StoreError::Corrupt(detail)) => {
                 tracing::error!(%detail, "store holds an unreadable row");
                 ApiError::new(

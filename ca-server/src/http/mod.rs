@@ -83,7 +83,7 @@ async fn get_ca(State(state): State<AppState>) -> Response {
 }
 
 async fn healthz(State(state): State<AppState>) -> Response {
-    match state.store.health().await {
+    match state.authority.store_ready().await {
         Ok(()) => (
             StatusCode::OK,
             axum::Json(serde_json::json!({"status": "ok"})),
@@ -104,15 +104,17 @@ async fn sign(
     let peer = req
         .extensions()
         .get::<Peer>()
-        .map(|p| p.addr.to_string())
-        .unwrap_or_else(|| "-".into());
+        .map(|p| p.addr)
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+    // A throttled address is refused before its body is read.
+    state.authority.admit(peer).await?;
     check_content_type(&headers)?;
     let body = read_body(req.into_body(), &headers, BODY_LIMIT, state.body_timeout).await?;
 
     // Run the flow on its own task: a client that disconnects mid-request
     // must not cancel it between signing and recording.
     let authority = state.authority.clone();
-    let issued = tokio::spawn(async move { authority.sign_with_psk(&body, &peer).await })
+    let issued = tokio::spawn(async move { authority.sign_with_psk(&body, peer).await })
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "signing task failed");

@@ -106,6 +106,10 @@ impl Authority {
         let now = self.clock.now();
         // 1. Parse and verify (pure, bounded by the body limit).
         let csr = match policy::csr::parse(body) {
+            Ok(csr) if self.signer.is_ca_key(&csr.spki_der) => {
+                let r = Rejection::KeyNotAllowed("the CA's own public key".into());
+                return Err(self.reject(now, None, peer, r).await);
+            }
             Ok(csr) => csr,
             Err(r) => return Err(self.reject(now, None, peer, r).await),
         };

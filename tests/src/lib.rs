@@ -3,7 +3,9 @@
 //! wraps the CLIs and a pinned HTTPS client. Everything runs on 127.0.0.1
 //! and is cleaned up on drop.
 
+pub mod forge;
 pub mod pg;
+pub mod raw;
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};

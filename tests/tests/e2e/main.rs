@@ -4,6 +4,7 @@
 
 mod bootstrap;
 mod concurrency;
+mod hostile;
 mod rejections;
 mod retry;
 mod store_pg;

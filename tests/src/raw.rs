@@ -155,6 +155,41 @@ pub async fn exchange(server: &CaServer, request: &[u8]) -> Seen {
     read_outcome(&mut s).await
 }
 
+/// Sends `request` over a fresh TLS connection from the loopback address
+/// `from`; returns the outcome and the `Retry-After` seconds, if any.
+pub async fn exchange_from(server: &CaServer, from: &str, request: &[u8]) -> (Seen, Option<u64>) {
+    let tcp = tcp_from(server, from).await;
+    let mut s = tls_over(server, tcp, &[b"http/1.1"]).await;
+    if s.write_all(request).await.is_err() {
+        return (Seen::Closed, None);
+    }
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, async {
+        let mut chunk = [0u8; 8192];
+        while !response_complete(&buf) {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+    let retry_after = head
+        .lines()
+        .find_map(|l| l.strip_prefix("retry-after:"))
+        .and_then(|v| v.trim().parse().ok());
+    (parse_response(&buf), retry_after)
+}
+
+/// A complete `POST /v1/sign` request with `body` and extra `headers`.
+pub fn sign_request(body: &[u8], headers: &[&str]) -> Vec<u8> {
+    let len = format!("Content-Length: {}", body.len());
+    let mut all = vec!["Content-Type: application/pkcs10", len.as_str()];
+    all.extend_from_slice(headers);
+    [sign_head(&all), body.to_vec()].concat()
+}
+
 /// A request head for `POST /v1/sign` with `headers` (each "Name: value").
 pub fn sign_head(headers: &[&str]) -> Vec<u8> {
     let mut head = String::from("POST /v1/sign HTTP/1.1\r\nHost: localhost\r\n");

@@ -4,7 +4,9 @@
 
 mod bootstrap;
 mod concurrency;
+mod faults;
 mod hostile;
 mod rejections;
 mod retry;
 mod store_pg;
+mod throttle;

@@ -150,10 +150,15 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
     }
 
     let names = server_names(&opts.hostnames)?;
+    // Bound first, so that `--listen ...:0` puts the real port in the default URL.
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("binding {}", opts.listen))?;
+    let bound = listener.local_addr()?;
     let public_url = opts
         .public_url
         .clone()
-        .unwrap_or_else(|| default_public_url(&names, opts.listen));
+        .unwrap_or_else(|| default_public_url(&names, bound));
     let signer = Arc::new(Signer::load(&paths, Some(ca::crl_url_for(&public_url)))?);
     let store = Store::open(&opts.database_url).await?;
 
@@ -182,10 +187,6 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
         body_timeout: opts.limits.body_timeout,
     });
 
-    let listener = tokio::net::TcpListener::bind(opts.listen)
-        .await
-        .with_context(|| format!("binding {}", opts.listen))?;
-    let bound = listener.local_addr()?;
     tracing::info!(
         addr = %bound,
         fingerprint = %signer.fingerprint,

@@ -2,6 +2,7 @@
 //! bodies `{"error": "<code>", "message": "<text>"}`. Codes are stable; messages
 //! name the problem and never carry a secret.
 
+use super::body::BodyError;
 use crate::authority::SignError;
 use crate::store::StoreError;
 use axum::Json;
@@ -56,6 +57,34 @@ impl ApiError {
         );
         e.retry_after = Some(5);
         e
+    }
+}
+
+impl From<BodyError> for ApiError {
+    fn from(e: BodyError) -> ApiError {
+        match e {
+            BodyError::UnsupportedContentType => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "unsupported_content_type",
+                "send the CSR as PEM (text/plain) or DER (application/pkcs10)",
+            ),
+            BodyError::BadLength => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "invalid Content-Length",
+            ),
+            BodyError::TooLarge(limit) => ApiError::body_too_large(limit),
+            BodyError::Timeout(t) => ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!("request body not received within {} s", t.as_secs()),
+            ),
+            BodyError::Unreadable => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "could not read the request body",
+            ),
+        }
     }
 }
 

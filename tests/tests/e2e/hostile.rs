@@ -278,7 +278,7 @@ impl Suite {
         });
         m(v, "PEM without its END line", {
             let cut = pem_text.find("-----END").unwrap();
-            pem_text[..cut].as_bytes().to_vec()
+            pem_text.as_bytes()[..cut].to_vec()
         });
         m(
             v,

@@ -6,6 +6,7 @@ mod bootstrap;
 mod concurrency;
 mod faults;
 mod hostile;
+mod lint;
 mod rejections;
 mod retry;
 mod store_pg;

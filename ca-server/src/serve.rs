@@ -92,7 +92,7 @@ async fn issue_server_cert(
     now: i64,
     validity: Duration,
 ) -> Result<ServerCert> {
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let spki = key.subject_public_key_info();
     let hostname = names
         .iter()
@@ -133,7 +133,12 @@ async fn issue_server_cert(
             CertificateDer::from(leaf.der),
             CertificateDer::from(signer.intermediate_der.clone()),
         ],
-        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from({
+            // rcgen does not wipe on drop: take the DER, then wipe the key pair.
+            let der = key.serialize_der();
+            zeroize::Zeroize::zeroize(&mut key);
+            der
+        })),
         not_before: leaf.not_before,
         not_after: leaf.not_after,
     })

@@ -87,11 +87,25 @@ pub async fn read_outcome<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Se
 }
 
 /// [`read_outcome`] when the first bytes of the answer are already in `buf`.
-async fn read_outcome_after<S: tokio::io::AsyncRead + Unpin>(
+async fn read_outcome_after<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, buf: Vec<u8>) -> Seen {
+    let (buf, in_time) = read_response(stream, buf).await;
+    if buf.is_empty() {
+        return if in_time {
+            Seen::Closed
+        } else {
+            Seen::StillOpen
+        };
+    }
+    parse_response(&buf)
+}
+
+/// Reads until a whole response is in `buf`, the server closes, or
+/// [`PATIENCE`] runs out (then the flag is `false`).
+async fn read_response<S: tokio::io::AsyncRead + Unpin>(
     stream: &mut S,
     mut buf: Vec<u8>,
-) -> Seen {
-    let read = tokio::time::timeout(PATIENCE, async {
+) -> (Vec<u8>, bool) {
+    let in_time = tokio::time::timeout(PATIENCE, async {
         let mut chunk = [0u8; 8192];
         while !response_complete(&buf) {
             match stream.read(&mut chunk).await {
@@ -100,15 +114,9 @@ async fn read_outcome_after<S: tokio::io::AsyncRead + Unpin>(
             }
         }
     })
-    .await;
-    if buf.is_empty() {
-        return if read.is_ok() {
-            Seen::Closed
-        } else {
-            Seen::StillOpen
-        };
-    }
-    parse_response(&buf)
+    .await
+    .is_ok();
+    (buf, in_time)
 }
 
 /// A complete HTTP/1.1 response (headers and a Content-Length body) is in `buf`.
@@ -163,17 +171,7 @@ pub async fn exchange_from(server: &CaServer, from: &str, request: &[u8]) -> (Se
     if s.write_all(request).await.is_err() {
         return (Seen::Closed, None);
     }
-    let mut buf = Vec::new();
-    let _ = tokio::time::timeout(PATIENCE, async {
-        let mut chunk = [0u8; 8192];
-        while !response_complete(&buf) {
-            match s.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    })
-    .await;
+    let (buf, _) = read_response(&mut s, Vec::new()).await;
     let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
     let retry_after = head
         .lines()

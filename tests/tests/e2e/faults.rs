@@ -40,15 +40,7 @@ fn host_certs(server: &CaServer) -> Vec<(String, String)> {
 }
 
 async fn post(client: &ca_client::https::HttpsClient, body: &[u8]) -> Option<(StatusCode, String)> {
-    let reply = client
-        .send(
-            Method::POST,
-            "/v1/sign",
-            Some("application/pkcs10"),
-            Bytes::from(body.to_vec()),
-        )
-        .await
-        .ok()?;
+    let reply = sign_csr(client, body.to_vec()).await.ok()?;
     let serial = reply
         .headers
         .get("x-certificate-serial")
@@ -243,15 +235,7 @@ fn a_full_filesystem_under_the_store_gives_503_and_recovers() {
     let client = server.client();
     fill(&mnt.join("filler"));
     block_on(async {
-        let reply = client
-            .send(
-                Method::POST,
-                "/v1/sign",
-                Some("application/pkcs10"),
-                Bytes::from(body.clone()),
-            )
-            .await
-            .unwrap();
+        let reply = sign_csr(&client, body.clone()).await.unwrap();
         assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(error_code(&reply), "store_unavailable");
         assert_eq!(reply.retry_after(), Some(5));
@@ -272,15 +256,7 @@ fn a_full_filesystem_under_the_store_gives_503_and_recovers() {
             .await
             .unwrap();
         assert_eq!(health.status, StatusCode::OK);
-        let reply = client
-            .send(
-                Method::POST,
-                "/v1/sign",
-                Some("application/pkcs10"),
-                Bytes::from(body),
-            )
-            .await
-            .unwrap();
+        let reply = sign_csr(&client, body).await.unwrap();
         assert_eq!(
             reply.status,
             StatusCode::CREATED,
@@ -314,15 +290,7 @@ fn a_store_that_refuses_the_certificate_insert_hands_out_nothing() {
          BEGIN SELECT RAISE(ABORT, 'injected fault'); END;");
     let client = server.client();
     block_on(async {
-        let reply = client
-            .send(
-                Method::POST,
-                "/v1/sign",
-                Some("application/pkcs10"),
-                Bytes::from(body.clone()),
-            )
-            .await
-            .unwrap();
+        let reply = sign_csr(&client, body.clone()).await.unwrap();
         assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(error_code(&reply), "store_unavailable");
         assert!(!String::from_utf8_lossy(&reply.body).contains("CERTIFICATE"));
@@ -336,15 +304,7 @@ fn a_store_that_refuses_the_certificate_insert_hands_out_nothing() {
 
     sql("DROP TRIGGER fail_cert;");
     block_on(async {
-        let reply = client
-            .send(
-                Method::POST,
-                "/v1/sign",
-                Some("application/pkcs10"),
-                Bytes::from(body),
-            )
-            .await
-            .unwrap();
+        let reply = sign_csr(&client, body).await.unwrap();
         assert_eq!(reply.status, StatusCode::CREATED);
         let serial = reply.headers["x-certificate-serial"]
             .to_str()

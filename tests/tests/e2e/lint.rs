@@ -6,10 +6,9 @@
 //! web rules a private CA breaks on purpose) go to target/tmp/pkilint-report.txt
 //! for information; docs/security.md explains them.
 
-use bytes::Bytes;
 use ca_tests::forge::{CsrSpec, forge};
 use ca_tests::*;
-use http::{Method, StatusCode};
+use http::StatusCode;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -84,15 +83,7 @@ fn root_intermediate_and_leaves_of_every_key_type_lint_clean() {
     }
     block_on(async {
         for (name, body) in csrs {
-            let reply = client
-                .send(
-                    Method::POST,
-                    "/v1/sign",
-                    Some("application/pkcs10"),
-                    Bytes::from(body),
-                )
-                .await
-                .unwrap();
+            let reply = sign_csr(&client, body).await.unwrap();
             assert_eq!(reply.status, StatusCode::CREATED, "{name}");
             let leaf = pem::parse_many(&reply.body).unwrap().remove(0);
             let path = write_file(work.path(), &format!("{name}.pem"), pem::encode(&leaf));

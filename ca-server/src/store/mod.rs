@@ -56,6 +56,9 @@ pub enum StoreError {
     /// A row holds something this version cannot read.
     #[error("store holds an unreadable row: {0}")]
     Corrupt(String),
+    /// The filesystem under the store is (nearly) full: refused before signing.
+    #[error("no space for the store: {0}")]
+    NoSpace(String),
 }
 
 pub type StoreResult<T> = std::result::Result<T, StoreError>;
@@ -100,6 +103,14 @@ pub struct AuditEvent {
     pub reason: Option<String>,
     pub peer: Option<String>,
     pub actor: Option<String>,
+    /// How many times this event happened: repeated refusals from one
+    /// address fold into one row (`rejection_log`). Read from the store;
+    /// a new row always starts at 1.
+    #[serde(default)]
+    pub count: i64,
+    /// When the last of those repeats happened.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_at: Option<i64>,
 }
 
 /// Everything recorded when a PSK is redeemed.
@@ -120,7 +131,15 @@ macro_rules! cert_columns {
     };
 }
 
-// After the macro, which it uses.
+/// The audit INSERT, as a macro so the `RETURNING` variant stays a literal.
+macro_rules! insert_audit_sql {
+    () => {
+        "INSERT INTO audit (at, event, hostname, serial, outcome, reason, peer, actor) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+    };
+}
+
+// After the macros, which it uses.
 mod writer;
 
 /// Handle on the database; cheap to clone.
@@ -433,11 +452,37 @@ impl Store {
         insert_audit(&mut *self.conn().await?, event).await
     }
 
+    /// Writes one audit row and returns its id (so repeats can count up on it).
+    pub async fn audit_returning_id(&self, event: &AuditEvent) -> StoreResult<i64> {
+        let row = bind_audit(
+            sqlx::query(concat!(insert_audit_sql!(), " RETURNING id")),
+            event,
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get("id")?)
+    }
+
+    /// Counts one more occurrence of audit row `id` at `at`; `false` if the
+    /// row does not exist.
+    pub async fn audit_repeat(&self, id: i64, at: i64) -> StoreResult<bool> {
+        let n = sqlx::query(
+            "UPDATE audit SET repeat_count = repeat_count + 1, last_at = $2 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(at)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
     /// Audit rows at or after `since`, oldest first, at most `limit`.
     pub async fn audit_since(&self, since: i64, limit: i64) -> StoreResult<Vec<AuditEvent>> {
         let rows = sqlx::query(
-            "SELECT id, at, event, hostname, serial, outcome, reason, peer, actor FROM audit \
-             WHERE at >= $1 ORDER BY id LIMIT $2",
+            "SELECT id, at, event, hostname, serial, outcome, reason, peer, actor, \
+             repeat_count, last_at FROM audit \
+             WHERE at >= $1 OR last_at >= $1 ORDER BY id LIMIT $2",
         )
         .bind(since)
         .bind(limit)
@@ -455,6 +500,8 @@ impl Store {
                     reason: r.try_get("reason")?,
                     peer: r.try_get("peer")?,
                     actor: r.try_get("actor")?,
+                    count: r.try_get("repeat_count")?,
+                    last_at: r.try_get("last_at")?,
                 })
             })
             .collect()
@@ -544,21 +591,25 @@ async fn insert_audit<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
     ex: E,
     a: &AuditEvent,
 ) -> StoreResult<()> {
-    sqlx::query(
-        "INSERT INTO audit (at, event, hostname, serial, outcome, reason, peer, actor) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(a.at)
-    .bind(&a.event)
-    .bind(&a.hostname)
-    .bind(&a.serial)
-    .bind(&a.outcome)
-    .bind(&a.reason)
-    .bind(&a.peer)
-    .bind(&a.actor)
-    .execute(ex)
-    .await?;
+    bind_audit(sqlx::query(insert_audit_sql!()), a)
+        .execute(ex)
+        .await?;
     Ok(())
+}
+
+/// Binds an audit row's values to an [`insert_audit_sql!`] query.
+fn bind_audit<'q>(
+    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    a: &'q AuditEvent,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    q.bind(a.at)
+        .bind(&a.event)
+        .bind(&a.hostname)
+        .bind(&a.serial)
+        .bind(&a.outcome)
+        .bind(&a.reason)
+        .bind(&a.peer)
+        .bind(&a.actor)
 }
 
 fn cert_from_row(r: &AnyRow) -> StoreResult<CertRecord> {
@@ -582,12 +633,9 @@ fn cert_from_row(r: &AnyRow) -> StoreResult<CertRecord> {
 /// The file behind a `sqlite://` URL, created 0600 before SQLite opens it
 /// (SQLite gives its WAL and SHM files the same mode).
 fn prepare_sqlite_file(url: &str) -> Result<()> {
-    let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
-    let path = rest.split('?').next().unwrap_or("");
-    if path.is_empty() || path == ":memory:" {
+    let Some(path) = sqlite_path(url) else {
         return Ok(());
-    }
-    let path = PathBuf::from(path);
+    };
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         ca_client::fsutil::create_private_dir(parent)?;
     }
@@ -602,6 +650,16 @@ fn prepare_sqlite_file(url: &str) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(e).with_context(|| format!("creating {}", path.display())),
     }
+}
+
+/// The file behind a `sqlite://` URL (`None` for other engines and `:memory:`).
+pub fn sqlite_path(url: &str) -> Option<PathBuf> {
+    let rest = url.strip_prefix("sqlite:")?.trim_start_matches("//");
+    let path = rest.split('?').next().unwrap_or("");
+    if path.is_empty() || path == ":memory:" {
+        return None;
+    }
+    Some(PathBuf::from(path))
 }
 
 /// A database URL with any password replaced, for messages.

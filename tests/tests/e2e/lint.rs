@@ -2,7 +2,7 @@
 //! into target/tools/pkilint): the root, the intermediate, the server's own
 //! certificate and a leaf of every accepted key type have no finding at
 //! WARNING or above under the RFC 5280 validators, nor does any link of the
-//! chain. Lower findings and the CA/Browser Forum serverAuth profile (public
+//! chain, nor do the intermediate's and the root's CRLs. Lower findings and the CA/Browser Forum serverAuth profile (public
 //! web rules a private CA breaks on purpose) go to target/tmp/pkilint-report.txt
 //! for information; docs/security.md explains them.
 
@@ -123,6 +123,36 @@ fn root_intermediate_and_leaves_of_every_key_type_lint_clean() {
         if !ok || !findings.trim().is_empty() {
             failures.push(format!("{name}: {findings}"));
         }
+    }
+    // The CRLs: the intermediate's (what /v1/crl serves) and the root's CRL
+    // for the intermediate (root.crl in the data dir).
+    let crl = block_on(client.send(
+        http::Method::GET,
+        "/v1/crl?format=pem",
+        None,
+        bytes::Bytes::new(),
+    ))
+    .unwrap();
+    assert_eq!(crl.status, StatusCode::OK);
+    let crl_path = write_file(work.path(), "intermediate.crl", &crl.body);
+    for (name, path) in [
+        ("intermediate CRL", crl_path),
+        ("root CRL", server.data_dir.join("root.crl")),
+    ] {
+        let (ok, findings) = lint(
+            "lint_crl",
+            &["-t", "CRL", "-p", "PKIX", "-s", "WARNING"],
+            &[&path],
+        );
+        if !ok || !findings.trim().is_empty() {
+            failures.push(format!("{name}: {findings}"));
+        }
+        let (_, info) = lint(
+            "lint_crl",
+            &["-t", "CRL", "-p", "PKIX", "-s", "INFO"],
+            &[&path],
+        );
+        report.push_str(&format!("== {name}\nlint_crl -s INFO:\n{info}\n"));
     }
     let (_, info) = lint("lint_pkix_cert", &["-s", "INFO"], &[&server_pem]);
     report.push_str(&format!(

@@ -273,7 +273,7 @@ async fn run(cli: Cli) -> Result<()> {
                 public_url: args.public_url,
                 validity: args.validity.into(),
                 name: args.name,
-                limits: Limits::from(&args.limits),
+                limits: Limits::try_from(&args.limits)?,
                 throttle: (&args.throttle).into(),
                 crl: CrlConfig {
                     validity: args.crl_validity.into(),

@@ -14,6 +14,7 @@ pub mod crl;
 pub mod diskguard;
 pub mod hardening;
 pub mod http;
+pub mod proxy_protocol;
 pub mod rejection_log;
 pub mod serve;
 pub mod server;

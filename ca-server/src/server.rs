@@ -13,6 +13,7 @@
 //! trickling HTTP/2 connections); request bodies have `body_timeout`.
 
 use crate::http::Peer;
+use crate::proxy_protocol::TrustedProxies;
 use anyhow::{Context, Result};
 use axum::Router;
 use axum::body::Body;
@@ -31,7 +32,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 /// Limits that keep slow or idle clients from holding the server.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Limits {
     /// Time allowed for the TLS handshake (a header timeout does not cover it).
     pub handshake_timeout: Duration,
@@ -41,6 +42,8 @@ pub struct Limits {
     pub body_timeout: Duration,
     /// Most connections open at once; more are closed at accept.
     pub max_connections: usize,
+    /// Proxies whose connections start with a PROXY header naming the client.
+    pub proxies: Arc<TrustedProxies>,
 }
 
 impl Default for Limits {
@@ -50,6 +53,7 @@ impl Default for Limits {
             header_timeout: Duration::from_secs(15),
             body_timeout: Duration::from_secs(10),
             max_connections: 4096,
+            proxies: Arc::default(),
         }
     }
 }
@@ -70,16 +74,24 @@ pub struct LimitArgs {
     #[arg(long, env = "CA_MAX_CONNECTIONS", default_value_t = 4096,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
+    /// Load balancers (IPs or CIDR blocks, comma-separated) whose connections
+    /// start with a PROXY protocol v1/v2 header (HAProxy `send-proxy-v2`):
+    /// the header's source address is then the client's, for throttling and
+    /// the audit log.
+    #[arg(long, env = "CA_PROXY_PROTOCOL_FROM", value_delimiter = ',')]
+    pub proxy_protocol_from: Vec<String>,
 }
 
-impl From<&LimitArgs> for Limits {
-    fn from(a: &LimitArgs) -> Limits {
-        Limits {
+impl TryFrom<&LimitArgs> for Limits {
+    type Error = anyhow::Error;
+    fn try_from(a: &LimitArgs) -> Result<Limits> {
+        Ok(Limits {
             handshake_timeout: a.handshake_timeout.into(),
             header_timeout: a.header_timeout.into(),
             body_timeout: a.body_timeout.into(),
             max_connections: a.max_connections as usize,
-        }
+            proxies: Arc::new(TrustedProxies::parse(&a.proxy_protocol_from)?),
+        })
     }
 }
 
@@ -221,9 +233,31 @@ pub async fn run(
         let app = app.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
+        let limits = limits.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let _ = tcp.set_nodelay(true);
+            let mut tcp = tcp;
+            let mut addr = addr;
+            if limits.proxies.contains(addr.ip()) {
+                let header = tokio::time::timeout(
+                    limits.handshake_timeout,
+                    crate::proxy_protocol::read_header(&mut tcp),
+                )
+                .await;
+                match header {
+                    Ok(Ok(Some(client))) => addr = client,
+                    Ok(Ok(None)) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(proxy = %addr, error = %e, "refused a connection from a PROXY-protocol peer");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(proxy = %addr, "PROXY header timed out");
+                        return;
+                    }
+                }
+            }
             let stream =
                 match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => stream,

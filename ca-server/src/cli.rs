@@ -61,6 +61,9 @@ pub enum Command {
     Revoke(RevokeArgs),
     /// Print (or write) the current CRL bundle: intermediate CRL, then root CRL.
     Crl(CrlArgs),
+    /// Move the store to another database.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Show the audit log.
     Audit {
         /// How far back to look (e.g. 1h, 7d).
@@ -96,6 +99,10 @@ pub struct ServeArgs {
     pub name: String,
     #[command(flatten)]
     pub crl: CrlValidityArgs,
+    #[command(flatten)]
+    pub limits: crate::server::LimitArgs,
+    #[command(flatten)]
+    pub throttle: crate::throttle::ThrottleArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -155,6 +162,21 @@ pub enum CertCommand {
     /// Show one certificate by serial (hex, any case, colons optional) or the newest of a host.
     Show {
         target: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Copy this store (--database-url) into an empty database, in one
+    /// transaction, and verify row counts and contents. Stop every
+    /// ca-server using the source first.
+    Copy {
+        /// The target: postgres://USER@HOST/DB (or sqlite://PATH).
+        #[arg(long)]
+        to: String,
+        /// Print the report as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -251,7 +273,8 @@ async fn run(cli: Cli) -> Result<()> {
                 public_url: args.public_url,
                 validity: args.validity.into(),
                 name: args.name,
-                limits: Limits::default(),
+                limits: Limits::try_from(&args.limits)?,
+                throttle: (&args.throttle).into(),
                 crl: args.crl.config(),
             })
             .await
@@ -263,6 +286,9 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Crl(args) => {
             revocation::crl(args, &cli.data_dir, &url, std::sync::Arc::new(clock)).await
+        }
+        Command::Store(StoreCommand::Copy { to, json }) => {
+            store_copy(&url, &to, json, &clock).await
         }
         Command::Audit { since, limit, json } => {
             let store = Store::open(&url).await?;
@@ -286,8 +312,12 @@ fn format_audit(a: &AuditEvent) -> String {
             .map(escape_for_display)
             .unwrap_or_else(|| "-".into())
     };
+    let repeats = match a.last_at {
+        Some(last) if a.count > 1 => format!(" count={} last={}", a.count, rfc3339(last)),
+        _ => String::new(),
+    };
     format!(
-        "{} {} outcome={} host={} serial={} reason={} peer={} actor={}",
+        "{} {} outcome={} host={} serial={} reason={} peer={} actor={}{repeats}",
         rfc3339(a.at),
         a.event,
         a.outcome,
@@ -644,6 +674,49 @@ async fn cert(cmd: CertCommand, url: &str, clock: &SystemClock) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `store copy --to URL`: copy, verify, and record the copy in the target's audit log.
+async fn store_copy(from: &str, to: &str, json: bool, clock: &SystemClock) -> Result<()> {
+    let (from_shown, to_shown) = (crate::store::redact_url(from), crate::store::redact_url(to));
+    let source = Store::open(from).await?;
+    let target = Store::open(to).await.context("opening the target")?;
+    let report = source
+        .copy_to(&target)
+        .await
+        .with_context(|| format!("copying {from_shown} to {to_shown}"))?;
+    let counts = report
+        .tables
+        .iter()
+        .map(|t| format!("{} {}", t.table, t.rows))
+        .collect::<Vec<_>>()
+        .join(", ");
+    target
+        .audit(&AuditEvent {
+            at: clock.now(),
+            event: "store_copied".into(),
+            outcome: "ok".into(),
+            reason: Some(format!(
+                "from {from_shown}: {counts}; crl_number {}",
+                report.crl_number
+            )),
+            actor: Some(actor()),
+            ..Default::default()
+        })
+        .await?;
+    // Closing checkpoints a SQLite target into its main file (a backup is one file).
+    source.close().await;
+    target.close().await;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        for t in &report.tables {
+            println!("{:<13} {:>9} rows  digest {}", t.table, t.rows, t.digest);
+        }
+        println!("crl_number    {:>9}", report.crl_number);
+        eprintln!("copied and verified {from_shown} -> {to_shown}");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -14,8 +14,11 @@ pub mod cli;
 pub mod client_verifier;
 pub mod clock;
 pub mod crl;
+pub mod diskguard;
 pub mod hardening;
 pub mod http;
+pub mod proxy_protocol;
+pub mod rejection_log;
 pub mod renewal;
 pub mod revocation;
 pub mod serve;
@@ -23,3 +26,4 @@ pub mod server;
 pub mod store;
 #[cfg(test)]
 mod testing;
+pub mod throttle;

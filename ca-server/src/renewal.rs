@@ -18,7 +18,7 @@ use crate::store::{AuditEvent, CertRecord, StoreError};
 use policy::csr::Csr;
 use policy::{AllowedName, Decision, Rejection, RenewalGrant, RenewalRefusal};
 use rustls::pki_types::CertificateDer;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 
 /// A client certificate found in the store.
@@ -42,7 +42,7 @@ impl Authority {
     pub async fn authenticate_client(
         &self,
         chain: Option<&[CertificateDer<'static>]>,
-        peer: &str,
+        peer: SocketAddr,
     ) -> Result<ClientCert, SignError> {
         let now = self.clock.now();
         let Some(leaf) = chain.and_then(|c| c.first()) else {
@@ -76,7 +76,7 @@ impl Authority {
         &self,
         client: &ClientCert,
         body: &[u8],
-        peer: &str,
+        peer: SocketAddr,
     ) -> Result<Issued, SignError> {
         let now = self.clock.now();
         // Revoked or expired: refused before the body is looked at.
@@ -90,6 +90,10 @@ impl Authority {
             }
         }
         let csr = match policy::csr::parse(body) {
+            Ok(csr) if self.signer.is_ca_key(&csr.spki_der) => {
+                let r = Rejection::KeyNotAllowed("the CA's own public key".into());
+                return Err(self.refuse_renewal(now, Some(client), peer, r).await);
+            }
             Ok(csr) => csr,
             Err(r) => return Err(self.refuse_renewal(now, Some(client), peer, r).await),
         };
@@ -116,7 +120,7 @@ impl Authority {
                 "renewal of {}; key {}",
                 client.record.serial, csr.key
             )),
-            peer: Some(peer.to_owned()),
+            peer: Some(peer.to_string()),
             actor: Some(client.actor()),
             ..Default::default()
         };
@@ -160,7 +164,7 @@ impl Authority {
         client: &ClientCert,
         csr: &Csr,
         now: i64,
-        peer: &str,
+        peer: SocketAddr,
     ) -> Result<Option<Issued>, SignError> {
         let Some(next) = &client.record.superseded_by else {
             return Ok(None);
@@ -184,7 +188,7 @@ impl Authority {
                     "idempotent retry: renewal of {} with the same key",
                     client.record.serial
                 )),
-                peer: Some(peer.to_owned()),
+                peer: Some(peer.to_string()),
                 actor: Some(client.actor()),
                 ..Default::default()
             })
@@ -197,13 +201,14 @@ impl Authority {
         }))
     }
 
-    /// Audits a refused renewal (actor: the presented certificate) and hands
-    /// the refusal back. A store failure while auditing is logged.
+    /// Audits a refused renewal (actor: the presented certificate) through
+    /// the aggregating refusal log, and hands the refusal back. A store
+    /// failure while auditing is logged.
     async fn refuse_renewal(
         &self,
         now: i64,
         client: Option<&ClientCert>,
-        peer: &str,
+        peer: SocketAddr,
         r: Rejection,
     ) -> SignError {
         let event = AuditEvent {
@@ -213,11 +218,11 @@ impl Authority {
             serial: client.map(|c| c.record.serial.clone()),
             outcome: "rejected".into(),
             reason: Some(clip(&r.reason())),
-            peer: Some(peer.to_owned()),
+            peer: Some(peer.ip().to_string()),
             actor: client.map(ClientCert::actor),
             ..Default::default()
         };
-        if let Err(e) = self.store.audit(&event).await {
+        if let Err(e) = self.rejections.record(&self.store, event, r.code()).await {
             tracing::error!(error = %e, "could not write the audit row for a refused renewal");
         }
         SignError::Rejected(r)
@@ -261,6 +266,7 @@ mod tests {
     use std::sync::Arc;
 
     const HOST: &str = "h.example.internal";
+    const PEER: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 1);
 
     fn csr(host: &str) -> (HostKey, Vec<u8>) {
         let key = HostKey::generate(KeyType::P256).unwrap();
@@ -278,12 +284,7 @@ mod tests {
     #[tokio::test]
     async fn one_certificate_renews_once_keeps_its_names_and_retries_get_the_same_answer() {
         let f = fixture().await;
-        let authority = Arc::new(Authority {
-            store: f.store.clone(),
-            signer: f.signer.clone(),
-            clock: f.clock.clone(),
-            validity: crate::ca::DEFAULT_LEAF_VALIDITY,
-        });
+        let authority = Arc::new(f.authority());
         // A host certificate with an extra IP name, as a first issuance makes it.
         let old_key = HostKey::generate(KeyType::P256).unwrap();
         let profile = Profile::new(HOST, &[AllowedName::Ip("10.0.0.5".parse().unwrap())]);
@@ -304,7 +305,7 @@ mod tests {
             .unwrap();
         let chain = [CertificateDer::from(leaf.der.clone())];
         let client = authority
-            .authenticate_client(Some(&chain), "127.0.0.1:1")
+            .authenticate_client(Some(&chain), PEER)
             .await
             .unwrap();
         assert_eq!(client.grant.names, profile.sans);
@@ -315,7 +316,7 @@ mod tests {
             let (authority, client) = (authority.clone(), client.clone());
             tasks.push(tokio::spawn(async move {
                 let (_, body) = csr(HOST);
-                authority.renew(&client, &body, "127.0.0.1:1").await
+                authority.renew(&client, &body, PEER).await
             }));
         }
         let mut won = Vec::new();
@@ -338,26 +339,26 @@ mod tests {
         // The retry of a lost answer (old certificate, same new key): the same certificate.
         let (key, body) = csr(HOST);
         let client = authority
-            .authenticate_client(Some(&chain), "127.0.0.1:1")
+            .authenticate_client(Some(&chain), PEER)
             .await
             .unwrap();
         assert_eq!(
-            code(&authority.renew(&client, &body, "p").await.unwrap_err()),
+            code(&authority.renew(&client, &body, PEER).await.unwrap_err()),
             "certificate_superseded"
         );
         let fresh_record = f.store.get_cert(&won[0].serial).await.unwrap().unwrap();
         let fresh_chain = [CertificateDer::from(fresh_record.der.clone())];
         let newer = authority
-            .authenticate_client(Some(&fresh_chain), "p")
+            .authenticate_client(Some(&fresh_chain), PEER)
             .await
             .unwrap();
-        let renewed = authority.renew(&newer, &body, "p").await.unwrap();
+        let renewed = authority.renew(&newer, &body, PEER).await.unwrap();
         assert!(!renewed.replayed);
         let newer = authority
-            .authenticate_client(Some(&fresh_chain), "p")
+            .authenticate_client(Some(&fresh_chain), PEER)
             .await
             .unwrap();
-        let again = authority.renew(&newer, &body, "p").await.unwrap();
+        let again = authority.renew(&newer, &body, PEER).await.unwrap();
         assert!(again.replayed);
         assert_eq!(again.serial, renewed.serial);
         drop(key);
@@ -366,21 +367,21 @@ mod tests {
         let latest = f.store.get_cert(&renewed.serial).await.unwrap().unwrap();
         let latest_chain = [CertificateDer::from(latest.der.clone())];
         let c = authority
-            .authenticate_client(Some(&latest_chain), "p")
+            .authenticate_client(Some(&latest_chain), PEER)
             .await
             .unwrap();
         let (_, other) = csr("other.example.internal");
         assert_eq!(
-            code(&authority.renew(&c, &other, "p").await.unwrap_err()),
+            code(&authority.renew(&c, &other, PEER).await.unwrap_err()),
             "hostname_mismatch"
         );
-        let err = authority.authenticate_client(None, "p").await.unwrap_err();
+        let err = authority.authenticate_client(None, PEER).await.unwrap_err();
         assert_eq!(code(&err), "client_certificate_required");
         let mut tampered = latest.der.clone();
         let last = tampered.len() - 1;
         tampered[last] ^= 1;
         let err = authority
-            .authenticate_client(Some(&[CertificateDer::from(tampered)]), "p")
+            .authenticate_client(Some(&[CertificateDer::from(tampered)]), PEER)
             .await
             .unwrap_err();
         assert_eq!(code(&err), "certificate_unknown");
@@ -398,11 +399,11 @@ mod tests {
             .await
             .unwrap();
         let c = authority
-            .authenticate_client(Some(&latest_chain), "p")
+            .authenticate_client(Some(&latest_chain), PEER)
             .await
             .unwrap();
         assert_eq!(
-            code(&authority.renew(&c, b"not a csr", "p").await.unwrap_err()),
+            code(&authority.renew(&c, b"not a csr", PEER).await.unwrap_err()),
             "certificate_revoked"
         );
         let audit = f.store.audit_since(0, 1000).await.unwrap();

@@ -1,6 +1,7 @@
 //! Test support shared by the unit tests: a clock the test moves, and a CA
 //! with a SQLite store in a temporary directory.
 
+use crate::authority::Authority;
 use crate::ca::{CaPaths, Signer};
 use crate::clock::Clock;
 use crate::crl::{CrlConfig, CrlService};
@@ -64,6 +65,19 @@ impl Fixture {
             CrlConfig::default(),
         )
         .unwrap()
+    }
+
+    /// An authority on this CA and store, with the default throttle and no disk guard.
+    pub fn authority(&self) -> Authority {
+        Authority {
+            store: self.store.clone(),
+            signer: self.signer.clone(),
+            clock: self.clock.clone(),
+            validity: crate::ca::DEFAULT_LEAF_VALIDITY,
+            throttle: crate::throttle::Throttle::new(Default::default()),
+            rejections: Default::default(),
+            disk: None,
+        }
     }
 
     /// Records a certificate row (not a real certificate) with this serial,

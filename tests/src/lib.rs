@@ -5,8 +5,10 @@
 
 pub mod curl;
 pub mod fleet;
+pub mod forge;
 pub mod pg;
 pub mod puppet;
+pub mod raw;
 pub mod services;
 pub mod trio;
 
@@ -158,6 +160,54 @@ impl CaServer {
     }
 
     pub fn start_with(opts: ServerOptions) -> CaServer {
+        let mut server = CaServer::prepare(opts);
+        server.spawn(0);
+        server
+    }
+
+    /// `n` servers on one data dir and one store (`opts.database_url`),
+    /// launched at the same moment (their migrations race), then each
+    /// waited for. The first owns the data dir; drop the others first.
+    pub fn start_replicas(opts: ServerOptions, n: usize) -> Vec<CaServer> {
+        let first = CaServer::prepare(opts);
+        let mut servers: Vec<CaServer> = (1..n).map(|_| first.unstarted_replica()).collect();
+        servers.insert(0, first);
+        let before: Vec<usize> = servers.iter_mut().map(|s| s.launch(0)).collect();
+        for (s, before) in servers.iter_mut().zip(before) {
+            s.wait_listening(before);
+        }
+        servers
+    }
+
+    /// Another server on this one's data dir (the same CA keys) and store,
+    /// on its own port, with its own log. It must not outlive `self`.
+    pub fn replica(&self) -> CaServer {
+        let mut server = self.unstarted_replica();
+        server.spawn(0);
+        server
+    }
+
+    fn unstarted_replica(&self) -> CaServer {
+        let tmp = tempfile::Builder::new()
+            .prefix("ca-e2e-replica-")
+            .tempdir()
+            .expect("tempdir");
+        CaServer {
+            log_path: tmp.path().join("server.log"),
+            tmp,
+            data_dir: self.data_dir.clone(),
+            addr: String::new(),
+            port: 0,
+            url: String::new(),
+            fingerprint: self.fingerprint.clone(),
+            opts: self.opts.clone(),
+            child: None,
+            psks: Vec::new(),
+        }
+    }
+
+    /// A data dir initialised by `ca-server init`; no process yet.
+    fn prepare(opts: ServerOptions) -> CaServer {
         let tmp = tempfile::Builder::new()
             .prefix("ca-e2e-")
             .tempdir()
@@ -171,7 +221,7 @@ impl CaServer {
         )
         .trim()
         .to_owned();
-        let mut server = CaServer {
+        CaServer {
             log_path: tmp.path().join("server.log"),
             tmp,
             data_dir,
@@ -182,9 +232,7 @@ impl CaServer {
             opts,
             child: None,
             psks: Vec::new(),
-        };
-        server.spawn(0);
-        server
+        }
     }
 
     /// The server's stdout/stderr so far.
@@ -193,6 +241,12 @@ impl CaServer {
     }
 
     fn spawn(&mut self, port: u16) {
+        let before = self.launch(port);
+        self.wait_listening(before);
+    }
+
+    /// Starts the process; returns how many `listening` lines its log had before.
+    fn launch(&mut self, port: u16) -> usize {
         let mut cmd = Command::new(bin("ca-server"));
         cmd.arg("--data-dir").arg(&self.data_dir);
         if let Some(url) = &self.opts.database_url {
@@ -221,6 +275,11 @@ impl CaServer {
             .spawn()
             .expect("spawning ca-server");
         self.child = Some(child);
+        before
+    }
+
+    /// Waits for the `before`+1-th `listening` line and reads the bound address.
+    fn wait_listening(&mut self, before: usize) {
         let addr = wait_for(Duration::from_secs(30), "ca-server to listen", || {
             if let Some(status) = self
                 .child
@@ -324,6 +383,22 @@ impl CaServer {
         .arg("--dir")
         .arg(dir);
         cmd
+    }
+
+    /// Runs `bootstrap --key KEY --json` for `host` (the retry of a request
+    /// whose response was lost) and asserts it recovers certificate `serial`.
+    pub fn assert_retry_recovers(&self, host: &str, psk: &str, key: &Path, serial: &str) {
+        let work = tempfile::tempdir().unwrap();
+        let psk_file = write_file(work.path(), "psk", psk);
+        let out = run_ok(
+            self.bootstrap_cmd(host, &psk_file, &work.path().join("tls"))
+                .arg("--key")
+                .arg(key)
+                .arg("--json"),
+        );
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["serial"], serial, "the recorded certificate comes back");
+        assert_eq!(v["recovered"], true);
     }
 
     /// The root certificate PEM path.
@@ -474,6 +549,21 @@ pub fn error_code(reply: &ca_client::https::Reply) -> String {
         .api_error()
         .map(|(c, _)| c)
         .unwrap_or_else(|| format!("<no JSON error: {}>", String::from_utf8_lossy(&reply.body)))
+}
+
+/// `POST /v1/sign` with `body` as `application/pkcs10` on a fresh connection.
+pub async fn sign_csr(
+    client: &ca_client::https::HttpsClient,
+    body: impl Into<bytes::Bytes>,
+) -> Result<ca_client::https::Reply, ca_client::https::TransportError> {
+    client
+        .send(
+            http::Method::POST,
+            "/v1/sign",
+            Some("application/pkcs10"),
+            body.into(),
+        )
+        .await
 }
 
 /// Runs a future on a fresh multi-threaded runtime (tests are sync).

@@ -256,6 +256,14 @@ impl PgCluster {
         self.url(name)
     }
 
+    /// Creates database `name` and returns server options that use it.
+    pub fn server_options(&self, name: &str) -> crate::ServerOptions {
+        crate::ServerOptions {
+            database_url: Some(self.create_database(name)),
+            ..Default::default()
+        }
+    }
+
     /// The data directory (for postgresql.conf paths).
     pub fn data_dir(&self) -> &Path {
         &self.data

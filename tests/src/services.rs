@@ -153,6 +153,8 @@ pub struct Haproxy {
     pub dir: PathBuf,
     pub conf: PathBuf,
     pub pid_file: PathBuf,
+    /// Environment for the process (`"${VAR}"` in the configuration).
+    pub env: Vec<(String, String)>,
     daemon: Option<Daemon>,
 }
 
@@ -171,12 +173,28 @@ impl Haproxy {
             ),
         )
         .unwrap();
+        Haproxy::with_config(dir, &conf)
+    }
+
+    /// Uses the configuration file `conf` as it is (logs and pid in `dir`).
+    pub fn with_config(dir: &Path, conf: &Path) -> Haproxy {
+        std::fs::create_dir_all(dir).unwrap();
         Haproxy {
             dir: dir.to_path_buf(),
             pid_file: dir.join("haproxy.pid"),
-            conf,
+            conf: conf.to_path_buf(),
+            env: Vec::new(),
             daemon: None,
         }
+    }
+
+    /// `haproxy -c`: the configuration is valid (with [`Haproxy::env`]).
+    pub fn check(&self) -> std::process::Output {
+        run(Command::new(program("haproxy"))
+            .arg("-c")
+            .arg("-f")
+            .arg(&self.conf)
+            .envs(self.env.iter().cloned()))
     }
 
     /// Starts HAProxy in master-worker mode (as Debian's unit does) in the
@@ -186,7 +204,8 @@ impl Haproxy {
         cmd.args(["-W", "-db", "-f"])
             .arg(&self.conf)
             .arg("-p")
-            .arg(&self.pid_file);
+            .arg(&self.pid_file)
+            .envs(self.env.iter().cloned());
         self.daemon = Some(Daemon::spawn(
             "haproxy",
             &mut cmd,

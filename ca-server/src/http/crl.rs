@@ -127,7 +127,6 @@ pub(crate) fn set_last_modified(resp: &mut Response, generated_at: i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::authority::Authority;
     use crate::testing::{NOW, fixture};
     use axum::body::Body;
     use http_body_util::BodyExt;
@@ -168,12 +167,7 @@ mod tests {
         let crl = Arc::new(f.service());
         crl.regenerate().await.unwrap();
         let app = super::super::router(AppState {
-            authority: Arc::new(Authority {
-                store: f.store.clone(),
-                signer: f.signer.clone(),
-                clock: f.clock.clone(),
-                validity: crate::ca::DEFAULT_LEAF_VALIDITY,
-            }),
+            authority: Arc::new(f.authority()),
             store: f.store.clone(),
             crl: crl.clone(),
             body_timeout: Duration::from_secs(10),

@@ -11,6 +11,7 @@ use axum::extract::{Request, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::post;
+use std::net::SocketAddr;
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/v1/renew", post(renew))
@@ -24,17 +25,22 @@ async fn renew(
     let peer = req.extensions().get::<Peer>().cloned();
     let addr = peer
         .as_ref()
-        .map(|p| p.addr.to_string())
-        .unwrap_or_else(|| "-".into());
+        .map(|p| p.addr)
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
     let chain = peer.as_ref().and_then(|p| p.client_chain.clone());
-    // Who asks comes first: without a certificate of ours, nothing is read.
+    // Who asks comes first: a throttled address, or one without a
+    // certificate of ours, gets nothing read.
+    state.authority.admit(addr).await?;
     let client = state
         .authority
-        .authenticate_client(chain.as_deref().map(Vec::as_slice), &addr)
+        .authenticate_client(chain.as_deref().map(Vec::as_slice), addr)
         .await?;
     check_content_type(&headers)?;
     let body = read_body(req.into_body(), &headers, BODY_LIMIT, state.body_timeout).await?;
     let authority = state.authority.clone();
-    let issued = detached(async move { authority.renew(&client, &body, &addr).await }).await?;
+    let issued = detached(&state.store, async move {
+        authority.renew(&client, &body, addr).await
+    })
+    .await?;
     Ok(issued_response(issued))
 }

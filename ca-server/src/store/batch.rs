@@ -16,7 +16,7 @@ impl Store {
         audit: &AuditEvent,
     ) -> StoreResult<()> {
         let sans = sans_json(allowed_sans);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         for (host, hash) in entries {
             upsert_psk(&mut *tx, host, hash, &sans, created_at, expires_at).await?;
             let mut row = audit.clone();

@@ -69,7 +69,7 @@ impl Store {
         let row = sqlx::query(
             "UPDATE crl_state SET crl_number = crl_number + 1 WHERE id = 1 RETURNING crl_number",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *self.conn().await?)
         .await?;
         Ok(row.try_get("crl_number")?)
     }
@@ -78,7 +78,7 @@ impl Store {
     /// `now`, in one short transaction (no signing inside, so issuance is
     /// never held up by it).
     pub async fn crl_snapshot(&self, now: i64, count: i64) -> StoreResult<CrlSnapshot> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         // The UPDATE comes first: it locks the crl_state row (PostgreSQL) or
         // takes the write lock (SQLite) until commit, so revocations, which
         // bump the same row, are either wholly before this read or after it.
@@ -139,7 +139,7 @@ impl Store {
         .bind(&p.intermediate)
         .bind(&p.intermediate_long)
         .bind(&p.root)
-        .execute(&self.pool)
+        .execute(&mut *self.conn().await?)
         .await?
         .rows_affected();
         Ok(n == 1)
@@ -151,7 +151,7 @@ impl Store {
             "SELECT generation, generated_at, revocation_seq, next_dropout, revoked, \
              intermediate, intermediate_long, root FROM crl_published WHERE id = 1",
         )
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.conn().await?)
         .await?;
         row.map(|r| {
             Ok(PublishedCrls {
@@ -174,7 +174,7 @@ impl Store {
             "SELECT s.revocation_seq AS seq, p.generation AS generation FROM crl_state s \
              LEFT JOIN crl_published p ON p.id = s.id WHERE s.id = 1",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *self.conn().await?)
         .await?;
         Ok(CrlPoll {
             revocation_seq: row.try_get("seq")?,

@@ -10,12 +10,16 @@
 use anyhow::{Context, Result, bail};
 use policy::{AllowedName, PskEntry, PskHash};
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Executor, Row};
+use sqlx::{AnyPool, Connection, Executor, Row};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+mod availability;
 mod batch;
+pub mod copy;
 mod crl;
+mod ownership;
 pub use crl::{CrlPoll, CrlSnapshot, PublishedCrls, RevokedEntry};
 
 /// Which engine a URL selects.
@@ -43,12 +47,18 @@ pub enum StoreError {
     /// The database could not be reached or refused the operation.
     #[error("store unavailable: {0}")]
     Unavailable(#[from] sqlx::Error),
+    /// The availability watcher sees the database down; nothing was tried.
+    #[error("store unreachable for {for_secs} s; waiting for it to come back")]
+    Down { for_secs: i64 },
     /// The PSK was consumed (or replaced, or expired) between check and commit.
     #[error("the PSK is no longer live")]
     PskGone,
     /// A row holds something this version cannot read.
     #[error("store holds an unreadable row: {0}")]
     Corrupt(String),
+    /// The filesystem under the store is (nearly) full: refused before signing.
+    #[error("no space for the store: {0}")]
+    NoSpace(String),
 }
 
 pub type StoreResult<T> = std::result::Result<T, StoreError>;
@@ -93,6 +103,14 @@ pub struct AuditEvent {
     pub reason: Option<String>,
     pub peer: Option<String>,
     pub actor: Option<String>,
+    /// How many times this event happened: repeated refusals from one
+    /// address fold into one row (`rejection_log`). Read from the store;
+    /// a new row always starts at 1.
+    #[serde(default)]
+    pub count: i64,
+    /// When the last of those repeats happened.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_at: Option<i64>,
 }
 
 /// Everything recorded when a PSK is redeemed.
@@ -113,8 +131,17 @@ macro_rules! cert_columns {
     };
 }
 
-// Declared after `cert_columns!`, which it uses.
+/// The audit INSERT, as a macro so the `RETURNING` variant stays a literal.
+macro_rules! insert_audit_sql {
+    () => {
+        "INSERT INTO audit (at, event, hostname, serial, outcome, reason, peer, actor) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+    };
+}
+
+// After the macros, which they use.
 mod revoke;
+mod writer;
 pub use revoke::{Revocation, RevokeOutcome};
 
 /// Handle on the database; cheap to clone.
@@ -122,6 +149,9 @@ pub use revoke::{Revocation, RevokeOutcome};
 pub struct Store {
     pool: AnyPool,
     engine: Engine,
+    gate: Arc<availability::Gate>,
+    /// The group-commit writer, once `serve` starts it.
+    writer: Arc<std::sync::OnceLock<writer::Writer>>,
 }
 
 impl Store {
@@ -152,16 +182,23 @@ impl Store {
             })
             .connect(url)
             .await
+            .map_err(|e| match e {
+                // sqlx retries a refused connection until its acquire timeout.
+                sqlx::Error::PoolTimedOut => anyhow::anyhow!(
+                    "the database did not accept a connection within 5 s (is it running and reachable?)"
+                ),
+                e => e.into(),
+            })
             .with_context(|| format!("opening the store at {}", redact_url(url)))?;
-        let migrator = match engine {
-            Engine::Sqlite => sqlx::migrate!("./migrations/sqlite"),
-            Engine::Postgres => sqlx::migrate!("./migrations/postgres"),
-        };
-        migrator
-            .run(&pool)
+        migrate(&pool, engine)
             .await
             .context("running store migrations")?;
-        Ok(Store { pool, engine })
+        Ok(Store {
+            pool,
+            engine,
+            gate: Arc::default(),
+            writer: Arc::default(),
+        })
     }
 
     pub fn engine(&self) -> Engine {
@@ -175,8 +212,17 @@ impl Store {
 
     /// A round trip to the database.
     pub async fn health(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        let result = async {
+            sqlx::query("SELECT 1")
+                .execute(&mut *self.conn().await?)
+                .await?;
+            Ok(())
+        }
+        .await;
+        if matches!(result, Err(StoreError::Unavailable(_))) {
+            self.suspect();
+        }
+        result
     }
 
     /// Creates or replaces the PSK of `hostname` (at most one live PSK per host).
@@ -190,7 +236,7 @@ impl Store {
         audit: &AuditEvent,
     ) -> StoreResult<()> {
         let sans_json = sans_json(allowed_sans);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         upsert_psk(&mut *tx, hostname, hash, &sans_json, created_at, expires_at).await?;
         insert_audit(&mut *tx, audit).await?;
         tx.commit().await?;
@@ -203,7 +249,7 @@ impl Store {
             "SELECT hostname, psk_hash, allowed_sans, expires_at FROM psks WHERE hostname = $1",
         )
         .bind(hostname)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.conn().await?)
         .await?;
         let Some(row) = row else { return Ok(None) };
         let hash: Vec<u8> = row.try_get("psk_hash")?;
@@ -226,7 +272,7 @@ impl Store {
 
     /// Removes the PSK of `hostname`; `false` if there was none.
     pub async fn remove_psk(&self, hostname: &str, audit: &AuditEvent) -> StoreResult<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let n = sqlx::query("DELETE FROM psks WHERE hostname = $1")
             .bind(hostname)
             .execute(&mut *tx)
@@ -245,7 +291,7 @@ impl Store {
         let n = sqlx::query("DELETE FROM psks WHERE hostname = $1 AND psk_hash = $2")
             .bind(hostname)
             .bind(hash.0.to_vec())
-            .execute(&self.pool)
+            .execute(&mut *self.conn().await?)
             .await?
             .rows_affected();
         Ok(n > 0)
@@ -253,7 +299,7 @@ impl Store {
 
     /// Deletes every PSK whose lifetime ended at or before `now`; returns their hostnames.
     pub async fn sweep_expired_psks(&self, now: i64) -> StoreResult<Vec<String>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let rows = sqlx::query("DELETE FROM psks WHERE expires_at <= $1 RETURNING hostname")
             .bind(now)
             .fetch_all(&mut *tx)
@@ -284,7 +330,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT hostname, allowed_sans, created_at, expires_at FROM psks ORDER BY hostname",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         rows.iter()
             .map(|row| {
@@ -304,7 +350,15 @@ impl Store {
     /// transaction. `PskGone` if the PSK was not live at `now` any more (a
     /// concurrent request won, an admin replaced it, or it expired).
     pub async fn record_issuance(&self, issuance: &Issuance<'_>) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        match self.writer.get() {
+            Some(w) => self.record_issuance_grouped(w, issuance).await,
+            None => self.record_issuance_single(issuance).await,
+        }
+    }
+
+    /// [`Store::record_issuance`] in a transaction of its own.
+    pub(super) async fn record_issuance_single(&self, issuance: &Issuance<'_>) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
         // The DELETE is the first statement, so SQLite takes its write lock at
         // once and PostgreSQL locks the row: of two concurrent redemptions
         // exactly one sees a row come back.
@@ -333,7 +387,7 @@ impl Store {
         cert: &CertRecord,
         audit: &AuditEvent,
     ) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         insert_cert(&mut *tx, cert).await?;
         insert_audit(&mut *tx, audit).await?;
         tx.commit().await?;
@@ -354,7 +408,7 @@ impl Store {
         ))
         .bind(hostname)
         .bind(hash.0.to_vec())
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         rows.iter().map(cert_from_row).collect()
     }
@@ -367,7 +421,7 @@ impl Store {
             " FROM certificates WHERE serial = $1"
         ))
         .bind(serial)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.conn().await?)
         .await?;
         row.as_ref().map(cert_from_row).transpose()
     }
@@ -390,25 +444,51 @@ impl Store {
         .bind(hostname)
         .bind(now)
         .bind(before)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         rows.iter().map(cert_from_row).collect()
     }
 
     /// Writes one audit row outside any other transaction.
     pub async fn audit(&self, event: &AuditEvent) -> StoreResult<()> {
-        insert_audit(&self.pool, event).await
+        insert_audit(&mut *self.conn().await?, event).await
+    }
+
+    /// Writes one audit row and returns its id (so repeats can count up on it).
+    pub async fn audit_returning_id(&self, event: &AuditEvent) -> StoreResult<i64> {
+        let row = bind_audit(
+            sqlx::query(concat!(insert_audit_sql!(), " RETURNING id")),
+            event,
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get("id")?)
+    }
+
+    /// Counts one more occurrence of audit row `id` at `at`; `false` if the
+    /// row does not exist.
+    pub async fn audit_repeat(&self, id: i64, at: i64) -> StoreResult<bool> {
+        let n = sqlx::query(
+            "UPDATE audit SET repeat_count = repeat_count + 1, last_at = $2 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(at)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
     }
 
     /// Audit rows at or after `since`, oldest first, at most `limit`.
     pub async fn audit_since(&self, since: i64, limit: i64) -> StoreResult<Vec<AuditEvent>> {
         let rows = sqlx::query(
-            "SELECT id, at, event, hostname, serial, outcome, reason, peer, actor FROM audit \
-             WHERE at >= $1 ORDER BY id LIMIT $2",
+            "SELECT id, at, event, hostname, serial, outcome, reason, peer, actor, \
+             repeat_count, last_at FROM audit \
+             WHERE at >= $1 OR last_at >= $1 ORDER BY id LIMIT $2",
         )
         .bind(since)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         rows.iter()
             .map(|r| {
@@ -422,10 +502,32 @@ impl Store {
                     reason: r.try_get("reason")?,
                     peer: r.try_get("peer")?,
                     actor: r.try_get("actor")?,
+                    count: r.try_get("repeat_count")?,
+                    last_at: r.try_get("last_at")?,
                 })
             })
             .collect()
     }
+}
+
+/// Runs the migrations that ship in the binary. PostgreSQL: sqlx holds an
+/// advisory lock (`pg_advisory_lock`, keyed by the database name) for the
+/// whole run, so replicas starting at once take turns. SQLite: sqlx takes no
+/// lock, so the run happens inside `BEGIN IMMEDIATE` (the write lock, waited
+/// for through `busy_timeout`); each migration is a savepoint inside it.
+async fn migrate(pool: &AnyPool, engine: Engine) -> Result<()> {
+    match engine {
+        Engine::Postgres => sqlx::migrate!("./migrations/postgres").run(pool).await?,
+        Engine::Sqlite => {
+            let mut conn = pool.acquire().await?;
+            let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+            sqlx::migrate!("./migrations/sqlite")
+                .run_direct(None, &mut *tx, false)
+                .await?;
+            tx.commit().await?;
+        }
+    }
+    Ok(())
 }
 
 /// The stored form of a PSK's extra names: a JSON array of strings.
@@ -491,21 +593,25 @@ async fn insert_audit<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
     ex: E,
     a: &AuditEvent,
 ) -> StoreResult<()> {
-    sqlx::query(
-        "INSERT INTO audit (at, event, hostname, serial, outcome, reason, peer, actor) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(a.at)
-    .bind(&a.event)
-    .bind(&a.hostname)
-    .bind(&a.serial)
-    .bind(&a.outcome)
-    .bind(&a.reason)
-    .bind(&a.peer)
-    .bind(&a.actor)
-    .execute(ex)
-    .await?;
+    bind_audit(sqlx::query(insert_audit_sql!()), a)
+        .execute(ex)
+        .await?;
     Ok(())
+}
+
+/// Binds an audit row's values to an [`insert_audit_sql!`] query.
+fn bind_audit<'q>(
+    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    a: &'q AuditEvent,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    q.bind(a.at)
+        .bind(&a.event)
+        .bind(&a.hostname)
+        .bind(&a.serial)
+        .bind(&a.outcome)
+        .bind(&a.reason)
+        .bind(&a.peer)
+        .bind(&a.actor)
 }
 
 fn cert_from_row(r: &AnyRow) -> StoreResult<CertRecord> {
@@ -529,12 +635,9 @@ fn cert_from_row(r: &AnyRow) -> StoreResult<CertRecord> {
 /// The file behind a `sqlite://` URL, created 0600 before SQLite opens it
 /// (SQLite gives its WAL and SHM files the same mode).
 fn prepare_sqlite_file(url: &str) -> Result<()> {
-    let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
-    let path = rest.split('?').next().unwrap_or("");
-    if path.is_empty() || path == ":memory:" {
+    let Some(path) = sqlite_path(url) else {
         return Ok(());
-    }
-    let path = PathBuf::from(path);
+    };
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         ca_client::fsutil::create_private_dir(parent)?;
     }
@@ -549,6 +652,16 @@ fn prepare_sqlite_file(url: &str) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(e).with_context(|| format!("creating {}", path.display())),
     }
+}
+
+/// The file behind a `sqlite://` URL (`None` for other engines and `:memory:`).
+pub fn sqlite_path(url: &str) -> Option<PathBuf> {
+    let rest = url.strip_prefix("sqlite:")?.trim_start_matches("//");
+    let path = rest.split('?').next().unwrap_or("");
+    if path.is_empty() || path == ":memory:" {
+        return None;
+    }
+    Some(PathBuf::from(path))
 }
 
 /// A database URL with any password replaced, for messages.

@@ -56,7 +56,7 @@ impl Store {
         serial: &str,
         how: &Revocation<'_>,
     ) -> StoreResult<Option<RevokeOutcome>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let row = sqlx::query(concat!(
             "UPDATE certificates SET revoked_at = $1, revocation_reason = $2 \
              WHERE serial = $3 AND revoked_at IS NULL RETURNING ",
@@ -88,7 +88,7 @@ impl Store {
         hostname: &str,
         how: &Revocation<'_>,
     ) -> StoreResult<Vec<CertRecord>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let rows = sqlx::query(concat!(
             "UPDATE certificates SET revoked_at = $1, revocation_reason = $2 \
              WHERE hostname = $3 AND revoked_at IS NULL AND not_after > $1 RETURNING ",
@@ -127,7 +127,7 @@ impl Store {
         audit: &AuditEvent,
         now: i64,
     ) -> StoreResult<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         // First statement, as in record_issuance: SQLite takes its write lock
         // at once and PostgreSQL locks the old row, so of two concurrent
         // renewals exactly one changes it.

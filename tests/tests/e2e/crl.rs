@@ -131,19 +131,10 @@ fn replicas_sharing_postgresql_serve_one_published_crl_that_revocations_reach() 
         return;
     }
     let pg = PgCluster::start();
-    let url = pg.create_database("ca");
-    let opts = ServerOptions {
-        database_url: Some(url.clone()),
-        ..Default::default()
-    };
-    let mut a = CaServer::start_with(opts.clone());
-    // A replica: the same CA keys (data dir) and store, its own process and port.
-    let mut b = CaServer::start();
-    b.stop();
-    b.data_dir = a.data_dir.clone();
-    b.fingerprint = a.fingerprint.clone();
-    b.opts = opts;
-    b.restart();
+    // Replicas: one CA (the same data dir), one store.
+    let mut a = CaServer::start_with(pg.server_options("ca"));
+    let url = a.opts.database_url.clone().unwrap();
+    let b = a.replica();
 
     // B signed at start and published; A serves that very CRL within a poll.
     let first = wait_for_one_crl(&a, &b, None);

@@ -2,14 +2,23 @@
 //! later modules, real nginx, PostgreSQL and HAProxy) on 127.0.0.1.
 //! One test binary; each test boots its own server in a temporary directory.
 
+mod backup;
 mod bootstrap;
 mod concurrency;
 mod crl;
+mod faults;
+mod haproxy;
+mod hostile;
 mod install;
+mod lint;
+mod proxy_protocol;
 mod puppet;
 mod rejections;
 mod renewal;
+mod replicas;
 mod retry;
 mod revocation;
+mod store_copy;
 mod store_pg;
 mod systemd_examples;
+mod throttle;

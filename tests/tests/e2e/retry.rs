@@ -57,18 +57,7 @@ fn a_lost_response_is_recovered_by_the_idempotent_retry() {
     let serial = recorded["serial"].as_str().unwrap().to_owned();
 
     // The host retries with the same key: it gets the recorded certificate.
-    let psk_file = write_file(work.path(), "psk", &psk);
-    let dir = work.path().join("tls");
-    let out = run_ok(
-        server
-            .bootstrap_cmd(HOST, &psk_file, &dir)
-            .arg("--key")
-            .arg(&key)
-            .arg("--json"),
-    );
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["serial"], serial.as_str());
-    assert_eq!(v["recovered"], true);
+    server.assert_retry_recovers(HOST, &psk, &key, &serial);
     assert_eq!(server.certs_of(HOST).len(), 1);
 
     // Another key with the spent PSK: refused (exit code 4), nothing issued.

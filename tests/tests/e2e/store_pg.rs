@@ -9,11 +9,7 @@ fn the_psk_loop_runs_on_postgresql() {
         return;
     }
     let pg = PgCluster::start();
-    let url = pg.create_database("ca");
-    let mut server = CaServer::start_with(ServerOptions {
-        database_url: Some(url),
-        ..Default::default()
-    });
+    let mut server = CaServer::start_with(pg.server_options("ca"));
     let psk = server.psk_add("pg1.example.internal", &[]);
     let work = tempfile::tempdir().unwrap();
     let psk_file = write_file(work.path(), "psk", &psk);

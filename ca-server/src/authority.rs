@@ -151,6 +151,9 @@ impl Authority {
             Decision::Reject(r) => return Err(self.reject(now, Some(host), peer, r).await),
         };
         let entry = entry.expect("accepted decisions have an entry");
+        if let Some(r) = self.compromised_key(&csr).await? {
+            return Err(self.reject(now, Some(host), peer, r).await);
+        }
         let psk_hash = csr
             .psk
             .as_ref()
@@ -198,6 +201,15 @@ impl Authority {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// A key revoked as compromised never gets a certificate again, on any
+    /// route and for any host.
+    pub(crate) async fn compromised_key(&self, csr: &Csr) -> Result<Option<Rejection>, StoreError> {
+        let compromised = self.store.key_compromised(&csr.public_key_sha256()).await?;
+        Ok(compromised.then(|| {
+            Rejection::KeyNotAllowed("a key revoked as compromised (keyCompromise)".into())
+        }))
     }
 
     /// Signs the certificate policy decided for `csr`: the one step every

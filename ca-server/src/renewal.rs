@@ -106,6 +106,9 @@ impl Authority {
                 return Err(self.refuse_renewal(now, Some(client), peer, r).await);
             }
         };
+        if let Some(r) = self.compromised_key(&csr).await? {
+            return Err(self.refuse_renewal(now, Some(client), peer, r).await);
+        }
 
         // Sign (CPU only; discarded unless the record below commits).
         let leaf = self.sign_profile(&profile, &csr, now)?;

@@ -18,3 +18,7 @@ CREATE TABLE crl_published (
 );
 
 CREATE INDEX certificates_revoked_at ON certificates (revoked_at) WHERE revoked_at IS NOT NULL;
+
+-- Keys revoked as compromised are refused for good; this keeps the check cheap.
+CREATE INDEX certificates_compromised_keys ON certificates (public_key_sha256)
+    WHERE revocation_reason = 'keyCompromise';

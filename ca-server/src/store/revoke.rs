@@ -116,6 +116,19 @@ impl Store {
         Ok(certs)
     }
 
+    /// Whether a certificate for this key (SHA-256 of its SubjectPublicKeyInfo)
+    /// was revoked as `keyCompromise`: such a key never gets a certificate again.
+    pub async fn key_compromised(&self, public_key_sha256: &[u8]) -> StoreResult<bool> {
+        let row = sqlx::query(
+            "SELECT serial FROM certificates WHERE public_key_sha256 = $1 \
+             AND revocation_reason = 'keyCompromise' LIMIT 1",
+        )
+        .bind(public_key_sha256.to_vec())
+        .fetch_optional(&mut *self.conn().await?)
+        .await?;
+        Ok(row.is_some())
+    }
+
     /// Records `new` as the renewal of `old_serial`: the old row gets
     /// `superseded_by`, only if at `now` it is still unrevoked, unexpired
     /// and not superseded; then the new row and its audit row go in. `false`

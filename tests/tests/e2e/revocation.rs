@@ -386,3 +386,54 @@ fn ca_client_crl_refuses_a_foreign_or_older_crl_and_keeps_the_installed_one() {
     );
     assert!(out.starts_with("up to date:"), "{out}");
 }
+
+#[test]
+fn a_key_revoked_as_compromised_never_gets_a_certificate_again() {
+    let mut ca = CaServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let a = bootstrap(&mut ca, A, work.path(), "a");
+    let b = bootstrap(&mut ca, B, work.path(), "b");
+    run_ok(
+        ca.cli()
+            .args(["revoke", &a.raw_serial, "--reason", "keyCompromise"]),
+    );
+    run_ok(
+        ca.cli()
+            .args(["revoke", &b.raw_serial, "--reason", "superseded"]),
+    );
+
+    // The compromised key, for its own host or another: 422, the PSK stays live.
+    for (host, label) in [(A, "a-again"), (B, "b-with-a-key")] {
+        let psk = ca.psk_add(host, &[]);
+        let psk_file = write_file(work.path(), &format!("{label}.psk"), &psk);
+        let out = run(ca
+            .bootstrap_cmd(host, &psk_file, &work.path().join(label))
+            .arg("--key")
+            .arg(a.dir.join("key.pem")));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(6), "{host}: {err}");
+        assert!(
+            err.contains("key_not_allowed") && err.contains("compromised"),
+            "{err}"
+        );
+        let live = run_ok(ca.cli().args(["psk", "list"]));
+        assert!(live.contains(host), "{live}");
+        // A new key with the same PSK works.
+        run_ok(&mut ca.bootstrap_cmd(host, &psk_file, &work.path().join(format!("{label}-new"))));
+    }
+    // A key revoked for another reason may be used again (e.g. after an
+    // administrative revocation).
+    let psk = ca.psk_add(B, &[]);
+    let psk_file = write_file(work.path(), "b-reuse.psk", &psk);
+    run_ok(
+        ca.bootstrap_cmd(B, &psk_file, &work.path().join("b-reuse"))
+            .arg("--key")
+            .arg(b.dir.join("key.pem")),
+    );
+    let audit = run_ok(ca.cli().args(["audit", "--since", "1h"]));
+    assert!(
+        audit.contains("key_not_allowed: key not allowed: a key revoked as compromised"),
+        "{audit}"
+    );
+    ca.assert_no_secret_leaks();
+}

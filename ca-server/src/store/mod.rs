@@ -19,8 +19,11 @@ mod availability;
 mod batch;
 pub mod copy;
 mod crl;
+pub mod inspect;
 mod ownership;
+mod stats;
 pub use crl::{RevocationMarker, RevokedEntry};
+pub use stats::StoreStats;
 
 /// Which engine a URL selects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +49,7 @@ impl Engine {
 pub enum StoreError {
     /// The database could not be reached or refused the operation.
     #[error("store unavailable: {0}")]
-    Unavailable(#[from] sqlx::Error),
+    Unavailable(#[source] sqlx::Error),
     /// The availability watcher sees the database down; nothing was tried.
     #[error("store unreachable for {for_secs} s; waiting for it to come back")]
     Down { for_secs: i64 },
@@ -56,6 +59,14 @@ pub enum StoreError {
     /// A row holds something this version cannot read.
     #[error("store holds an unreadable row: {0}")]
     Corrupt(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    /// Every database error passes here, so this is where it is counted.
+    fn from(e: sqlx::Error) -> StoreError {
+        crate::metrics::metrics().store_error("database");
+        StoreError::Unavailable(e)
+    }
 }
 
 pub type StoreResult<T> = std::result::Result<T, StoreError>;
@@ -100,6 +111,13 @@ pub struct AuditEvent {
     pub reason: Option<String>,
     pub peer: Option<String>,
     pub actor: Option<String>,
+}
+
+/// Which audit rows to show (`audit --host --event`); `None` matches all.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub host: Option<String>,
+    pub event: Option<String>,
 }
 
 /// Everything recorded when a PSK is redeemed.
@@ -421,12 +439,26 @@ impl Store {
 
     /// Audit rows at or after `since`, oldest first, at most `limit`.
     pub async fn audit_since(&self, since: i64, limit: i64) -> StoreResult<Vec<AuditEvent>> {
+        self.audit_query(since, limit, &AuditFilter::default())
+            .await
+    }
+
+    /// Audit rows at or after `since` that match `filter`, oldest first, at most `limit`.
+    pub async fn audit_query(
+        &self,
+        since: i64,
+        limit: i64,
+        filter: &AuditFilter,
+    ) -> StoreResult<Vec<AuditEvent>> {
         let rows = sqlx::query(
             "SELECT id, at, event, hostname, serial, outcome, reason, peer, actor FROM audit \
-             WHERE at >= $1 ORDER BY id LIMIT $2",
+             WHERE at >= $1 AND ($3 IS NULL OR hostname = $3) AND ($4 IS NULL OR event = $4) \
+             ORDER BY id LIMIT $2",
         )
         .bind(since)
         .bind(limit)
+        .bind(filter.host.as_deref())
+        .bind(filter.event.as_deref())
         .fetch_all(&mut *self.conn().await?)
         .await?;
         rows.iter()
@@ -568,12 +600,9 @@ fn cert_from_row(r: &AnyRow) -> StoreResult<CertRecord> {
 /// The file behind a `sqlite://` URL, created 0600 before SQLite opens it
 /// (SQLite gives its WAL and SHM files the same mode).
 fn prepare_sqlite_file(url: &str) -> Result<()> {
-    let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
-    let path = rest.split('?').next().unwrap_or("");
-    if path.is_empty() || path == ":memory:" {
+    let Some(path) = sqlite_path(url) else {
         return Ok(());
-    }
-    let path = PathBuf::from(path);
+    };
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         ca_client::fsutil::create_private_dir(parent)?;
     }
@@ -588,6 +617,16 @@ fn prepare_sqlite_file(url: &str) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(e).with_context(|| format!("creating {}", path.display())),
     }
+}
+
+/// The file behind a `sqlite://` URL (`None` for other engines and `:memory:`).
+pub fn sqlite_path(url: &str) -> Option<PathBuf> {
+    let rest = url.strip_prefix("sqlite:")?.trim_start_matches("//");
+    let path = rest.split('?').next().unwrap_or("");
+    if path.is_empty() || path == ":memory:" {
+        return None;
+    }
+    Some(PathBuf::from(path))
 }
 
 /// A database URL with any password replaced, for messages.

@@ -483,22 +483,12 @@ async fn run(cli: Cli) -> Result<()> {
         ),
         Command::Completions { shell } => {
             use clap::CommandFactory;
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "ca-server",
-                &mut std::io::stdout(),
-            );
+            ca_client::clidocs::completions(Cli::command(), "ca-server", shell);
             Ok(())
         }
         Command::Man { out_dir } => {
             use clap::CommandFactory;
-            std::fs::create_dir_all(&out_dir)
-                .with_context(|| format!("creating {}", out_dir.display()))?;
-            clap_mangen::generate_to(Cli::command(), &out_dir)
-                .with_context(|| format!("writing man pages into {}", out_dir.display()))?;
-            eprintln!("man pages written to {}", out_dir.display());
-            Ok(())
+            ca_client::clidocs::man_pages(Cli::command(), &out_dir)
         }
     }
 }

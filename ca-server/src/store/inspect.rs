@@ -22,6 +22,11 @@ pub struct Inspection {
     pub root_fingerprint: Option<String>,
 }
 
+fn is_missing_table(e: &sqlx::Error) -> bool {
+    let msg = e.to_string();
+    msg.contains("no such table") || msg.contains("does not exist")
+}
+
 fn migrator(engine: Engine) -> sqlx::migrate::Migrator {
     match engine {
         Engine::Sqlite => sqlx::migrate!("./migrations/sqlite"),
@@ -38,26 +43,31 @@ pub async fn inspect(url: &str) -> Result<Inspection> {
         .await
         .map_err(|_| anyhow::anyhow!("no connection within 5 s"))?
         .context("connecting")?;
-    let applied: BTreeMap<i64, (bool, Vec<u8>)> =
-        match sqlx::query("SELECT version, success, checksum FROM _sqlx_migrations")
-            .fetch_all(&mut conn)
-            .await
-        {
-            Ok(rows) => rows
-                .iter()
-                .map(|r| {
-                    Ok((
-                        r.try_get::<i64, _>("version")?,
-                        (
-                            r.try_get::<bool, _>("success")?,
-                            r.try_get::<Vec<u8>, _>("checksum")?,
-                        ),
-                    ))
-                })
-                .collect::<Result<_, sqlx::Error>>()?,
-            // No migration table yet: a store no `serve` has opened.
-            Err(_) => BTreeMap::new(),
-        };
+    // `success` is BOOLEAN on PostgreSQL and an integer on SQLite.
+    let rows = sqlx::query(
+        "SELECT version, CAST(CASE WHEN success THEN 1 ELSE 0 END AS BIGINT) AS ok, checksum \
+         FROM _sqlx_migrations",
+    )
+    .fetch_all(&mut conn)
+    .await;
+    let applied: BTreeMap<i64, (bool, Vec<u8>)> = match rows {
+        Ok(rows) => rows
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<i64, _>("version")?,
+                    (
+                        r.try_get::<i64, _>("ok")? == 1,
+                        r.try_get::<Vec<u8>, _>("checksum")?,
+                    ),
+                ))
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .context("reading the migration table")?,
+        // No migration table yet: a store no `serve` has opened.
+        Err(e) if is_missing_table(&e) => BTreeMap::new(),
+        Err(e) => return Err(e).context("reading the migration table"),
+    };
     let mut out = Inspection::default();
     let shipped = migrator(engine);
     for m in shipped.iter() {

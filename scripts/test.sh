@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the end-to-end tests drive. Keep in sync with docs/testing.md.
-PACKAGES=(openssl curl ca-certificates postgresql nginx haproxy puppet-agent)
+PACKAGES=(openssl curl ca-certificates postgresql nginx haproxy puppet-agent prometheus systemd man-db)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -263,7 +263,7 @@ impl CaServer {
             .append(true)
             .open(&self.log_path)
             .expect("log file");
-        let before = self.logs().matches(" listening ").count();
+        let before = listening_lines(&self.logs()).len();
         let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
@@ -285,11 +285,12 @@ impl CaServer {
                 panic!("ca-server exited early ({status}):\n{}", self.logs());
             }
             let logs = self.logs();
-            let line = logs
-                .lines()
-                .filter(|l| l.contains(" listening "))
-                .nth(before)?;
-            let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
+            let line = *listening_lines(&logs).get(before)?;
+            let addr = match line.split_once("addr=") {
+                Some((_, rest)) => rest.split_whitespace().next()?,
+                // --log-format json
+                None => line.split_once("\"addr\":\"")?.1.split('"').next()?,
+            };
             Some(addr.to_owned())
         });
         self.port = addr.rsplit(':').next().unwrap().parse().unwrap();
@@ -440,6 +441,13 @@ impl CaServer {
             }
         }
     }
+}
+
+/// The server's `listening` log lines, human or JSON (`--log-format json`).
+fn listening_lines(logs: &str) -> Vec<&str> {
+    logs.lines()
+        .filter(|l| l.contains(" listening ") || l.contains("\"message\":\"listening\""))
+        .collect()
 }
 
 /// The raw, hex and base64 spellings of a secret.

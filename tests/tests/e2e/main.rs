@@ -8,6 +8,7 @@ mod concurrency;
 mod crl;
 mod haproxy;
 mod install;
+mod operability;
 mod puppet;
 mod rejections;
 mod replicas;

@@ -350,7 +350,7 @@ fn expiry(paths: &CaPaths, now: i64, out: &mut Vec<Finding>) -> Option<Vec<u8>> 
                 format!("the {what} expired {} ({when})", remaining(left)),
             )
             .fix(fix)
-        } else if left <= fail || left <= warn {
+        } else if left <= warn {
             let level = if left <= fail {
                 Level::Fail
             } else {

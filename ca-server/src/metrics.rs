@@ -160,44 +160,50 @@ impl Metrics {
             "Store operations that failed: database errors, or refused while the store was down",
             m.store_errors.clone(),
         );
-        registry.register(
-            "store_up",
-            "1 while the store answers, 0 while it is unreachable",
-            m.store_up.clone(),
-        );
-        registry.register(
-            "psks_live",
-            "PSKs not yet used or expired",
-            m.live_psks.clone(),
-        );
+        for (name, help, gauge) in [
+            (
+                "store_up",
+                "1 while the store answers, 0 while it is unreachable",
+                &m.store_up,
+            ),
+            ("psks_live", "PSKs not yet used or expired", &m.live_psks),
+            (
+                "crl_revoked",
+                "Certificates listed on the current CRL",
+                &m.crl_revoked,
+            ),
+        ] {
+            registry.register(name, help, gauge.clone());
+        }
         registry.register(
             "certificates_expiring",
             "Hosts whose newest valid certificate expires within the window",
             m.expiring.clone(),
         );
-        registry.register_with_unit(
-            "root_expiry",
-            "Seconds until the root CA certificate expires",
-            prometheus_client::registry::Unit::Seconds,
-            m.root_expiry.clone(),
-        );
-        registry.register_with_unit(
-            "intermediate_expiry",
-            "Seconds until the intermediate CA certificate (the signer) expires",
-            prometheus_client::registry::Unit::Seconds,
-            m.intermediate_expiry.clone(),
-        );
-        registry.register_with_unit(
-            "crl_expiry",
-            "Seconds until the CRL served at /v1/crl expires (0: none to serve)",
-            prometheus_client::registry::Unit::Seconds,
-            m.crl_expiry.clone(),
-        );
-        registry.register(
-            "crl_revoked",
-            "Certificates listed on the current CRL",
-            m.crl_revoked.clone(),
-        );
+        for (name, help, gauge) in [
+            (
+                "root_expiry",
+                "Seconds until the root CA certificate expires",
+                &m.root_expiry,
+            ),
+            (
+                "intermediate_expiry",
+                "Seconds until the intermediate CA certificate (the signer) expires",
+                &m.intermediate_expiry,
+            ),
+            (
+                "crl_expiry",
+                "Seconds until the CRL served at /v1/crl expires (0: none to serve)",
+                &m.crl_expiry,
+            ),
+        ] {
+            registry.register_with_unit(
+                name,
+                help,
+                prometheus_client::registry::Unit::Seconds,
+                gauge.clone(),
+            );
+        }
         registry.register(
             "build",
             "The running ca-server version",

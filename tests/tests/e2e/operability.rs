@@ -685,3 +685,48 @@ fn completions_load_in_bash_and_man_pages_render() {
             .exists()
     );
 }
+
+#[test]
+fn metrics_show_the_store_down_and_its_errors_and_doctor_names_it() {
+    if !ca_tests::pg::require_postgres() || !require_tool("openssl") {
+        return;
+    }
+    let mut pg = ca_tests::pg::PgCluster::start();
+    let mut server = CaServer::start_with(pg.server_options("ca"));
+    let work = tempfile::tempdir().unwrap();
+    let psk = server.psk_add("pg1.example.internal", &[]);
+    let key = openssl_key(work.path(), "k.pem", "ec:P-256").unwrap();
+    let csr = openssl_csr(&key, "pg1.example.internal", Some(&psk), &[]).unwrap();
+    let errors = |m: &str| {
+        sample(m, r#"ca_store_errors_total{kind="database"}"#)
+            + sample(m, r#"ca_store_errors_total{kind="down"}"#)
+    };
+    let before = scrape(&server);
+    assert_eq!(sample(&before, "ca_store_up"), 1.0);
+
+    pg.stop();
+    wait_for(Duration::from_secs(30), "ca_store_up to be 0", || {
+        (sample(&scrape(&server), "ca_store_up") == 0.0).then_some(())
+    });
+    assert_eq!(
+        sign(&server, csr.clone()),
+        (503, "store_unavailable".into())
+    );
+    let down = scrape(&server);
+    assert!(errors(&down) > errors(&before), "{down}");
+    let out = run(server.cli().args(["doctor", "--server", &server.url]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("FAIL  store: postgres://"), "{text}");
+    assert!(
+        text.contains("/healthz answers 503 store_unavailable"),
+        "{text}"
+    );
+
+    pg.restart();
+    wait_for(Duration::from_secs(30), "ca_store_up to be 1", || {
+        (sample(&scrape(&server), "ca_store_up") == 1.0).then_some(())
+    });
+    assert_eq!(sign(&server, csr).0, 201, "the PSK survived the outage");
+    server.assert_no_secret_leaks();
+}

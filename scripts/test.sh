@@ -3,13 +3,18 @@
 # installs the system packages the tests use (needs root or sudo), then
 # cargo fmt --check, clippy -D warnings, the ring-only check and cargo test.
 #
-#   scripts/test.sh            everything
-#   scripts/test.sh e2e::      only tests whose name matches (passed to cargo test)
+#   scripts/test.sh            everything (then a short fuzz run and the hostile-suite summary)
+#   scripts/test.sh e2e::      only tests whose name matches (passed to cargo test; no fuzz run)
+#   FUZZ_SECONDS=600 scripts/test.sh   a longer fuzz run per target (default 60)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the end-to-end tests drive. Keep in sync with docs/testing.md.
-PACKAGES=(openssl curl ca-certificates postgresql nginx haproxy puppet-agent prometheus systemd man-db)
+# faketime: client clock skew; sqlite3: fault injection into the live store;
+# python3-venv: pkilint from PyPI; g++: libFuzzer for cargo fuzz;
+# prometheus: scrapes /metrics; systemd: systemd-analyze; man-db: man pages.
+PACKAGES=(openssl curl ca-certificates postgresql nginx haproxy puppet-agent faketime sqlite3 python3 python3-venv g++
+  prometheus systemd man-db)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -38,6 +43,14 @@ if ((${#missing[@]})); then
   if [ -n "$own_policy" ]; then $SUDO rm -f "$policy"; fi
 fi
 
+# pkilint (PyPI) in a virtualenv under target/, for the lint tests.
+PKILINT=target/tools/pkilint
+if [ ! -x "$PKILINT/bin/lint_pkix_cert" ]; then
+  echo "==> installing pkilint into $PKILINT"
+  python3 -m venv "$PKILINT"
+  "$PKILINT/bin/pip" install -q --disable-pip-version-check pkilint
+fi
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -51,5 +64,26 @@ if cargo tree --workspace -i aws-lc-sys >/dev/null 2>&1; then
 fi
 
 echo "==> cargo test"
+rm -f target/tmp/hostile-summary.txt
 cargo build --workspace --bins
 cargo test --workspace -- "$@"
+
+if [ $# -eq 0 ]; then
+  # Short fuzz run of each target (stable toolchain: RUSTC_BOOTSTRAP lets
+  # cargo-fuzz pass its -Z sanitizer flags). Longer runs: docs/security.md.
+  FUZZ_SECONDS=${FUZZ_SECONDS:-60}
+  command -v cargo-fuzz >/dev/null || { echo "==> installing cargo-fuzz"; cargo install --locked cargo-fuzz; }
+  for target in csr_decide http_body; do
+    echo "==> cargo fuzz run $target (${FUZZ_SECONDS}s)"
+    mkdir -p "fuzz/corpus/$target"
+    [ "$target" = csr_decide ] && cp policy/tests/fixtures/*.der policy/tests/fixtures/*.pem "fuzz/corpus/$target/"
+    (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" "corpus/$target" -- \
+       -max_total_time="$FUZZ_SECONDS" -print_final_stats=1 2>&1 | tail -n 12)
+  done
+fi
+
+summary=target/tmp/hostile-summary.txt
+if [ -f "$summary" ]; then
+  echo "==> hostile-input suite"
+  cat "$summary"
+fi

@@ -3,14 +3,22 @@
 //!
 //! A certificate leaves this module only after its row is committed, so
 //! nothing is ever handed out that the store does not know about.
+//!
+//! Every route that reaches signing goes through [`Authority::admit`] (the
+//! per-address failure throttle) and records refusals through the
+//! aggregating [`RejectionLog`].
 
 use crate::ca::{LeafRequest, Signer};
 use crate::clock::Clock;
+use crate::diskguard::DiskGuard;
+use crate::rejection_log::RejectionLog;
 use crate::store::{AuditEvent, Issuance, Store, StoreError};
+use crate::throttle::{Throttle, retry_after_secs};
 use policy::csr::Csr;
 use policy::{Decision, PskFailure, Rejection};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What a successful request gets.
 #[derive(Debug, Clone)]
@@ -33,6 +41,9 @@ pub enum SignError {
     Store(#[from] StoreError),
     #[error("signing failed: {0:#}")]
     Signer(anyhow::Error),
+    /// Too many PSK failures from this client address; retry after this long.
+    #[error("too many failures from this address")]
+    Throttled(Duration),
 }
 
 /// Issues certificates against PSKs.
@@ -42,11 +53,55 @@ pub struct Authority {
     pub signer: Arc<Signer>,
     pub clock: Arc<dyn Clock>,
     pub validity: Duration,
+    /// PSK failures per client address.
+    pub throttle: Throttle,
+    /// Aggregated audit rows for refusals.
+    pub rejections: RejectionLog,
+    /// Free space under the SQLite store (`None` for PostgreSQL).
+    pub disk: Option<DiskGuard>,
 }
 
 impl Authority {
+    /// Refuses a client address that has had too many PSK failures (429);
+    /// handlers call it before reading a body, and every signing flow again.
+    pub async fn admit(&self, peer: SocketAddr) -> Result<(), SignError> {
+        let Err(retry) = self.throttle.check(peer.ip(), Instant::now()) else {
+            return Ok(());
+        };
+        let cfg = self.throttle.config();
+        let event = AuditEvent {
+            at: self.clock.now(),
+            event: "sign".into(),
+            outcome: "throttled".into(),
+            reason: Some(format!(
+                "throttled: {} PSK failures within {} s; retry in {} s",
+                cfg.max_failures,
+                cfg.window.as_secs(),
+                retry_after_secs(retry)
+            )),
+            peer: Some(peer.ip().to_string()),
+            ..Default::default()
+        };
+        if let Err(e) = self
+            .rejections
+            .record(&self.store, event, "throttled")
+            .await
+        {
+            tracing::error!(error = %e, "could not write the audit row for a throttled request");
+        }
+        Err(SignError::Throttled(retry))
+    }
+
+    /// Whether the store can take writes: reachable, and space left under it.
+    pub async fn store_ready(&self) -> Result<(), StoreError> {
+        if let Some(disk) = &self.disk {
+            disk.check()?;
+        }
+        self.store.health().await
+    }
+
     /// The whole `/v1/sign` flow for one request body from `peer`.
-    pub async fn sign_with_psk(&self, body: &[u8], peer: &str) -> Result<Issued, SignError> {
+    pub async fn sign_with_psk(&self, body: &[u8], peer: SocketAddr) -> Result<Issued, SignError> {
         self.sign(body, None, peer).await
     }
 
@@ -56,11 +111,16 @@ impl Authority {
         &self,
         body: &[u8],
         certname: Option<&str>,
-        peer: &str,
+        peer: SocketAddr,
     ) -> Result<Issued, SignError> {
+        self.admit(peer).await?;
         let now = self.clock.now();
         // 1. Parse and verify (pure, bounded by the body limit).
         let csr = match policy::csr::parse(body) {
+            Ok(csr) if self.signer.is_ca_key(&csr.spki_der) => {
+                let r = Rejection::KeyNotAllowed("the CA's own public key".into());
+                return Err(self.reject(now, None, peer, r).await);
+            }
             Ok(csr) => csr,
             Err(r) => return Err(self.reject(now, None, peer, r).await),
         };
@@ -96,6 +156,10 @@ impl Authority {
             .as_ref()
             .expect("accepted decisions have a PSK")
             .hash();
+        // Refuse before signing when the store cannot take the record.
+        if let Some(disk) = &self.disk {
+            disk.check()?;
+        }
 
         // 3. Sign (CPU only; discarded unless the record below commits).
         let leaf = self
@@ -120,7 +184,7 @@ impl Authority {
             serial: Some(leaf.serial.clone()),
             outcome: "issued".into(),
             reason: Some(format!("psk; key {}", csr.key)),
-            peer: Some(peer.to_owned()),
+            peer: Some(peer.to_string()),
             ..Default::default()
         };
         match self
@@ -157,7 +221,7 @@ impl Authority {
         host: &str,
         failure: PskFailure,
         now: i64,
-        peer: &str,
+        peer: SocketAddr,
     ) -> Result<Issued, SignError> {
         let Some(psk) = csr.psk.as_ref() else {
             return Err(self
@@ -184,7 +248,7 @@ impl Authority {
                             serial: Some(cert.serial.clone()),
                             outcome: "issued".into(),
                             reason: Some("idempotent retry: same PSK and key".into()),
-                            peer: Some(peer.to_owned()),
+                            peer: Some(peer.to_string()),
                             ..Default::default()
                         })
                         .await?;
@@ -206,25 +270,38 @@ impl Authority {
             .await)
     }
 
-    /// Audits a rejection and hands it back. A store failure while auditing
-    /// is logged, not hidden behind the rejection.
+    /// Audits a rejection (aggregated per client address and precise
+    /// reason), counts PSK failures against the address, and hands it back.
+    /// A store failure while auditing is logged, not hidden behind the rejection.
     async fn reject(
         &self,
         now: i64,
         hostname: Option<String>,
-        peer: &str,
+        peer: SocketAddr,
         r: Rejection,
     ) -> SignError {
+        if let Rejection::Psk(_) = r
+            && self
+                .throttle
+                .record_failure(peer.ip(), Instant::now())
+                .is_some()
+        {
+            tracing::warn!(peer = %peer.ip(), "too many PSK failures; throttling this address");
+        }
         let event = AuditEvent {
             at: now,
             event: "sign".into(),
             hostname: hostname.map(|h| clip(&h)),
             outcome: "rejected".into(),
             reason: Some(clip(&r.reason())),
-            peer: Some(peer.to_owned()),
+            peer: Some(peer.ip().to_string()),
             ..Default::default()
         };
-        if let Err(e) = self.store.audit(&event).await {
+        let key = match &r {
+            Rejection::Psk(f) => f.reason(),
+            other => other.code(),
+        };
+        if let Err(e) = self.rejections.record(&self.store, event, key).await {
             tracing::error!(error = %e, "could not write the audit row for a rejection");
         }
         SignError::Rejected(r)

@@ -404,6 +404,15 @@ impl Signer {
         })
     }
 
+    /// Whether `spki_der` is the root's or the intermediate's public key
+    /// (a CSR for the CA's own key is refused: nobody else should hold it).
+    pub fn is_ca_key(&self, spki_der: &[u8]) -> bool {
+        [&self.root_der, &self.intermediate_der].iter().any(|der| {
+            x509_parser::parse_x509_certificate(der)
+                .is_ok_and(|(_, cert)| cert.public_key().raw == spki_der)
+        })
+    }
+
     /// Leaf then intermediate, PEM.
     pub fn chain_pem(&self, leaf_der: &[u8]) -> String {
         let leaf = pem::encode(&pem::Pem::new("CERTIFICATE", leaf_der.to_vec()));

@@ -167,6 +167,10 @@ pub struct ServeArgs {
     /// Puppet Server's: an agent keeps the CRL it downloaded and cannot recover once it expires.
     #[arg(long, env = "CA_PUPPET_CRL_VALIDITY", default_value = "1825d")]
     pub puppet_crl_validity: humantime::Duration,
+    #[command(flatten)]
+    pub limits: crate::server::LimitArgs,
+    #[command(flatten)]
+    pub throttle: crate::throttle::ThrottleArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -436,7 +440,8 @@ async fn run(cli: Cli) -> Result<()> {
                 public_url: args.public_url,
                 validity: args.validity.into(),
                 name: args.name,
-                limits: Limits::default(),
+                limits: Limits::try_from(&args.limits)?,
+                throttle: (&args.throttle).into(),
                 crl: CrlConfig {
                     validity: args.crl_validity.into(),
                     long_validity: args.puppet_crl_validity.into(),
@@ -500,8 +505,12 @@ fn format_audit(a: &AuditEvent) -> String {
             .map(escape_for_display)
             .unwrap_or_else(|| "-".into())
     };
+    let repeats = match a.last_at {
+        Some(last) if a.count > 1 => format!(" count={} last={}", a.count, rfc3339(last)),
+        _ => String::new(),
+    };
     format!(
-        "{} {} outcome={} host={} serial={} reason={} peer={} actor={}",
+        "{} {} outcome={} host={} serial={} reason={} peer={} actor={}{repeats}",
         rfc3339(a.at),
         a.event,
         a.outcome,

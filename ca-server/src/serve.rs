@@ -10,6 +10,7 @@ use crate::crl::{CrlConfig, CrlService};
 use crate::http::{self, AppState};
 use crate::server::{self, Limits, TlsSource};
 use crate::store::{AuditEvent, Store};
+use crate::throttle::{Throttle, ThrottleConfig};
 use anyhow::{Context, Result, bail};
 use policy::{AllowedName, KeyKind, Profile};
 use rcgen::{KeyPair, PublicKeyData};
@@ -30,6 +31,7 @@ pub struct ServeOptions {
     pub name: String,
     pub limits: Limits,
     pub crl: CrlConfig,
+    pub throttle: ThrottleConfig,
 }
 
 /// The names the server's certificate covers: `--hostname` values, or the
@@ -92,7 +94,7 @@ async fn issue_server_cert(
     now: i64,
     validity: Duration,
 ) -> Result<ServerCert> {
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let spki = key.subject_public_key_info();
     let hostname = names
         .iter()
@@ -133,7 +135,12 @@ async fn issue_server_cert(
             CertificateDer::from(leaf.der),
             CertificateDer::from(signer.intermediate_der.clone()),
         ],
-        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from({
+            // rcgen does not wipe on drop: take the DER, then wipe the key pair.
+            let der = key.serialize_der();
+            zeroize::Zeroize::zeroize(&mut key);
+            der
+        })),
         not_before: leaf.not_before,
         not_after: leaf.not_after,
     })
@@ -165,6 +172,8 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
     store
         .check_ca_identity(&signer.fingerprint, &signer.intermediate_der)
         .await?;
+    // One durable commit per batch of waiting issuances (store/writer.rs).
+    store.start_group_commit();
 
     let cert = issue_server_cert(&signer, &store, &names, clock.now(), opts.validity).await?;
     let client_roots = vec![CertificateDer::from(signer.root_der.clone())];
@@ -175,6 +184,15 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
         signer: signer.clone(),
         clock: clock.clone(),
         validity: opts.validity,
+        throttle: Throttle::new(opts.throttle),
+        rejections: crate::rejection_log::RejectionLog::default(),
+        disk: crate::store::sqlite_path(&opts.database_url).map(|db| {
+            let dir = db
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            crate::diskguard::DiskGuard::new(dir, crate::diskguard::MIN_FREE_BYTES)
+        }),
     });
     // The first CRLs are signed before listening, so none is ever missing.
     let crl = Arc::new(CrlService::new(
@@ -189,7 +207,7 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
         authority,
         store: store.clone(),
         crl: crl.clone(),
-        body_timeout: Duration::from_secs(10),
+        body_timeout: opts.limits.body_timeout,
     });
 
     tracing::info!(

@@ -5,8 +5,15 @@
 //! The TLS configuration sits behind [`TlsSource`] so that a new server
 //! certificate (or later a new CRL) takes effect for new connections without
 //! a restart.
+//!
+//! Slow and idle clients: the TLS handshake has its own deadline; a
+//! connection with no request in flight for `header_timeout` is closed by a
+//! per-connection watchdog (this covers what hyper's HTTP/1 header timeout
+//! does not: the protocol sniffing before the first request and idle or
+//! trickling HTTP/2 connections); request bodies have `body_timeout`.
 
 use crate::http::Peer;
+use crate::proxy_protocol::TrustedProxies;
 use anyhow::{Context, Result};
 use axum::Router;
 use axum::body::Body;
@@ -18,21 +25,25 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use std::future::Future;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 /// Limits that keep slow or idle clients from holding the server.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Limits {
     /// Time allowed for the TLS handshake (a header timeout does not cover it).
     pub handshake_timeout: Duration,
     /// Time allowed for a request's headers, and for an idle keep-alive connection.
     pub header_timeout: Duration,
+    /// Time allowed for a request body.
+    pub body_timeout: Duration,
     /// Most connections open at once; more are closed at accept.
     pub max_connections: usize,
+    /// Proxies whose connections start with a PROXY header naming the client.
+    pub proxies: Arc<TrustedProxies>,
 }
 
 impl Default for Limits {
@@ -40,7 +51,90 @@ impl Default for Limits {
         Limits {
             handshake_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(15),
+            body_timeout: Duration::from_secs(10),
             max_connections: 4096,
+            proxies: Arc::default(),
+        }
+    }
+}
+
+/// `serve` flags for [`Limits`] (defaults as in [`Limits::default`]).
+#[derive(Debug, Clone, clap::Args)]
+pub struct LimitArgs {
+    /// Time allowed for a client's TLS handshake.
+    #[arg(long, env = "CA_HANDSHAKE_TIMEOUT", default_value = "10s")]
+    pub handshake_timeout: humantime::Duration,
+    /// Time allowed for a request's headers; a connection idle this long is closed.
+    #[arg(long, env = "CA_HEADER_TIMEOUT", default_value = "15s")]
+    pub header_timeout: humantime::Duration,
+    /// Time allowed for a request body (408 after it).
+    #[arg(long, env = "CA_BODY_TIMEOUT", default_value = "10s")]
+    pub body_timeout: humantime::Duration,
+    /// Most connections open at once; further ones are closed at accept.
+    #[arg(long, env = "CA_MAX_CONNECTIONS", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Load balancers (IPs or CIDR blocks, comma-separated) whose connections
+    /// start with a PROXY protocol v1/v2 header (HAProxy `send-proxy-v2`):
+    /// the header's source address is then the client's, for throttling and
+    /// the audit log.
+    #[arg(long, env = "CA_PROXY_PROTOCOL_FROM", value_delimiter = ',')]
+    pub proxy_protocol_from: Vec<String>,
+}
+
+impl TryFrom<&LimitArgs> for Limits {
+    type Error = anyhow::Error;
+    fn try_from(a: &LimitArgs) -> Result<Limits> {
+        Ok(Limits {
+            handshake_timeout: a.handshake_timeout.into(),
+            header_timeout: a.header_timeout.into(),
+            body_timeout: a.body_timeout.into(),
+            max_connections: a.max_connections as usize,
+            proxies: Arc::new(TrustedProxies::parse(&a.proxy_protocol_from)?),
+        })
+    }
+}
+
+/// Requests in flight on one connection, and when the last one ended.
+#[derive(Debug)]
+struct Activity(std::sync::Mutex<(usize, Instant)>);
+
+impl Activity {
+    fn new() -> Arc<Activity> {
+        Arc::new(Activity(std::sync::Mutex::new((0, Instant::now()))))
+    }
+
+    /// Marks a request in flight until the guard drops.
+    fn begin(self: &Arc<Activity>) -> Busy {
+        self.0.lock().expect("activity lock").0 += 1;
+        Busy(self.clone())
+    }
+
+    /// When the connection will have been idle too long (`None` while busy).
+    fn idle_deadline(&self, idle: Duration) -> Option<Instant> {
+        let (in_flight, since) = *self.0.lock().expect("activity lock");
+        (in_flight == 0).then(|| since + idle)
+    }
+}
+
+#[derive(Debug)]
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let mut state = self.0.0.lock().expect("activity lock");
+        state.0 -= 1;
+        state.1 = Instant::now();
+    }
+}
+
+/// Resolves once the connection has had no request in flight for `idle`.
+async fn idle_watchdog(activity: Arc<Activity>, idle: Duration) {
+    loop {
+        match activity.idle_deadline(idle) {
+            Some(deadline) if Instant::now() >= deadline => return,
+            Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+            None => tokio::time::sleep(idle).await,
         }
     }
 }
@@ -139,9 +233,31 @@ pub async fn run(
         let app = app.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
+        let limits = limits.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let _ = tcp.set_nodelay(true);
+            let mut tcp = tcp;
+            let mut addr = addr;
+            if limits.proxies.contains(addr.ip()) {
+                let header = tokio::time::timeout(
+                    limits.handshake_timeout,
+                    crate::proxy_protocol::read_header(&mut tcp),
+                )
+                .await;
+                match header {
+                    Ok(Ok(Some(client))) => addr = client,
+                    Ok(Ok(None)) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(proxy = %addr, error = %e, "refused a connection from a PROXY-protocol peer");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(proxy = %addr, "PROXY header timed out");
+                        return;
+                    }
+                }
+            }
             let stream =
                 match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => stream,
@@ -160,15 +276,31 @@ pub async fn run(
                 .peer_certificates()
                 .map(|certs| Arc::new(certs.iter().map(|c| c.clone().into_owned()).collect()));
             let peer = Peer { addr, client_chain };
+            let activity = Activity::new();
+            let busy = activity.clone();
             let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
                 req.extensions_mut().insert(peer.clone());
-                app.clone().oneshot(req.map(Body::new))
+                let guard = busy.begin();
+                let app = app.clone();
+                async move {
+                    let resp = app.oneshot(req.map(Body::new)).await;
+                    drop(guard);
+                    resp
+                }
             });
             let conn = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .into_owned();
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
+            tokio::select! {
+                result = watcher.watch(conn) => {
+                    if let Err(e) = result {
+                        tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
+                    }
+                }
+                // Dropping the connection closes it; nothing is in flight.
+                _ = idle_watchdog(activity, limits.header_timeout) => {
+                    tracing::debug!(peer = %addr, "closing an idle connection");
+                }
             }
         });
     }

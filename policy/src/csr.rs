@@ -176,6 +176,10 @@ pub fn parse_der(der: &[u8]) -> Result<Csr, Rejection> {
     if der.is_empty() {
         return Err(Malformed::Empty.into());
     }
+    crate::der::check(der).map_err(|e| match e {
+        crate::der::DerError::Trailing(n) => Malformed::TrailingData(n),
+        other => Malformed::Der(other.to_string()),
+    })?;
     // `parsed` is `der`, or a copy with a Puppet-style challengePassword relabelled.
     let relabelled;
     let (parsed, (rest, req)) = match X509CertificationRequest::from_der(der) {

@@ -12,6 +12,7 @@
 
 pub mod csr;
 pub mod decision;
+pub mod der;
 pub mod error;
 pub mod hostname;
 pub mod psk;

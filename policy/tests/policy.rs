@@ -599,3 +599,45 @@ proptest! {
         let _ = csr::parse(&bytes);
     }
 }
+
+#[test]
+fn ber_lengths_and_oversized_oids_are_malformed() {
+    let der = fixture("p256.der");
+    // The same CSR with its outer length in a longer-than-needed form.
+    let n = der.len() - 4;
+    let ber = [
+        vec![0x30, 0x83, 0x00, (n >> 8) as u8, n as u8],
+        der[4..].to_vec(),
+    ]
+    .concat();
+    assert!(matches!(
+        rejection(&ber),
+        Rejection::Malformed(Malformed::Der(_))
+    ));
+    // A requested extension whose OID is 200 bytes long.
+    let long_oid = [vec![0x06, 0x81, 202, 0x2a], vec![0xff; 200], vec![0x01]].concat();
+    let r = rejection(&[vec![0x30, 0x81, long_oid.len() as u8], long_oid].concat());
+    assert!(r.to_string().contains("object identifier"), "{r}");
+}
+
+/// Every input a fuzz target once tripped on (tests/fuzz-regressions/) is
+/// parsed and decided without a panic.
+#[test]
+fn fuzz_regressions_do_not_panic() {
+    let dir = format!("{}/tests/fuzz-regressions", env!("CARGO_MANIFEST_DIR"));
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "md") {
+            continue;
+        }
+        seen += 1;
+        let input = std::fs::read(&path).unwrap();
+        if let Ok(csr) = csr::parse(&input) {
+            let _ = policy::decision::requested_hostname(&csr);
+            let _ = decide(&csr, Some(&fixture_entry()), NOW);
+            let _ = decide(&csr, None, NOW);
+        }
+    }
+    assert!(seen >= 2, "the regression inputs are missing from {dir}");
+}

@@ -4,8 +4,10 @@
 //! and is cleaned up on drop.
 
 pub mod curl;
+pub mod forge;
 pub mod pg;
 pub mod puppet;
+pub mod raw;
 pub mod services;
 
 use anyhow::{Context, Result, bail};
@@ -553,6 +555,21 @@ pub fn error_code(reply: &ca_client::https::Reply) -> String {
         .api_error()
         .map(|(c, _)| c)
         .unwrap_or_else(|| format!("<no JSON error: {}>", String::from_utf8_lossy(&reply.body)))
+}
+
+/// `POST /v1/sign` with `body` as `application/pkcs10` on a fresh connection.
+pub async fn sign_csr(
+    client: &ca_client::https::HttpsClient,
+    body: impl Into<bytes::Bytes>,
+) -> Result<ca_client::https::Reply, ca_client::https::TransportError> {
+    client
+        .send(
+            http::Method::POST,
+            "/v1/sign",
+            Some("application/pkcs10"),
+            body.into(),
+        )
+        .await
 }
 
 /// Runs a future on a fresh multi-threaded runtime (tests are sync).

@@ -2,6 +2,7 @@
 //! bodies `{"error": "<code>", "message": "<text>"}`. Codes are stable; messages
 //! name the problem and never carry a secret.
 
+use super::body::BodyError;
 use crate::authority::SignError;
 use crate::store::StoreError;
 use axum::Json;
@@ -120,6 +121,34 @@ impl ApiError {
     }
 }
 
+impl From<BodyError> for ApiError {
+    fn from(e: BodyError) -> ApiError {
+        match e {
+            BodyError::UnsupportedContentType => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "unsupported_content_type",
+                "send the CSR as PEM (text/plain) or DER (application/pkcs10)",
+            ),
+            BodyError::BadLength => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "invalid Content-Length",
+            ),
+            BodyError::TooLarge(limit) => ApiError::body_too_large(limit),
+            BodyError::Timeout(t) => ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!("request body not received within {} s", t.as_secs()),
+            ),
+            BodyError::Unreadable => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "could not read the request body",
+            ),
+        }
+    }
+}
+
 impl From<SignError> for ApiError {
     fn from(e: SignError) -> ApiError {
         match e {
@@ -130,6 +159,15 @@ impl From<SignError> for ApiError {
                     RejectionClass::Refused => StatusCode::UNPROCESSABLE_ENTITY,
                 };
                 ApiError::new(status, r.code(), r.client_message())
+            }
+            SignError::Throttled(retry) => {
+                let mut e = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_failures",
+                    "too many failed requests from this address; retry later",
+                );
+                e.retry_after = Some(crate::throttle::retry_after_secs(retry));
+                e
             }
             SignError::Store(StoreError::Corrupt(detail)) => {
                 tracing::error!(%detail, "store holds an unreadable row");

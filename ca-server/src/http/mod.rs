@@ -1,24 +1,24 @@
 //! The HTTPS API's routes and handlers. Handlers decode, call the authority,
 //! and render; status codes are chosen only in [`error`].
 
+pub mod body;
 pub mod crl;
 pub mod error;
 pub mod metrics;
 pub mod puppet;
 
+pub use body::{check_content_type, read_body};
+
 use crate::authority::{Authority, Issued, SignError};
 use crate::crl::CrlService;
 use crate::store::{Store, StoreError};
 use axum::Router;
-use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use bytes::Bytes;
 use error::{ApiError, Outcome};
-use http_body_util::BodyExt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -101,7 +101,7 @@ async fn get_ca(State(state): State<AppState>) -> Response {
 }
 
 async fn healthz(State(state): State<AppState>) -> Response {
-    match state.store.health().await {
+    match state.authority.store_ready().await {
         Ok(()) => (
             StatusCode::OK,
             axum::Json(serde_json::json!({"status": "ok"})),
@@ -155,8 +155,10 @@ pub(crate) async fn issue(
     let peer = req
         .extensions()
         .get::<Peer>()
-        .map(|p| p.addr.to_string())
-        .unwrap_or_else(|| "-".into());
+        .map(|p| p.addr)
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+    // A throttled address is refused before its body is read.
+    state.authority.admit(peer).await?;
     check_content_type(headers)?;
     let body = read_body(req.into_body(), headers, BODY_LIMIT, state.body_timeout).await?;
 
@@ -164,7 +166,7 @@ pub(crate) async fn issue(
     // must not cancel it between signing and recording.
     let authority = state.authority.clone();
     let issued =
-        tokio::spawn(async move { authority.sign(&body, certname.as_deref(), &peer).await })
+        tokio::spawn(async move { authority.sign(&body, certname.as_deref(), peer).await })
             .await
             .map_err(|e| {
                 tracing::error!(error = %e, "signing task failed");
@@ -188,70 +190,4 @@ fn pem_response(status: StatusCode, body: String, content_type: &'static str) ->
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp
-}
-
-/// CSRs come as PEM (text/plain, application/x-pem-file, application/pkcs10)
-/// or DER (application/pkcs10, application/octet-stream); no type means sniff.
-fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(ct) = headers.get(header::CONTENT_TYPE) else {
-        return Ok(());
-    };
-    let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
-    let essence = ct.split(';').next().unwrap_or("").trim();
-    match essence {
-        "application/pkcs10"
-        | "application/x-pem-file"
-        | "text/plain"
-        | "application/octet-stream"
-        | "application/pem-certificate-chain" => Ok(()),
-        _ => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "unsupported_content_type",
-            "send the CSR as PEM (text/plain) or DER (application/pkcs10)",
-        )),
-    }
-}
-
-/// Reads a request body with a size limit and a deadline. A declared length
-/// over the limit is refused before a byte is read; an endless chunked body
-/// is cut off at the limit.
-pub async fn read_body(
-    body: Body,
-    headers: &HeaderMap,
-    limit: usize,
-    timeout: Duration,
-) -> Result<Bytes, ApiError> {
-    if let Some(len) = headers.get(header::CONTENT_LENGTH) {
-        let len: u64 = len
-            .to_str()
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    "invalid Content-Length",
-                )
-            })?;
-        if len > limit as u64 {
-            return Err(ApiError::body_too_large(limit));
-        }
-    }
-    let limited = http_body_util::Limited::new(body, limit);
-    match tokio::time::timeout(timeout, limited.collect()).await {
-        Err(_) => Err(ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "request_timeout",
-            format!("request body not received within {} s", timeout.as_secs()),
-        )),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(ApiError::body_too_large(limit))
-        }
-        Ok(Err(_)) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "could not read the request body",
-        )),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-    }
 }

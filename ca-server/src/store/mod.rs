@@ -59,6 +59,9 @@ pub enum StoreError {
     /// A row holds something this version cannot read.
     #[error("store holds an unreadable row: {0}")]
     Corrupt(String),
+    /// The filesystem under the store is (nearly) full: refused before signing.
+    #[error("no space for the store: {0}")]
+    NoSpace(String),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -111,6 +114,14 @@ pub struct AuditEvent {
     pub reason: Option<String>,
     pub peer: Option<String>,
     pub actor: Option<String>,
+    /// How many times this event happened: repeated refusals from one
+    /// address fold into one row (`rejection_log`). Read from the store;
+    /// a new row always starts at 1.
+    #[serde(default)]
+    pub count: i64,
+    /// When the last of those repeats happened.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_at: Option<i64>,
 }
 
 /// Which audit rows to show (`audit --host --event`); `None` matches all.
@@ -138,12 +149,25 @@ macro_rules! cert_columns {
     };
 }
 
+/// The audit INSERT, as a macro so the `RETURNING` variant stays a literal.
+macro_rules! insert_audit_sql {
+    () => {
+        "INSERT INTO audit (at, event, hostname, serial, outcome, reason, peer, actor) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+    };
+}
+
+// After the macros, which it uses.
+mod writer;
+
 /// Handle on the database; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
     engine: Engine,
     gate: Arc<availability::Gate>,
+    /// The group-commit writer, once `serve` starts it.
+    writer: Arc<std::sync::OnceLock<writer::Writer>>,
 }
 
 impl Store {
@@ -189,6 +213,7 @@ impl Store {
             pool,
             engine,
             gate: Arc::default(),
+            writer: Arc::default(),
         })
     }
 
@@ -341,6 +366,14 @@ impl Store {
     /// transaction. `PskGone` if the PSK was not live at `now` any more (a
     /// concurrent request won, an admin replaced it, or it expired).
     pub async fn record_issuance(&self, issuance: &Issuance<'_>) -> StoreResult<()> {
+        match self.writer.get() {
+            Some(w) => self.record_issuance_grouped(w, issuance).await,
+            None => self.record_issuance_single(issuance).await,
+        }
+    }
+
+    /// [`Store::record_issuance`] in a transaction of its own.
+    pub(super) async fn record_issuance_single(&self, issuance: &Issuance<'_>) -> StoreResult<()> {
         let mut tx = self.begin().await?;
         // The DELETE is the first statement, so SQLite takes its write lock at
         // once and PostgreSQL locks the row: of two concurrent redemptions
@@ -437,6 +470,31 @@ impl Store {
         insert_audit(&mut *self.conn().await?, event).await
     }
 
+    /// Writes one audit row and returns its id (so repeats can count up on it).
+    pub async fn audit_returning_id(&self, event: &AuditEvent) -> StoreResult<i64> {
+        let row = bind_audit(
+            sqlx::query(concat!(insert_audit_sql!(), " RETURNING id")),
+            event,
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get("id")?)
+    }
+
+    /// Counts one more occurrence of audit row `id` at `at`; `false` if the
+    /// row does not exist.
+    pub async fn audit_repeat(&self, id: i64, at: i64) -> StoreResult<bool> {
+        let n = sqlx::query(
+            "UPDATE audit SET repeat_count = repeat_count + 1, last_at = $2 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(at)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
     /// Audit rows at or after `since`, oldest first, at most `limit`.
     pub async fn audit_since(&self, since: i64, limit: i64) -> StoreResult<Vec<AuditEvent>> {
         self.audit_query(since, limit, &AuditFilter::default())
@@ -451,8 +509,10 @@ impl Store {
         filter: &AuditFilter,
     ) -> StoreResult<Vec<AuditEvent>> {
         let rows = sqlx::query(
-            "SELECT id, at, event, hostname, serial, outcome, reason, peer, actor FROM audit \
-             WHERE at >= $1 AND ($3 IS NULL OR hostname = $3) AND ($4 IS NULL OR event = $4) \
+            "SELECT id, at, event, hostname, serial, outcome, reason, peer, actor, \
+             repeat_count, last_at FROM audit \
+             WHERE (at >= $1 OR last_at >= $1) \
+             AND ($3 IS NULL OR hostname = $3) AND ($4 IS NULL OR event = $4) \
              ORDER BY id LIMIT $2",
         )
         .bind(since)
@@ -473,6 +533,8 @@ impl Store {
                     reason: r.try_get("reason")?,
                     peer: r.try_get("peer")?,
                     actor: r.try_get("actor")?,
+                    count: r.try_get("repeat_count")?,
+                    last_at: r.try_get("last_at")?,
                 })
             })
             .collect()
@@ -562,21 +624,25 @@ async fn insert_audit<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
     ex: E,
     a: &AuditEvent,
 ) -> StoreResult<()> {
-    sqlx::query(
-        "INSERT INTO audit (at, event, hostname, serial, outcome, reason, peer, actor) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(a.at)
-    .bind(&a.event)
-    .bind(&a.hostname)
-    .bind(&a.serial)
-    .bind(&a.outcome)
-    .bind(&a.reason)
-    .bind(&a.peer)
-    .bind(&a.actor)
-    .execute(ex)
-    .await?;
+    bind_audit(sqlx::query(insert_audit_sql!()), a)
+        .execute(ex)
+        .await?;
     Ok(())
+}
+
+/// Binds an audit row's values to an [`insert_audit_sql!`] query.
+fn bind_audit<'q>(
+    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    a: &'q AuditEvent,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    q.bind(a.at)
+        .bind(&a.event)
+        .bind(&a.hostname)
+        .bind(&a.serial)
+        .bind(&a.outcome)
+        .bind(&a.reason)
+        .bind(&a.peer)
+        .bind(&a.actor)
 }
 
 fn cert_from_row(r: &AnyRow) -> StoreResult<CertRecord> {

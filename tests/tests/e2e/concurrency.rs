@@ -20,7 +20,14 @@ fn csr(psk: &str) -> Bytes {
 
 #[test]
 fn fifty_concurrent_requests_with_one_psk_yield_exactly_one_certificate() {
-    let mut server = CaServer::start();
+    // 49 losers are 49 PSK failures from 127.0.0.1: with the default throttle
+    // (10 per window) later ones would be refused with 429 before reaching the
+    // race. Raise the limit so that all 50 race for the PSK (throttling has
+    // its own tests in hostile.rs).
+    let mut server = CaServer::start_with(ServerOptions {
+        args: vec!["--throttle-failures".into(), "100".into()],
+        ..Default::default()
+    });
     let psk = server.psk_add(HOST, &[]);
     let client = server.client();
     // 50 different keys: one wins, 49 are told the PSK is spent.

@@ -37,7 +37,11 @@ impl Fleet {
             return None;
         }
         let pg = PgCluster::start();
-        let opts = pg.server_options("ca");
+        let mut opts = pg.server_options("ca");
+        // Every load client is 127.0.0.1 and 7 of 8 are refused by design:
+        // the per-address throttle would turn those 403s into 429s.
+        opts.args
+            .extend(["--throttle-failures".into(), "1000000".into()]);
         let db_url = opts.database_url.clone().unwrap();
         // Both start at once against the empty database: their migrations race.
         let servers = CaServer::start_replicas(opts, 2);
@@ -386,18 +390,19 @@ fn check_outcomes(fleet: &Fleet, outcomes: &[Outcome]) -> Vec<usize> {
 }
 
 /// Refused attempts in the audit log, per host.
-fn audited_refusals(fleet: &Fleet) -> HashMap<String, usize> {
+/// Refusals for a spent PSK counted in the audit log. Repeated refusals
+/// from one address fold into rows with a `repeat_count` (and, past 16 rows
+/// per address and window, without the hostname: see rejection_log.rs), so
+/// the count is the sum over those rows.
+fn audited_refusals(fleet: &Fleet) -> usize {
     fleet
-        .sql(&format!(
-            "SELECT hostname, count(*) FROM audit WHERE event = 'sign' AND outcome = 'rejected' \
-             AND reason = 'psk_used' AND hostname LIKE '%.{DOMAIN}' GROUP BY hostname"
-        ))
-        .lines()
-        .map(|l| {
-            let (h, n) = l.split_once('|').unwrap();
-            (h.to_owned(), n.parse().unwrap())
-        })
-        .collect()
+        .sql(
+            "SELECT coalesce(sum(repeat_count), 0) FROM audit WHERE event = 'sign' \
+             AND outcome = 'rejected' AND reason LIKE 'psk_used%'",
+        )
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 fn by_replica(fleet: &Fleet) -> String {
@@ -428,12 +433,10 @@ fn two_replicas_on_postgresql_issue_exactly_one_certificate_per_psk() {
         "exactly 1,000 certificates"
     );
     // Every refused attempt is in the audit log with its precise reason.
-    let audited = audited_refusals(&fleet);
-    assert_eq!(audited.len(), PSKS);
-    assert!(
-        audited.values().all(|&n| n == CLIENTS - 1),
-        "audit rows per host other than {}",
-        CLIENTS - 1
+    assert_eq!(
+        audited_refusals(&fleet),
+        PSKS * (CLIENTS - 1),
+        "every refused attempt is counted in the audit log"
     );
     assert_eq!(
         fleet.sql(&format!(
@@ -485,10 +488,7 @@ fn a_replica_killed_mid_load_loses_no_psk_and_its_clients_recover_on_the_other()
         "the kill cut requests"
     );
     // Every answer a client saw is audited; lost ones may be audited too.
-    let audited = audited_refusals(&fleet);
-    for (i, n) in refused.iter().enumerate() {
-        assert!(audited.get(&host(i)).copied().unwrap_or(0) >= *n);
-    }
+    assert!(audited_refusals(&fleet) >= refused.iter().sum::<usize>());
     eprintln!(
         "kill -9 mid-load: {} requests in {took:?}; {lost} lost responses: {recovered} recovered by the idempotent retry on the other replica, {lost_and_refused} refused there (another client had won)",
         PSKS * CLIENTS

@@ -232,15 +232,24 @@ pub async fn record_issuance_refuses_a_psk_that_is_not_live(env: Env) {
 }
 
 pub async fn a_psk_is_spent_once_under_concurrency(env: Env) {
+    spend_once_under_concurrency(&env.open().await, 10, 16).await;
+}
+
+pub async fn group_commit_spends_each_psk_once(env: Env) {
     let store = env.open().await;
-    const HOSTS: u64 = 10;
-    const RACERS: u64 = 16;
-    for h in 0..HOSTS {
+    store.start_group_commit();
+    // Enough racers that batches hold several requests for one PSK.
+    spend_once_under_concurrency(&store, 40, 16).await;
+}
+
+/// `racers` concurrent redemptions of each of `hosts` PSKs: one winner each.
+async fn spend_once_under_concurrency(store: &Store, hosts: u64, racers: u64) {
+    for h in 0..hosts {
         let host = format!("race{h}.example.internal");
-        add_psk(&store, &host, &host, NOW + HOUR).await;
+        add_psk(store, &host, &host, NOW + HOUR).await;
     }
-    let tasks: Vec<_> = (0..HOSTS)
-        .flat_map(|h| (0..RACERS).map(move |i| (h, i)))
+    let tasks: Vec<_> = (0..hosts)
+        .flat_map(|h| (0..racers).map(move |i| (h, i)))
         .map(|(h, i)| {
             let store = store.clone();
             tokio::spawn(async move {
@@ -250,7 +259,7 @@ pub async fn a_psk_is_spent_once_under_concurrency(env: Env) {
             })
         })
         .collect();
-    let mut won = vec![0; HOSTS as usize];
+    let mut won = vec![0; hosts as usize];
     for t in tasks {
         let (h, r) = t.await.unwrap();
         match r {
@@ -259,14 +268,61 @@ pub async fn a_psk_is_spent_once_under_concurrency(env: Env) {
             Err(e) => panic!("unexpected store error: {e}"),
         }
     }
-    assert_eq!(won, vec![1; HOSTS as usize], "exactly one winner per PSK");
+    assert_eq!(won, vec![1; hosts as usize], "exactly one winner per PSK");
     assert_eq!(
         store.list_certs(None, None).await.unwrap().len(),
-        HOSTS as usize
+        hosts as usize
     );
     assert!(store.list_psks().await.unwrap().is_empty());
-    let issued = audited(&store, "issued").await;
-    assert_eq!(issued, HOSTS as usize);
+    let issued = audited(store, "issued").await;
+    assert_eq!(issued, hosts as usize);
+}
+
+pub async fn group_commit_isolates_a_failing_row(env: Env) {
+    let store = env.open().await;
+    store.start_group_commit();
+    // Serial 9 is taken, so one redemption of the batch cannot be recorded.
+    store
+        .record_certificate(
+            &cert(9, "other.example.internal", None, NOW),
+            &audit("issued", "other.example.internal", NOW),
+        )
+        .await
+        .unwrap();
+    for h in 0..20u64 {
+        add_psk(&store, &format!("g{h}.example.internal"), "p", NOW + HOUR).await;
+    }
+    let tasks: Vec<_> = (0..20u64)
+        .map(|h| {
+            let store = store.clone();
+            let serial = if h == 7 { 9 } else { 100 + h };
+            tokio::spawn(async move {
+                redeem(&store, &format!("g{h}.example.internal"), "p", serial, NOW).await
+            })
+        })
+        .collect();
+    for (h, t) in tasks.into_iter().enumerate() {
+        let r = t.await.unwrap();
+        if h == 7 {
+            assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
+        } else {
+            r.unwrap_or_else(|e| panic!("g{h}: {e}"));
+        }
+    }
+    assert!(
+        store
+            .get_psk("g7.example.internal")
+            .await
+            .unwrap()
+            .is_some(),
+        "its PSK survives"
+    );
+    assert_eq!(store.list_psks().await.unwrap().len(), 1);
+    assert_eq!(
+        audited(&store, "issued").await,
+        20,
+        "19 issuances and the seed certificate"
+    );
 }
 
 pub async fn a_failed_certificate_insert_leaves_the_psk_live(env: Env) {

@@ -40,6 +40,8 @@ const SUITE: &[Case] = suite![
     record_issuance_spends_the_psk_with_the_certificate,
     record_issuance_refuses_a_psk_that_is_not_live,
     a_psk_is_spent_once_under_concurrency,
+    group_commit_spends_each_psk_once,
+    group_commit_isolates_a_failing_row,
     a_failed_certificate_insert_leaves_the_psk_live,
     certs_by_psk_matches_host_and_hash,
     burn_psk_deletes_only_the_matching_hash,

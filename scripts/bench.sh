@@ -1,0 +1,189 @@
+#!/usr/bin/env bash
+# Issuance benchmark: builds release binaries, then drives POST /v1/sign with
+# the load generator (tests/src/bin/loadgen.rs) against ca-server on SQLite
+# and on a throwaway PostgreSQL, and the same CSRs against Debian's
+# `cfssl serve`, at several concurrencies, with keep-alive and with a new TLS
+# connection per request. Prints a table per run, the our/cfssl ratios, the
+# in-process crypto limit (cryptobench) and the scale figures, and appends
+# every result as JSON lines to $OUT (default target/bench/results.jsonl).
+#
+#   scripts/bench.sh                 everything (about 10-15 minutes)
+#   QUICK=1 scripts/bench.sh         fewer requests, no scale runs
+#   ONLY=sqlite|postgres|cfssl|scale|crypto scripts/bench.sh
+#
+# Figures and the exact command lines go to BENCHMARKS.md by hand.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT_DIR=$PWD
+OUT=${OUT:-$ROOT_DIR/target/bench/results.jsonl}
+mkdir -p "$(dirname "$OUT")"
+QUICK=${QUICK:-}
+ONLY=${ONLY:-}
+want() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
+
+need_pkg() {
+  dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed" && return
+  echo "==> installing $1"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "$1" >/dev/null
+}
+need_pkg golang-cfssl
+need_pkg postgresql
+need_pkg openssl
+need_pkg curl
+
+echo "==> building release binaries"
+cargo build --release -q -p ca-server -p ca-client -p ca-tests --bins
+BIN=$ROOT_DIR/target/release
+WORK=$(mktemp -d /tmp/ca-bench.XXXXXX)
+chmod 755 "$WORK"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -9 "$p" 2>/dev/null || true; done
+  if [ -n "${PGDATA_DIR:-}" ]; then runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -m immediate stop >/dev/null 2>&1 || true; fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+now_ms() { date +%s%3N; }
+
+# Starts ca-server; sets SERVER_PID, SERVER_URL; records cold start to healthz.
+start_ca() { # data_dir [database_url]
+  local dir=$1 db=${2:-} port; port=$(free_port)
+  local args=(--data-dir "$dir" --log warn)
+  [ -n "$db" ] && args+=(--database-url "$db")
+  local t0; t0=$(now_ms)
+  "$BIN/ca-server" "${args[@]}" serve --listen "127.0.0.1:$port" --hostname localhost 2>"$dir.log" &
+  SERVER_PID=$!; PIDS+=("$SERVER_PID")
+  SERVER_URL="https://localhost:$port"
+  until curl -sf --cacert "$dir/root.crt" "$SERVER_URL/healthz" >/dev/null 2>&1; do
+    kill -0 "$SERVER_PID" 2>/dev/null || { cat "$dir.log"; echo "ca-server died" >&2; exit 1; }
+    sleep 0.005
+  done
+  COLD_START_MS=$(( $(now_ms) - t0 ))
+}
+
+loadgen() { # label target args...
+  local label=$1; shift
+  "$BIN/loadgen" --label "$label" --json "$OUT" "$@"
+}
+
+CONCS=(1 8 64 512)
+if [ -n "$QUICK" ]; then N_KA=3000; N_NC=1500; N_C1=500; else N_KA=20000; N_NC=8000; N_C1=2000; fi
+requests_for() { # conc mode
+  if [ "$1" = 1 ]; then echo $N_C1; elif [ "$2" = keepalive ]; then echo $N_KA; else echo $N_NC; fi
+}
+
+run_matrix() { # engine-label data_dir [database_url]
+  local engine=$1 dir=$2 db=${3:-}
+  for mode in keepalive new-conn; do
+    for c in "${CONCS[@]}"; do
+      local n; n=$(requests_for "$c" "$mode")
+      local dbargs=(); [ -n "$db" ] && dbargs=(--database-url "$db")
+      loadgen "$engine c=$c $mode" --server "$SERVER_URL" --root "$dir/root.crt" --target ours \
+        --requests "$n" --concurrency "$c" --mode "$mode" --ca-server "$BIN/ca-server" \
+        --data-dir "$dir" "${dbargs[@]}" --server-pid "$SERVER_PID" \
+        --csr-cache "$WORK/csrs-$mode-$c.json"
+    done
+  done
+}
+
+if want crypto; then
+  echo "==> in-process crypto limit"
+  "$BIN/cryptobench" 20000 | tee "$WORK/crypto.txt"
+  tail -1 "$WORK/crypto.txt" | sed 's/^/{"label":"cryptobench","result":/; s/$/}/' >> "$OUT"
+fi
+
+if want sqlite || want cfssl; then
+  echo "==> ca-server on SQLite"
+  "$BIN/ca-server" --data-dir "$WORK/sqlite" init --name Bench >/dev/null
+  start_ca "$WORK/sqlite"
+  echo "cold start to first healthy /healthz: ${COLD_START_MS} ms"
+  echo "{\"label\":\"cold start sqlite\",\"ms\":$COLD_START_MS}" >> "$OUT"
+  run_matrix sqlite "$WORK/sqlite"
+
+  echo "==> one ca-client bootstrap, wall time"
+  PSK=$("$BIN/ca-server" --data-dir "$WORK/sqlite" psk add boot.bench.internal)
+  printf %s "$PSK" > "$WORK/boot.psk"
+  FP=$("$BIN/ca-server" --data-dir "$WORK/sqlite" init 2>/dev/null)
+  t0=$(now_ms)
+  "$BIN/ca-client" bootstrap --server "$SERVER_URL" --fingerprint "$FP" --hostname boot.bench.internal \
+    --psk-file "$WORK/boot.psk" --dir "$WORK/boot" >/dev/null
+  BOOT_MS=$(( $(now_ms) - t0 ))
+  echo "ca-client bootstrap: ${BOOT_MS} ms"
+  echo "{\"label\":\"bootstrap wall\",\"ms\":$BOOT_MS}" >> "$OUT"
+  kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
+fi
+
+if want cfssl; then
+  echo "==> cfssl serve (same CSRs, same intermediate, no PSK check, no database)"
+  CF=$WORK/cfssl; mkdir -p "$CF"
+  openssl ec -in "$WORK/sqlite/intermediate.key" -out "$CF/ca-key.pem" 2>/dev/null
+  cp "$WORK/sqlite/intermediate.crt" "$CF/ca.pem"
+  # cfssl's TLS certificate: issued by our CA so the same pinned root works.
+  PSK=$("$BIN/ca-server" --data-dir "$WORK/sqlite" psk add localhost)
+  printf %s "$PSK" > "$CF/psk"
+  start_ca "$WORK/sqlite"
+  "$BIN/ca-client" bootstrap --server "$SERVER_URL" --fingerprint "$FP" --hostname localhost \
+    --psk-file "$CF/psk" --dir "$CF/tls" >/dev/null
+  kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
+  cat > "$CF/config.json" <<'JSON'
+{"signing":{"default":{"expiry":"720h","usages":["digital signature","server auth","client auth"]}}}
+JSON
+  port=$(free_port)
+  cfssl serve -address 127.0.0.1 -port "$port" -ca "$CF/ca.pem" -ca-key "$CF/ca-key.pem" \
+    -config "$CF/config.json" -tls-cert "$CF/tls/chain.pem" -tls-key "$CF/tls/key.pem" -loglevel 5 \
+    2>"$CF/log" &
+  CF_PID=$!; PIDS+=("$CF_PID")
+  until curl -s --cacert "$WORK/sqlite/root.crt" -o /dev/null "https://localhost:$port/api/v1/cfssl/health" 2>/dev/null; do
+    kill -0 "$CF_PID" 2>/dev/null || { cat "$CF/log"; exit 1; }; sleep 0.05
+  done
+  for mode in keepalive new-conn; do
+    for c in "${CONCS[@]}"; do
+      n=$(requests_for "$c" "$mode")
+      loadgen "cfssl c=$c $mode" --server "https://localhost:$port" --root "$WORK/sqlite/root.crt" \
+        --target cfssl --requests "$n" --concurrency "$c" --mode "$mode" --server-pid "$CF_PID" \
+        --csr-cache "$WORK/csrs-$mode-$c.json"
+    done
+  done
+  kill "$CF_PID" 2>/dev/null || true
+fi
+
+PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+if want postgres; then
+  echo "==> ca-server on PostgreSQL"
+  PGDATA_DIR=$WORK/pg; mkdir -p "$PGDATA_DIR"; chown postgres "$PGDATA_DIR"
+  runuser -u postgres -- "$PGBIN/initdb" -D "$PGDATA_DIR" -U postgres --auth=trust -E UTF8 --locale=C >/dev/null
+  PGPORT=$(free_port)
+  runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -l "$WORK/pg.log" -w \
+    -o "-c listen_addresses=127.0.0.1 -p $PGPORT -k $PGDATA_DIR -c max_connections=200" start >/dev/null
+  "$PGBIN/psql" -h 127.0.0.1 -p "$PGPORT" -U postgres -qc "CREATE DATABASE ca"
+  DB="postgres://postgres@127.0.0.1:$PGPORT/ca"
+  "$BIN/ca-server" --data-dir "$WORK/pgca" init --name Bench >/dev/null
+  start_ca "$WORK/pgca" "$DB"
+  echo "cold start (PostgreSQL): ${COLD_START_MS} ms"
+  run_matrix postgres "$WORK/pgca" "$DB"
+  kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
+fi
+
+echo
+echo "==> summary (certificates/s; ratios ours/cfssl at the same concurrency and mode)"
+python3 - "$OUT" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+latest = {}
+for r in rows:
+    if "certs_per_s" in r:
+        latest[r["label"]] = r
+for label in sorted(latest):
+    r = latest[label]
+    print(f'{label:<26} {r["certs_per_s"]:>8.0f}/s  p50 {r["p50_ms"]:6.2f}  p99 {r["p99_ms"]:7.2f} ms  errors {r["errors"]}  '
+          f'cpu {r.get("server_cpu_ms_per_cert") or 0:.3f} ms/cert  rss {r.get("server_peak_rss_mib") or 0:.1f} MiB')
+for label, r in sorted(latest.items()):
+    if not label.startswith("sqlite "):
+        continue
+    cf = latest.get("cfssl " + label[len("sqlite "):])
+    if cf and cf["certs_per_s"]:
+        print(f'ratio sqlite/cfssl {label[len("sqlite "):]:<18} {r["certs_per_s"]/cf["certs_per_s"]:.2f}x')
+PY

@@ -1,0 +1,169 @@
+//! Certificate linting with pkilint (installed from PyPI by scripts/test.sh
+//! into target/tools/pkilint): the root, the intermediate, the server's own
+//! certificate and a leaf of every accepted key type have no finding at
+//! WARNING or above under the RFC 5280 validators, nor does any link of the
+//! chain, nor do the intermediate's and the root's CRLs. Lower findings and the CA/Browser Forum serverAuth profile (public
+//! web rules a private CA breaks on purpose) go to target/tmp/pkilint-report.txt
+//! for information; docs/security.md explains them.
+
+use ca_tests::forge::{CsrSpec, forge};
+use ca_tests::*;
+use http::StatusCode;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A pkilint tool: from scripts/test.sh's virtualenv if there, else PATH.
+fn tool(name: &str) -> String {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tools/pkilint/bin");
+    let path = venv.join(name);
+    if path.exists() {
+        path.display().to_string()
+    } else {
+        name.to_owned()
+    }
+}
+
+/// Runs a pkilint tool; returns (exit status ok, output).
+fn lint(name: &str, args: &[&str], files: &[&Path]) -> (bool, String) {
+    let out = run(Command::new(tool(name)).arg("lint").args(args).args(files));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn root_intermediate_and_leaves_of_every_key_type_lint_clean() {
+    if !require_tool(&tool("lint_pkix_cert")) || !require_tool("openssl") {
+        return;
+    }
+    // A public URL with a domain name: pkilint (like the `validators` library
+    // it uses) refuses single-label hosts such as `localhost` in URIs.
+    let mut server = CaServer::start_with(ServerOptions {
+        args: ["--public-url", "https://ca.example.internal:8443"]
+            .map(String::from)
+            .to_vec(),
+        ..Default::default()
+    });
+    let work = tempfile::tempdir().unwrap();
+    let client = server.client();
+    let mut certs: Vec<(String, PathBuf)> = vec![
+        ("root".into(), server.root_pem()),
+        ("intermediate".into(), server.intermediate_pem()),
+    ];
+
+    // The server's own TLS certificate is linted for information only: the
+    // harness names it `localhost`, a single-label name that pkilint flags
+    // (RFC 1034 allows it; its "preferred name syntax" check does not).
+    let server_cert = run_ok(server.cli().args(["cert", "show", "localhost", "--json"]));
+    let v: serde_json::Value = serde_json::from_str(&server_cert).unwrap();
+    let server_pem = write_file(work.path(), "server.pem", v["pem"].as_str().unwrap());
+
+    // A leaf for every accepted key type.
+    let mut csrs: Vec<(&str, Vec<u8>)> = Vec::new();
+    for (name, alg) in [
+        ("p256", &rcgen::PKCS_ECDSA_P256_SHA256),
+        ("p384", &rcgen::PKCS_ECDSA_P384_SHA384),
+        ("ed25519", &rcgen::PKCS_ED25519),
+    ] {
+        let host = format!("{name}.example.internal");
+        let psk = server.psk_add(&host, &[]);
+        let key = rcgen::KeyPair::generate_for(alg).unwrap();
+        csrs.push((name, forge(&key, &CsrSpec::host(&host, &psk))));
+    }
+    for bits in ["2048", "4096"] {
+        let name: &'static str = if bits == "2048" { "rsa2048" } else { "rsa4096" };
+        let host = format!("{name}.example.internal");
+        let psk = server.psk_add(&host, &["--san", &format!("www.{host}")]);
+        let key = openssl_key(work.path(), &format!("{name}.key"), &format!("rsa:{bits}")).unwrap();
+        let pem = openssl_csr(&key, &host, Some(&psk), &[]).unwrap();
+        csrs.push((name, pem));
+    }
+    block_on(async {
+        for (name, body) in csrs {
+            let reply = sign_csr(&client, body).await.unwrap();
+            assert_eq!(reply.status, StatusCode::CREATED, "{name}");
+            let leaf = pem::parse_many(&reply.body).unwrap().remove(0);
+            let path = write_file(work.path(), &format!("{name}.pem"), pem::encode(&leaf));
+            certs.push((format!("leaf {name}"), path));
+        }
+    });
+
+    let mut report = String::new();
+    let mut failures = Vec::new();
+    for (name, path) in &certs {
+        let (ok, findings) = lint("lint_pkix_cert", &["-s", "WARNING"], &[path]);
+        if !ok || !findings.trim().is_empty() {
+            failures.push(format!("{name}: {findings}"));
+        }
+        let (_, info) = lint("lint_pkix_cert", &["-s", "INFO"], &[path]);
+        let (_, cabf) = lint(
+            "lint_cabf_serverauth_cert",
+            &["-d", "-s", "WARNING", "--document-format", "PEM"],
+            &[path],
+        );
+        report.push_str(&format!(
+            "== {name}\nlint_pkix_cert -s INFO:\n{info}\nlint_cabf_serverauth_cert -s WARNING (information only):\n{cabf}\n"
+        ));
+    }
+    // Each link of the chain: root -> intermediate -> every leaf.
+    let (root, intermediate) = (&certs[0].1, &certs[1].1);
+    let mut links = vec![("root -> intermediate".to_string(), root, intermediate)];
+    for (name, path) in &certs[2..] {
+        links.push((format!("intermediate -> {name}"), intermediate, path));
+    }
+    for (name, issuer, subject) in links {
+        let (ok, findings) = lint(
+            "lint_pkix_signer_signee_cert_chain",
+            &["-s", "WARNING"],
+            &[issuer, subject],
+        );
+        if !ok || !findings.trim().is_empty() {
+            failures.push(format!("{name}: {findings}"));
+        }
+    }
+    // The CRLs: the intermediate's (what /v1/crl serves) and the root's CRL
+    // for the intermediate (root.crl in the data dir).
+    let crl = block_on(client.send(
+        http::Method::GET,
+        "/v1/crl?format=pem",
+        None,
+        bytes::Bytes::new(),
+    ))
+    .unwrap();
+    assert_eq!(crl.status, StatusCode::OK);
+    let crl_path = write_file(work.path(), "intermediate.crl", &crl.body);
+    for (name, path) in [
+        ("intermediate CRL", crl_path),
+        ("root CRL", server.data_dir.join("root.crl")),
+    ] {
+        let (ok, findings) = lint(
+            "lint_crl",
+            &["-t", "CRL", "-p", "PKIX", "-s", "WARNING"],
+            &[&path],
+        );
+        if !ok || !findings.trim().is_empty() {
+            failures.push(format!("{name}: {findings}"));
+        }
+        let (_, info) = lint(
+            "lint_crl",
+            &["-t", "CRL", "-p", "PKIX", "-s", "INFO"],
+            &[&path],
+        );
+        report.push_str(&format!("== {name}\nlint_crl -s INFO:\n{info}\n"));
+    }
+    let (_, info) = lint("lint_pkix_cert", &["-s", "INFO"], &[&server_pem]);
+    report.push_str(&format!(
+        "== server certificate (information only)\nlint_pkix_cert -s INFO:\n{info}\n"
+    ));
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pkilint-report.txt");
+    std::fs::write(&path, &report).unwrap();
+    assert!(
+        failures.is_empty(),
+        "pkilint findings at WARNING or above:\n{}",
+        failures.join("\n")
+    );
+    server.assert_no_secret_leaks();
+}

@@ -420,7 +420,8 @@ impl CaServer {
     }
 
     /// Asserts that no remembered PSK appears, raw, hex or base64, in the
-    /// server's logs or in the raw bytes of its store files.
+    /// server's logs, the raw bytes of its store files, the audit log or
+    /// (while it runs) its /metrics.
     pub fn assert_no_secret_leaks(&self) {
         let mut haystacks: Vec<(String, Vec<u8>)> =
             vec![("server log".into(), self.logs().into_bytes())];
@@ -432,6 +433,17 @@ impl CaServer {
         }
         let audit = run_ok(self.cli().args(["audit", "--since", "3650d", "--json"]));
         haystacks.push(("audit --json".into(), audit.into_bytes()));
+        // While the server runs, what anyone may read at /metrics too.
+        if self.child.is_some()
+            && let Ok(reply) = block_on(self.client().send(
+                http::Method::GET,
+                "/metrics",
+                None,
+                bytes::Bytes::new(),
+            ))
+        {
+            haystacks.push(("/metrics".into(), reply.body.to_vec()));
+        }
         for psk in &self.psks {
             for form in secret_forms(psk) {
                 for (name, hay) in &haystacks {

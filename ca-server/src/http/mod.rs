@@ -87,6 +87,7 @@ async fn log_request(req: Request, next: Next) -> Response {
         outcome,
         peer = peer.as_deref().unwrap_or("-"),
         micros = start.elapsed().as_micros() as u64,
+        route = route.as_deref().unwrap_or("-"),
         "request"
     );
     resp

@@ -219,6 +219,7 @@ fn json_logs_have_one_object_per_line_and_one_line_per_request() {
     assert_eq!(sign["status"], 400);
     assert_eq!(sign["outcome"], "malformed_csr");
     assert_eq!(sign["method"], "POST");
+    assert_eq!(sign["route"], "/v1/sign");
     assert!(sign["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
     assert!(sign["micros"].is_u64());
 }

@@ -54,8 +54,8 @@ done
 [[ "$CRL_WAIT" =~ ^[0-9]+$ ]] || { echo "probe: --crl-wait takes whole seconds" >&2; exit 2; }
 
 START=$(date +%s.%N)
+umask 077 # the PSK and the probe's key are written below
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/ca-probe.XXXXXX")
-chmod 700 "$WORK"
 trap 'rm -rf "$WORK"' EXIT
 
 fail() { # step, exit code, message
@@ -70,7 +70,6 @@ errs() { tail -n 3 "$WORK/err" 2>/dev/null | tr '\n' ' ' | sed 's/ *$//'; }
 if ! "$CA_SERVER_BIN" "${SERVER_ARGS[@]}" psk add "$HOST" --ttl 5m --json >"$WORK/psk.json" 2>"$WORK/err"; then
   fail psk 3 "ca-server psk add $HOST failed: $(errs)"
 fi
-umask 077
 sed -n 's/.*"psk":"\([A-Za-z0-9_-]*\)".*/\1/p' "$WORK/psk.json" | tr -d '\n' >"$WORK/psk"
 [ -s "$WORK/psk" ] || fail psk 3 "ca-server psk add printed no PSK"
 if [ -z "$FINGERPRINT" ]; then

@@ -1,8 +1,10 @@
 //! The command line: clap definitions, then one function per verb. Every
 //! verb takes `--data-dir` (`CA_DATA_DIR`) and `--database-url`
-//! (`CA_DATABASE_URL`).
+//! (`CA_DATABASE_URL`), and reads `--config FILE` (`CA_CONFIG`) first
+//! ([`crate::config`]).
 //!
-//! Exit codes: 0 success, 1 error, 2 usage error, 3 not found.
+//! Exit codes: 0 success, 1 error, 2 usage error (a bad configuration file
+//! too), 3 not found, 4 `doctor` found only warnings.
 
 use crate::ca::{self, CaPaths};
 use crate::clock::{Clock, SystemClock};
@@ -24,7 +26,7 @@ use std::path::PathBuf;
     name = "ca-server",
     version,
     about = "Internal certificate authority with one-time PSK autosigning",
-    after_help = "Exit codes: 0 success, 1 error, 2 usage error, 3 not found."
+    after_help = "Exit codes: 0 success, 1 error, 2 usage error (or a bad configuration file), 3 not found, 4 doctor found only warnings."
 )]
 pub struct Cli {
     /// Directory holding the CA keys, certificates and the SQLite store.

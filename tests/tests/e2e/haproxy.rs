@@ -67,7 +67,8 @@ fn the_sample_haproxy_config_balances_replicas_and_follows_their_health() {
     let mut pg = PgCluster::start();
     let mut opts = pg.server_options("ca");
     // The sample config sends a PROXY v2 header naming each client.
-    opts.args.extend(["--proxy-protocol-from".into(), "127.0.0.1".into()]);
+    opts.args
+        .extend(["--proxy-protocol-from".into(), "127.0.0.1".into()]);
     let mut servers = CaServer::start_replicas(opts, 2);
     let work = tempfile::tempdir().unwrap();
     let (proxy, url) = start_proxy(

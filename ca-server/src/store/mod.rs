@@ -157,7 +157,8 @@ macro_rules! insert_audit_sql {
     };
 }
 
-// After the macros, which it uses.
+// After the macros, which they use.
+mod reader;
 mod writer;
 
 /// Handle on the database; cheap to clone.
@@ -168,6 +169,8 @@ pub struct Store {
     gate: Arc<availability::Gate>,
     /// The group-commit writer, once `serve` starts it.
     writer: Arc<std::sync::OnceLock<writer::Writer>>,
+    /// The batching PSK reader, started with the writer.
+    reader: Arc<std::sync::OnceLock<reader::Reader>>,
 }
 
 impl Store {
@@ -214,6 +217,7 @@ impl Store {
             engine,
             gate: Arc::default(),
             writer: Arc::default(),
+            reader: Arc::default(),
         })
     }
 
@@ -261,13 +265,22 @@ impl Store {
 
     /// The PSK entry of `hostname`, if any (expired or not: policy judges).
     pub async fn get_psk(&self, hostname: &str) -> StoreResult<Option<PskEntry>> {
+        if let Some(reader) = self.reader.get() {
+            return self.get_psk_grouped(reader, hostname).await;
+        }
         let row = sqlx::query(
             "SELECT hostname, psk_hash, allowed_sans, expires_at FROM psks WHERE hostname = $1",
         )
         .bind(hostname)
         .fetch_optional(&mut *self.conn().await?)
         .await?;
-        let Some(row) = row else { return Ok(None) };
+        row.as_ref().map(psk_entry_from_row).transpose()
+    }
+}
+
+/// A `psks` row (hostname, psk_hash, allowed_sans, expires_at) as a policy entry.
+fn psk_entry_from_row(row: &AnyRow) -> StoreResult<PskEntry> {
+    {
         let hash: Vec<u8> = row.try_get("psk_hash")?;
         let sans_json: String = row.try_get("allowed_sans")?;
         let sans: Vec<String> = serde_json::from_str(&sans_json)
@@ -277,15 +290,17 @@ impl Store {
             .map(|s| AllowedName::parse(s))
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| StoreError::Corrupt(format!("allowed_sans: {e}")))?;
-        Ok(Some(PskEntry {
+        Ok(PskEntry {
             hostname: row.try_get("hostname")?,
             psk_hash: PskHash::from_slice(&hash)
                 .ok_or_else(|| StoreError::Corrupt("psk_hash is not 32 bytes".into()))?,
             allowed_sans,
             expires_at: row.try_get("expires_at")?,
-        }))
+        })
     }
+}
 
+impl Store {
     /// Removes the PSK of `hostname`; `false` if there was none.
     pub async fn remove_psk(&self, hostname: &str, audit: &AuditEvent) -> StoreResult<bool> {
         let mut tx = self.begin().await?;

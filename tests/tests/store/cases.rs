@@ -782,3 +782,38 @@ pub async fn inspect_reports_migrations_and_owner(env: Env) {
     assert!(found.pending.is_empty(), "{:?}", found.pending);
     assert_eq!(found.root_fingerprint.as_deref(), Some("sha256:00"));
 }
+
+pub async fn batched_reads_answer_every_lookup(env: Env) {
+    let store = env.open().await;
+    store.start_batched_reads();
+    for h in 0..30u64 {
+        add_psk(
+            &store,
+            &format!("r{h}.example.internal"),
+            &format!("s{h}"),
+            NOW + HOUR,
+        )
+        .await;
+    }
+    // Each name looked up several times at once, and names with no PSK.
+    let tasks: Vec<_> = (0..40u64)
+        .flat_map(|h| (0..3).map(move |_| h))
+        .map(|h| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let host = format!("r{h}.example.internal");
+                (h, store.get_psk(&host).await.unwrap())
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (h, entry) = t.await.unwrap();
+        if h < 30 {
+            let entry = entry.unwrap_or_else(|| panic!("r{h} has a PSK"));
+            assert_eq!(entry.hostname, format!("r{h}.example.internal"));
+            assert!(entry.psk_hash.ct_eq(&hash(&format!("s{h}"))));
+        } else {
+            assert!(entry.is_none(), "r{h} has no PSK");
+        }
+    }
+}

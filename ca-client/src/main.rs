@@ -31,6 +31,13 @@ enum Command {
     /// Install the bootstrap directory's material for nginx, PostgreSQL or
     /// HAProxy as one unit: check, switch, reload, confirm, or roll back.
     Install(InstallArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Write man pages (ca-client.1 and one per subcommand) into DIR.
+    Man {
+        #[arg(long, value_name = "DIR")]
+        out_dir: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -230,6 +237,24 @@ async fn run(cli: Cli) -> i32 {
             }
         }
         Command::Install(args) => run_install(&args).await,
+        Command::Completions { shell } => {
+            ca_client::clidocs::completions(
+                <Cli as clap::CommandFactory>::command(),
+                "ca-client",
+                shell,
+            );
+            exit::OK
+        }
+        Command::Man { out_dir } => {
+            match ca_client::clidocs::man_pages(<Cli as clap::CommandFactory>::command(), &out_dir)
+            {
+                Ok(()) => exit::OK,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    1
+                }
+            }
+        }
     }
 }
 

@@ -19,8 +19,11 @@ mod availability;
 mod batch;
 pub mod copy;
 mod crl;
+pub mod inspect;
 mod ownership;
+mod stats;
 pub use crl::{RevocationMarker, RevokedEntry};
+pub use stats::StoreStats;
 
 /// Which engine a URL selects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +49,7 @@ impl Engine {
 pub enum StoreError {
     /// The database could not be reached or refused the operation.
     #[error("store unavailable: {0}")]
-    Unavailable(#[from] sqlx::Error),
+    Unavailable(#[source] sqlx::Error),
     /// The availability watcher sees the database down; nothing was tried.
     #[error("store unreachable for {for_secs} s; waiting for it to come back")]
     Down { for_secs: i64 },
@@ -59,6 +62,14 @@ pub enum StoreError {
     /// The filesystem under the store is (nearly) full: refused before signing.
     #[error("no space for the store: {0}")]
     NoSpace(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    /// Every database error passes here, so this is where it is counted.
+    fn from(e: sqlx::Error) -> StoreError {
+        crate::metrics::metrics().store_error("database");
+        StoreError::Unavailable(e)
+    }
 }
 
 pub type StoreResult<T> = std::result::Result<T, StoreError>;
@@ -111,6 +122,13 @@ pub struct AuditEvent {
     /// When the last of those repeats happened.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_at: Option<i64>,
+}
+
+/// Which audit rows to show (`audit --host --event`); `None` matches all.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub host: Option<String>,
+    pub event: Option<String>,
 }
 
 /// Everything recorded when a PSK is redeemed.
@@ -494,13 +512,28 @@ impl Store {
 
     /// Audit rows at or after `since`, oldest first, at most `limit`.
     pub async fn audit_since(&self, since: i64, limit: i64) -> StoreResult<Vec<AuditEvent>> {
+        self.audit_query(since, limit, &AuditFilter::default())
+            .await
+    }
+
+    /// Audit rows at or after `since` that match `filter`, oldest first, at most `limit`.
+    pub async fn audit_query(
+        &self,
+        since: i64,
+        limit: i64,
+        filter: &AuditFilter,
+    ) -> StoreResult<Vec<AuditEvent>> {
         let rows = sqlx::query(
             "SELECT id, at, event, hostname, serial, outcome, reason, peer, actor, \
              repeat_count, last_at FROM audit \
-             WHERE at >= $1 OR last_at >= $1 ORDER BY id LIMIT $2",
+             WHERE (at >= $1 OR last_at >= $1) \
+             AND ($3 IS NULL OR hostname = $3) AND ($4 IS NULL OR event = $4) \
+             ORDER BY id LIMIT $2",
         )
         .bind(since)
         .bind(limit)
+        .bind(filter.host.as_deref())
+        .bind(filter.event.as_deref())
         .fetch_all(&mut *self.conn().await?)
         .await?;
         rows.iter()

@@ -53,6 +53,9 @@ const SUITE: &[Case] = suite![
     copy_refuses_a_target_with_data,
     copy_refuses_a_table_it_does_not_know,
     the_first_root_claims_the_store_and_others_are_refused,
+    stats_count_live_psks_and_expiring_hosts,
+    audit_query_filters_by_host_and_event,
+    inspect_reports_migrations_and_owner,
 ];
 
 #[test]

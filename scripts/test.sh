@@ -12,8 +12,10 @@ cd "$(dirname "$0")/.."
 # Debian packages the end-to-end tests drive. Keep in sync with docs/testing.md.
 # faketime: client clock skew; sqlite3: fault injection into the live store;
 # python3-venv: pkilint from PyPI; g++: libFuzzer for cargo fuzz;
-# systemd: systemd-analyze for the example units (nothing is started).
-PACKAGES=(openssl curl ca-certificates postgresql nginx haproxy puppet-agent faketime sqlite3 python3 python3-venv g++ systemd)
+# systemd: systemd-analyze for the example units (nothing is started);
+# prometheus: scrapes /metrics; man-db: man pages.
+PACKAGES=(openssl curl ca-certificates postgresql nginx haproxy puppet-agent faketime sqlite3 python3 python3-venv g++
+  prometheus systemd man-db)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

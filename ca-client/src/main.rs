@@ -40,6 +40,13 @@ enum Command {
     /// Fetch the CRLs, verify them against the pinned CA, keep the newest,
     /// and re-install them for the services.
     Crl(CrlArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Write man pages (ca-client.1 and one per subcommand) into DIR.
+    Man {
+        #[arg(long, value_name = "DIR")]
+        out_dir: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -246,6 +253,24 @@ async fn run(cli: Cli) -> i32 {
         Command::Install(args) => run_install(&args).await,
         Command::Renew(args) => run_renew(&args).await,
         Command::Crl(args) => run_crl(&args).await,
+        Command::Completions { shell } => {
+            ca_client::clidocs::completions(
+                <Cli as clap::CommandFactory>::command(),
+                "ca-client",
+                shell,
+            );
+            exit::OK
+        }
+        Command::Man { out_dir } => {
+            match ca_client::clidocs::man_pages(<Cli as clap::CommandFactory>::command(), &out_dir)
+            {
+                Ok(()) => exit::OK,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    1
+                }
+            }
+        }
     }
 }
 

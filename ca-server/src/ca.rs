@@ -48,6 +48,19 @@ impl CaPaths {
         }
     }
 
+    /// Takes the data dir's lock (held until the file is dropped): `init` and
+    /// `intermediate rotate` never run at once on one data dir.
+    pub fn lock(&self) -> Result<std::fs::File> {
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.dir.join(".init.lock"))
+            .context("opening the init lock")?;
+        lock.lock().context("taking the init lock")?;
+        Ok(lock)
+    }
+
     /// The CA counts as initialised once the intermediate (what signs) exists.
     pub fn is_initialised(&self) -> bool {
         self.root_cert.exists() && self.intermediate_cert.exists() && self.intermediate_key.exists()
@@ -81,7 +94,7 @@ impl SigningKey for CaKey {
 }
 
 impl CaKey {
-    fn generate() -> Result<CaKey> {
+    pub(crate) fn generate() -> Result<CaKey> {
         Ok(CaKey(KeyPair::generate_for(
             &rcgen::PKCS_ECDSA_P256_SHA256,
         )?))
@@ -96,7 +109,7 @@ impl CaKey {
         ))
     }
 
-    fn pem(&self) -> Zeroizing<String> {
+    pub(crate) fn pem(&self) -> Zeroizing<String> {
         Zeroizing::new(self.0.serialize_pem())
     }
 }
@@ -120,7 +133,7 @@ fn to_time(unix: i64) -> Result<OffsetDateTime> {
     OffsetDateTime::from_unix_timestamp(unix).context("time out of range")
 }
 
-fn ca_params(
+pub(crate) fn ca_params(
     cn: &str,
     not_before: i64,
     validity: Duration,
@@ -159,13 +172,7 @@ pub struct InitOutcome {
 /// data dir cannot create two different CAs.
 pub fn init(paths: &CaPaths, name: &str, now: i64) -> Result<InitOutcome> {
     fsutil::create_private_dir(&paths.dir)?;
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(paths.dir.join(".init.lock"))
-        .context("opening the init lock")?;
-    lock.lock().context("taking the init lock")?;
+    let _lock = paths.lock()?;
 
     if paths.is_initialised() {
         let root = read_cert_der(&paths.root_cert)?;
@@ -451,7 +458,7 @@ impl RootSigner {
 }
 
 /// Reads a CA certificate (DER) and its key, checking that they belong together.
-fn load_ca_pair(cert_path: &Path, key_path: &Path) -> Result<(Vec<u8>, CaKey)> {
+pub(crate) fn load_ca_pair(cert_path: &Path, key_path: &Path) -> Result<(Vec<u8>, CaKey)> {
     let der = read_cert_der(cert_path)?;
     let key = CaKey::load(key_path)?;
     let (_, cert) = x509_parser::parse_x509_certificate(&der)

@@ -1,15 +1,17 @@
 //! The command line: clap definitions, then one function per verb. Every
 //! verb takes `--data-dir` (`CA_DATA_DIR`) and `--database-url`
-//! (`CA_DATABASE_URL`).
+//! (`CA_DATABASE_URL`), and reads `--config FILE` (`CA_CONFIG`) first
+//! ([`crate::config`]).
 //!
-//! Exit codes: 0 success, 1 error, 2 usage error, 3 not found.
+//! Exit codes: 0 success, 1 error, 2 usage error (a bad configuration file
+//! too), 3 not found, 4 `doctor` found only warnings.
 
 use crate::ca::{self, CaPaths};
 use crate::clock::{Clock, SystemClock};
 use crate::revocation::{self, CrlArgs, CrlValidityArgs, RevokeArgs};
 use crate::serve::{self, ServeOptions};
 use crate::server::Limits;
-use crate::store::{AuditEvent, CertRecord, Store};
+use crate::store::{AuditEvent, AuditFilter, CertRecord, Store};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use policy::hostname::escape_for_display;
@@ -24,7 +26,7 @@ use std::path::PathBuf;
     name = "ca-server",
     version,
     about = "Internal certificate authority with one-time PSK autosigning",
-    after_help = "Exit codes: 0 success, 1 error, 2 usage error, 3 not found."
+    after_help = "Exit codes: 0 success, 1 error, 2 usage error (or a bad configuration file), 3 not found, 4 doctor found only warnings."
 )]
 pub struct Cli {
     /// Directory holding the CA keys, certificates and the SQLite store.
@@ -36,6 +38,13 @@ pub struct Cli {
     /// Log filter (tracing syntax, e.g. info or ca_server=debug).
     #[arg(long, env = "CA_LOG", default_value = "info", global = true)]
     pub log: String,
+    /// Log lines for people (human) or one JSON object per line (json).
+    #[arg(long, env = "CA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human, global = true)]
+    pub log_format: LogFormat,
+    /// Configuration file (TOML): top-level keys for these global flags,
+    /// [serve] for serve's. Flags and CA_* variables override it.
+    #[arg(long, env = crate::config::CONFIG_ENV, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -69,10 +78,71 @@ pub enum Command {
         /// How far back to look (e.g. 1h, 7d).
         #[arg(long, default_value = "1h")]
         since: humantime::Duration,
+        /// Only rows about this hostname.
+        #[arg(long)]
+        host: Option<String>,
+        /// Only rows of this event (issued, sign, replayed, psk_added, psk_removed,
+        /// psk_expired, server_cert_issued, store_copied, ...).
+        #[arg(long)]
+        event: Option<String>,
         /// Most rows to show.
         #[arg(long, default_value_t = 1000)]
         limit: i64,
         /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check or show the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Check key file permissions, CA and CRL expiry, the store and its
+    /// migrations, and the running server; print what to fix.
+    Doctor(crate::doctor::DoctorArgs),
+    /// Replace the intermediate CA (the signer) under the same root.
+    #[command(subcommand)]
+    Intermediate(IntermediateCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Write man pages (ca-server.1 and one per subcommand) into DIR.
+    Man {
+        #[arg(long, value_name = "DIR")]
+        out_dir: PathBuf,
+    },
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a configuration file (FILE, or --config / CA_CONFIG) and print
+    /// the effective configuration `serve` would use, secrets redacted.
+    Check {
+        /// The file to check [default: --config / CA_CONFIG].
+        file: Option<PathBuf>,
+        /// Print JSON instead of TOML.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IntermediateCommand {
+    /// Make a new intermediate key and certificate signed by the root, keep
+    /// the old ones in retired/, and print the new intermediate's details.
+    /// Restart every `serve` (each replica's data dir) to sign with it.
+    Rotate {
+        /// The root key, if it is not in the data dir (kept offline).
+        #[arg(long, value_name = "FILE")]
+        root_key: Option<PathBuf>,
+        /// Lifetime of the new intermediate (capped by the root's).
+        #[arg(long, default_value = "5y")]
+        validity: humantime::Duration,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
@@ -184,21 +254,37 @@ pub enum StoreCommand {
 
 /// Exit code for "the thing asked about does not exist".
 pub const EXIT_NOT_FOUND: i32 = 3;
+/// Exit code of `doctor` when it found only warnings.
+pub const EXIT_WARNINGS: i32 = 4;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub(crate) struct NotFound(pub(crate) String);
 
+/// An error that is the caller's to fix in what they gave (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// `doctor` found problems: how many, and whether any must be fixed.
+#[derive(Debug, thiserror::Error)]
+#[error("doctor found {failures} problem(s) to fix and {warnings} warning(s)")]
+pub struct DoctorFindings {
+    pub failures: usize,
+    pub warnings: usize,
+}
+
 /// Parses the command line, runs it, and returns the exit code.
 pub fn main() -> i32 {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let parsed = match crate::config::parse(std::env::args_os().collect()) {
+        Ok(parsed) => parsed,
         Err(e) => {
             let _ = e.print();
             return if e.use_stderr() { 2 } else { 0 };
         }
     };
-    init_logging(&cli.log);
+    let cli = parsed.cli;
+    init_logging(&cli.log, cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -209,12 +295,46 @@ pub fn main() -> i32 {
             return 1;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = match cli.command {
+        Command::Config(ConfigCommand::Check { ref file, json }) => {
+            config_check(file.as_deref(), parsed.file.as_ref(), &parsed.matches, json)
+        }
+        Command::Doctor(ref args) => {
+            let server = match (&args.server, args.no_server) {
+                (_, true) => None,
+                (Some(url), false) => Some((url.clone(), true)),
+                (None, false) => crate::config::effective(parsed.file.as_ref(), &parsed.matches)
+                    .ok()
+                    .and_then(|s| crate::doctor::default_server(&s))
+                    .map(|url| (url, false)),
+            };
+            let url = database_url(&cli);
+            let target = crate::doctor::Target {
+                data_dir: &cli.data_dir,
+                database_url: &url,
+                config: parsed.file.as_ref(),
+                server,
+            };
+            runtime.block_on(crate::doctor::run(&target, args.json, &SystemClock))
+        }
+        _ => runtime.block_on(run(cli)),
+    };
+    match result {
         Ok(()) => 0,
         Err(e) => {
+            if let Some(findings) = e.downcast_ref::<DoctorFindings>() {
+                eprintln!("{findings}");
+                return if findings.failures > 0 {
+                    1
+                } else {
+                    EXIT_WARNINGS
+                };
+            }
             eprintln!("error: {e:#}");
             if e.downcast_ref::<NotFound>().is_some() {
                 EXIT_NOT_FOUND
+            } else if e.downcast_ref::<UsageError>().is_some() {
+                2
             } else {
                 1
             }
@@ -222,15 +342,64 @@ pub fn main() -> i32 {
     }
 }
 
-fn init_logging(filter: &str) {
+fn init_logging(filter: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Human => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        // One JSON object per line, the event's fields at the top level.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+    };
+}
+
+/// `config check [FILE]`: validates the file and prints the effective
+/// configuration (what `serve` would use here), secrets redacted.
+fn config_check(
+    file: Option<&std::path::Path>,
+    loaded: Option<&crate::config::ConfigFile>,
+    matches: &clap::ArgMatches,
+    json: bool,
+) -> Result<()> {
+    use clap::CommandFactory;
+    let explicit = match file {
+        Some(path) => Some(
+            crate::config::ConfigFile::load(path, &Cli::command())
+                .map_err(|e| UsageError(format!("{e:#}")))?,
+        ),
+        None => None,
+    };
+    let file = explicit.as_ref().or(loaded);
+    let settings = crate::config::effective(file, matches)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&settings)?);
+    } else {
+        print!("{}", crate::config::to_toml(&settings, file));
+    }
+    match file {
+        Some(f) => {
+            if f.readable_by_others && f.holds_secret() {
+                eprintln!(
+                    "warning: {} holds a password and is readable by other users: chmod 640 (or 600) it",
+                    f.path.display()
+                );
+            }
+            eprintln!("{}: ok", f.path.display());
+        }
+        None => eprintln!(
+            "no configuration file (--config or CA_CONFIG): defaults and environment only"
+        ),
+    }
+    Ok(())
 }
 
 fn database_url(cli: &Cli) -> String {
@@ -290,10 +459,17 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Store(StoreCommand::Copy { to, json }) => {
             store_copy(&url, &to, json, &clock).await
         }
-        Command::Audit { since, limit, json } => {
+        Command::Audit {
+            since,
+            host,
+            event,
+            limit,
+            json,
+        } => {
             let store = Store::open(&url).await?;
             let since = clock.now() - std::time::Duration::from(since).as_secs() as i64;
-            for row in store.audit_since(since, limit).await? {
+            let filter = AuditFilter { host, event };
+            for row in store.audit_query(since, limit, &filter).await? {
                 if json {
                     println!("{}", serde_json::to_string(&row)?);
                 } else {
@@ -301,6 +477,28 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             }
             Ok(())
+        }
+        Command::Config(_) => unreachable!("handled before the runtime starts"),
+        Command::Doctor(_) => unreachable!("handled before the runtime starts"),
+        Command::Intermediate(IntermediateCommand::Rotate {
+            root_key,
+            validity,
+            json,
+        }) => crate::rotate::run(
+            &cli.data_dir,
+            root_key.as_deref(),
+            validity.into(),
+            json,
+            &clock,
+        ),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            ca_client::clidocs::completions(Cli::command(), "ca-server", shell);
+            Ok(())
+        }
+        Command::Man { out_dir } => {
+            use clap::CommandFactory;
+            ca_client::clidocs::man_pages(Cli::command(), &out_dir)
         }
     }
 }

@@ -172,8 +172,10 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
     store
         .check_ca_identity(&signer.fingerprint, &signer.intermediate_der)
         .await?;
-    // One durable commit per batch of waiting issuances (store/writer.rs).
+    // One durable commit per batch of waiting issuances (store/writer.rs),
+    // one query per batch of waiting PSK lookups (store/reader.rs).
     store.start_group_commit();
+    store.start_batched_reads();
 
     let cert = issue_server_cert(&signer, &store, &names, clock.now(), opts.validity).await?;
     let client_roots = vec![CertificateDer::from(signer.root_der.clone())];

@@ -267,7 +267,7 @@ impl CaServer {
             .append(true)
             .open(&self.log_path)
             .expect("log file");
-        let before = self.logs().matches(" listening ").count();
+        let before = listening_lines(&self.logs()).len();
         let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
@@ -289,11 +289,12 @@ impl CaServer {
                 panic!("ca-server exited early ({status}):\n{}", self.logs());
             }
             let logs = self.logs();
-            let line = logs
-                .lines()
-                .filter(|l| l.contains(" listening "))
-                .nth(before)?;
-            let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
+            let line = *listening_lines(&logs).get(before)?;
+            let addr = match line.split_once("addr=") {
+                Some((_, rest)) => rest.split_whitespace().next()?,
+                // --log-format json
+                None => line.split_once("\"addr\":\"")?.1.split('"').next()?,
+            };
             Some(addr.to_owned())
         });
         self.port = addr.rsplit(':').next().unwrap().parse().unwrap();
@@ -421,7 +422,8 @@ impl CaServer {
     }
 
     /// Asserts that no remembered PSK appears, raw, hex or base64, in the
-    /// server's logs or in the raw bytes of its store files.
+    /// server's logs, the raw bytes of its store files, the audit log or
+    /// (while it runs) its /metrics.
     pub fn assert_no_secret_leaks(&self) {
         let mut haystacks: Vec<(String, Vec<u8>)> =
             vec![("server log".into(), self.logs().into_bytes())];
@@ -433,6 +435,17 @@ impl CaServer {
         }
         let audit = run_ok(self.cli().args(["audit", "--since", "3650d", "--json"]));
         haystacks.push(("audit --json".into(), audit.into_bytes()));
+        // While the server runs, what anyone may read at /metrics too.
+        if self.child.is_some()
+            && let Ok(reply) = block_on(self.client().send(
+                http::Method::GET,
+                "/metrics",
+                None,
+                bytes::Bytes::new(),
+            ))
+        {
+            haystacks.push(("/metrics".into(), reply.body.to_vec()));
+        }
         for psk in &self.psks {
             for form in secret_forms(psk) {
                 for (name, hay) in &haystacks {
@@ -444,6 +457,13 @@ impl CaServer {
             }
         }
     }
+}
+
+/// The server's `listening` log lines, human or JSON (`--log-format json`).
+fn listening_lines(logs: &str) -> Vec<&str> {
+    logs.lines()
+        .filter(|l| l.contains(" listening ") || l.contains("\"message\":\"listening\""))
+        .collect()
 }
 
 /// The raw, hex and base64 spellings of a secret.

@@ -311,3 +311,74 @@ pub fn curl(host: &str, port: u16, ca_file: &Path, extra: &[&str]) -> (i32, Stri
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A Prometheus server (Debian's `prometheus`) scraping one HTTPS target
+/// every second, its storage and configuration in `dir`.
+#[derive(Debug)]
+pub struct Prometheus {
+    pub port: u16,
+    _daemon: Daemon,
+}
+
+impl Prometheus {
+    /// Scrapes `https://<target>/metrics`, trusting `ca_file` and checking
+    /// the certificate for `server_name`.
+    pub fn start(dir: &Path, target: &str, ca_file: &Path, server_name: &str) -> Prometheus {
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        let conf = dir.join("prometheus.yml");
+        std::fs::write(
+            &conf,
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
+                 scrape_configs:\n  - job_name: ca\n    scheme: https\n\
+                 \x20   tls_config:\n      ca_file: {}\n      server_name: {server_name}\n\
+                 \x20   static_configs:\n      - targets: ['{target}']\n",
+                ca_file.display()
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let daemon = Daemon::spawn(
+            "prometheus",
+            Command::new("prometheus")
+                .arg(format!("--config.file={}", conf.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.join("data").display()
+                ))
+                .arg(format!("--web.listen-address=127.0.0.1:{port}")),
+            &dir.join("prometheus.log"),
+            &[port],
+        );
+        Prometheus {
+            port,
+            _daemon: daemon,
+        }
+    }
+
+    /// The samples of an instant query, as (labels, value) pairs.
+    pub fn query(&self, expr: &str) -> Vec<(serde_json::Value, f64)> {
+        let out = run(Command::new("curl").args([
+            "-sS",
+            "--fail",
+            "--get",
+            "--data-urlencode",
+            &format!("query={expr}"),
+            &format!("http://127.0.0.1:{}/api/v1/query", self.port),
+        ]));
+        if !out.status.success() {
+            return Vec::new();
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|r| {
+                let value = r["value"][1].as_str()?.parse().ok()?;
+                Some((r["metric"].clone(), value))
+            })
+            .collect()
+    }
+}

@@ -4,6 +4,7 @@
 pub mod body;
 pub mod crl;
 pub mod error;
+pub mod metrics;
 pub mod puppet;
 pub mod renew;
 
@@ -55,6 +56,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crl::routes())
         .merge(puppet::routes())
         .merge(renew::routes())
+        .merge(metrics::routes())
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(middleware::from_fn(log_request))
@@ -67,12 +69,22 @@ async fn log_request(req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let peer = req.extensions().get::<Peer>().map(|p| p.addr.to_string());
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|m| m.as_str().to_owned());
     let resp = next.run(req).await;
     let outcome = resp
         .extensions()
         .get::<Outcome>()
         .map(|o| o.0)
         .unwrap_or("");
+    crate::metrics::metrics().observe_request(
+        route.as_deref(),
+        resp.status().as_u16(),
+        outcome,
+        start.elapsed(),
+    );
     tracing::info!(
         %method,
         path = %policy::hostname::escape_for_display(&path),
@@ -80,6 +92,7 @@ async fn log_request(req: Request, next: Next) -> Response {
         outcome,
         peer = peer.as_deref().unwrap_or("-"),
         micros = start.elapsed().as_micros() as u64,
+        route = route.as_deref().unwrap_or("-"),
         "request"
     );
     resp

@@ -76,13 +76,18 @@ impl Gate {
         &self,
         op: impl std::future::Future<Output = Result<T, sqlx::Error>>,
     ) -> StoreResult<T> {
-        self.check()?;
+        self.check().inspect_err(count_refusal)?;
         let mut down = self.down.subscribe();
         tokio::select! {
             r = op => Ok(r?),
-            _ = down.wait_for(|d| *d) => Err(self.check().expect_err("the gate closed")),
+            _ = down.wait_for(|d| *d) => Err(self.check().expect_err("the gate closed")).inspect_err(count_refusal),
         }
     }
+}
+
+/// A store operation refused because the database is down counts as a store error.
+fn count_refusal(_: &StoreError) {
+    crate::metrics::metrics().store_error("down");
 }
 
 fn unix_now() -> i64 {
@@ -96,7 +101,7 @@ impl Store {
     /// The pool, if the gate is open: fails at once while the watcher sees
     /// the database down.
     pub(super) fn pool(&self) -> StoreResult<&AnyPool> {
-        self.gate.check()?;
+        self.gate.check().inspect_err(count_refusal)?;
         Ok(&self.pool)
     }
 

@@ -19,8 +19,11 @@ mod availability;
 mod batch;
 pub mod copy;
 mod crl;
+pub mod inspect;
 mod ownership;
+mod stats;
 pub use crl::{CrlPoll, CrlSnapshot, PublishedCrls, RevokedEntry};
+pub use stats::StoreStats;
 
 /// Which engine a URL selects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +49,7 @@ impl Engine {
 pub enum StoreError {
     /// The database could not be reached or refused the operation.
     #[error("store unavailable: {0}")]
-    Unavailable(#[from] sqlx::Error),
+    Unavailable(#[source] sqlx::Error),
     /// The availability watcher sees the database down; nothing was tried.
     #[error("store unreachable for {for_secs} s; waiting for it to come back")]
     Down { for_secs: i64 },
@@ -59,6 +62,14 @@ pub enum StoreError {
     /// The filesystem under the store is (nearly) full: refused before signing.
     #[error("no space for the store: {0}")]
     NoSpace(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    /// Every database error passes here, so this is where it is counted.
+    fn from(e: sqlx::Error) -> StoreError {
+        crate::metrics::metrics().store_error("database");
+        StoreError::Unavailable(e)
+    }
 }
 
 pub type StoreResult<T> = std::result::Result<T, StoreError>;
@@ -113,6 +124,13 @@ pub struct AuditEvent {
     pub last_at: Option<i64>,
 }
 
+/// Which audit rows to show (`audit --host --event`); `None` matches all.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub host: Option<String>,
+    pub event: Option<String>,
+}
+
 /// Everything recorded when a PSK is redeemed.
 #[derive(Debug)]
 pub struct Issuance<'a> {
@@ -140,6 +158,7 @@ macro_rules! insert_audit_sql {
 }
 
 // After the macros, which they use.
+mod reader;
 mod revoke;
 mod writer;
 pub use revoke::{Revocation, RevokeOutcome};
@@ -152,6 +171,8 @@ pub struct Store {
     gate: Arc<availability::Gate>,
     /// The group-commit writer, once `serve` starts it.
     writer: Arc<std::sync::OnceLock<writer::Writer>>,
+    /// The batching PSK reader, started with the writer.
+    reader: Arc<std::sync::OnceLock<reader::Reader>>,
 }
 
 impl Store {
@@ -198,6 +219,7 @@ impl Store {
             engine,
             gate: Arc::default(),
             writer: Arc::default(),
+            reader: Arc::default(),
         })
     }
 
@@ -245,13 +267,22 @@ impl Store {
 
     /// The PSK entry of `hostname`, if any (expired or not: policy judges).
     pub async fn get_psk(&self, hostname: &str) -> StoreResult<Option<PskEntry>> {
+        if let Some(reader) = self.reader.get() {
+            return self.get_psk_grouped(reader, hostname).await;
+        }
         let row = sqlx::query(
             "SELECT hostname, psk_hash, allowed_sans, expires_at FROM psks WHERE hostname = $1",
         )
         .bind(hostname)
         .fetch_optional(&mut *self.conn().await?)
         .await?;
-        let Some(row) = row else { return Ok(None) };
+        row.as_ref().map(psk_entry_from_row).transpose()
+    }
+}
+
+/// A `psks` row (hostname, psk_hash, allowed_sans, expires_at) as a policy entry.
+fn psk_entry_from_row(row: &AnyRow) -> StoreResult<PskEntry> {
+    {
         let hash: Vec<u8> = row.try_get("psk_hash")?;
         let sans_json: String = row.try_get("allowed_sans")?;
         let sans: Vec<String> = serde_json::from_str(&sans_json)
@@ -261,15 +292,17 @@ impl Store {
             .map(|s| AllowedName::parse(s))
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| StoreError::Corrupt(format!("allowed_sans: {e}")))?;
-        Ok(Some(PskEntry {
+        Ok(PskEntry {
             hostname: row.try_get("hostname")?,
             psk_hash: PskHash::from_slice(&hash)
                 .ok_or_else(|| StoreError::Corrupt("psk_hash is not 32 bytes".into()))?,
             allowed_sans,
             expires_at: row.try_get("expires_at")?,
-        }))
+        })
     }
+}
 
+impl Store {
     /// Removes the PSK of `hostname`; `false` if there was none.
     pub async fn remove_psk(&self, hostname: &str, audit: &AuditEvent) -> StoreResult<bool> {
         let mut tx = self.begin().await?;
@@ -481,13 +514,28 @@ impl Store {
 
     /// Audit rows at or after `since`, oldest first, at most `limit`.
     pub async fn audit_since(&self, since: i64, limit: i64) -> StoreResult<Vec<AuditEvent>> {
+        self.audit_query(since, limit, &AuditFilter::default())
+            .await
+    }
+
+    /// Audit rows at or after `since` that match `filter`, oldest first, at most `limit`.
+    pub async fn audit_query(
+        &self,
+        since: i64,
+        limit: i64,
+        filter: &AuditFilter,
+    ) -> StoreResult<Vec<AuditEvent>> {
         let rows = sqlx::query(
             "SELECT id, at, event, hostname, serial, outcome, reason, peer, actor, \
              repeat_count, last_at FROM audit \
-             WHERE at >= $1 OR last_at >= $1 ORDER BY id LIMIT $2",
+             WHERE (at >= $1 OR last_at >= $1) \
+             AND ($3 IS NULL OR hostname = $3) AND ($4 IS NULL OR event = $4) \
+             ORDER BY id LIMIT $2",
         )
         .bind(since)
         .bind(limit)
+        .bind(filter.host.as_deref())
+        .bind(filter.event.as_deref())
         .fetch_all(&mut *self.conn().await?)
         .await?;
         rows.iter()

@@ -11,6 +11,7 @@ mod haproxy;
 mod hostile;
 mod install;
 mod lint;
+mod operability;
 mod proxy_protocol;
 mod puppet;
 mod rejections;

@@ -682,3 +682,138 @@ pub async fn the_first_root_claims_the_store_and_others_are_refused(env: Env) {
         .await
         .unwrap();
 }
+
+pub async fn stats_count_live_psks_and_expiring_hosts(env: Env) {
+    let store = env.open().await;
+    add_psk(&store, "live.example.internal", "l", NOW + HOUR).await;
+    add_psk(&store, "old.example.internal", "o", NOW - 1).await;
+    let day = 86_400;
+    let mut rows = vec![
+        // a: renewed; only its newest certificate (25 days left) counts.
+        cert(1, "a.example.internal", None, NOW - 20 * day),
+        cert(2, "a.example.internal", None, NOW - 5 * day),
+        // b: 3 days left; c: 20 days left; d: revoked; e: the server's own.
+        cert(3, "b.example.internal", None, NOW),
+        cert(4, "c.example.internal", None, NOW),
+        cert(5, "d.example.internal", None, NOW),
+        cert(6, "e.example.internal", None, NOW),
+        // f: expired.
+        cert(7, "f.example.internal", None, NOW - 40 * day),
+    ];
+    rows[0].not_after = NOW + 2 * day;
+    rows[1].not_after = NOW + 25 * day;
+    rows[2].not_after = NOW + 3 * day;
+    rows[3].not_after = NOW + 20 * day;
+    rows[4].not_after = NOW + 2 * day;
+    rows[4].revoked_at = Some(NOW - 1);
+    rows[5].not_after = NOW + 2 * day;
+    rows[5].kind = "server".into();
+    for r in &rows {
+        store
+            .record_certificate(r, &audit("issued", &r.hostname, r.issued_at))
+            .await
+            .unwrap();
+    }
+    let stats = store.stats(NOW).await.unwrap();
+    assert_eq!(stats.live_psks, 1);
+    assert_eq!(stats.expiring_7d, 1, "b only");
+    assert_eq!(stats.expiring_30d, 3, "a, b and c");
+}
+
+pub async fn audit_query_filters_by_host_and_event(env: Env) {
+    let store = env.open().await;
+    for (event, host) in [
+        ("sign", "a.example.internal"),
+        ("issued", "a.example.internal"),
+        ("sign", "b.example.internal"),
+    ] {
+        store.audit(&audit(event, host, NOW)).await.unwrap();
+    }
+    let q = |host: Option<&str>, event: Option<&str>| {
+        let filter = ca_server::store::AuditFilter {
+            host: host.map(str::to_owned),
+            event: event.map(str::to_owned),
+        };
+        let store = store.clone();
+        async move {
+            store
+                .audit_query(NOW, 100, &filter)
+                .await
+                .unwrap()
+                .iter()
+                .map(|a| format!("{} {}", a.event, a.hostname.as_deref().unwrap()))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(q(None, None).await.len(), 3);
+    assert_eq!(
+        q(Some("a.example.internal"), None).await,
+        ["sign a.example.internal", "issued a.example.internal"]
+    );
+    assert_eq!(q(None, Some("sign")).await.len(), 2);
+    assert_eq!(
+        q(Some("b.example.internal"), Some("sign")).await,
+        ["sign b.example.internal"]
+    );
+    assert!(
+        q(Some("b.example.internal"), Some("issued"))
+            .await
+            .is_empty()
+    );
+}
+
+pub async fn inspect_reports_migrations_and_owner(env: Env) {
+    use ca_server::store::inspect::inspect;
+    // A database no store has opened: every shipped migration is pending.
+    let blank = env.another();
+    if env.engine == Engine::Sqlite {
+        // inspect never creates a SQLite file; make an empty one.
+        let path = blank.url.trim_start_matches("sqlite://");
+        std::fs::write(path, b"").unwrap();
+    }
+    let found = inspect(&blank.url).await.unwrap();
+    assert_eq!(found.pending.len() as i64, migration_files(env.engine));
+    assert!(found.unknown.is_empty() && found.broken.is_empty());
+    assert_eq!(found.root_fingerprint, None);
+
+    let store = env.open().await;
+    store.check_ca_identity("sha256:00", &[]).await.unwrap();
+    let found = inspect(&env.url).await.unwrap();
+    assert!(found.pending.is_empty(), "{:?}", found.pending);
+    assert_eq!(found.root_fingerprint.as_deref(), Some("sha256:00"));
+}
+
+pub async fn batched_reads_answer_every_lookup(env: Env) {
+    let store = env.open().await;
+    store.start_batched_reads();
+    for h in 0..30u64 {
+        add_psk(
+            &store,
+            &format!("r{h}.example.internal"),
+            &format!("s{h}"),
+            NOW + HOUR,
+        )
+        .await;
+    }
+    // Each name looked up several times at once, and names with no PSK.
+    let tasks: Vec<_> = (0..40u64)
+        .flat_map(|h| (0..3).map(move |_| h))
+        .map(|h| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let host = format!("r{h}.example.internal");
+                (h, store.get_psk(&host).await.unwrap())
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (h, entry) = t.await.unwrap();
+        if h < 30 {
+            let entry = entry.unwrap_or_else(|| panic!("r{h} has a PSK"));
+            assert_eq!(entry.hostname, format!("r{h}.example.internal"));
+            assert!(entry.psk_hash.ct_eq(&hash(&format!("s{h}"))));
+        } else {
+            assert!(entry.is_none(), "r{h} has no PSK");
+        }
+    }
+}

@@ -42,6 +42,7 @@ const SUITE: &[Case] = suite![
     a_psk_is_spent_once_under_concurrency,
     group_commit_spends_each_psk_once,
     group_commit_isolates_a_failing_row,
+    batched_reads_answer_every_lookup,
     a_failed_certificate_insert_leaves_the_psk_live,
     certs_by_psk_matches_host_and_hash,
     burn_psk_deletes_only_the_matching_hash,
@@ -52,6 +53,9 @@ const SUITE: &[Case] = suite![
     copy_refuses_a_target_with_data,
     copy_refuses_a_table_it_does_not_know,
     the_first_root_claims_the_store_and_others_are_refused,
+    stats_count_live_psks_and_expiring_hosts,
+    audit_query_filters_by_host_and_event,
+    inspect_reports_migrations_and_owner,
 ];
 
 #[test]

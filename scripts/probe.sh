@@ -118,7 +118,7 @@ if [ "$REVOKE" = 1 ]; then
   if ! "$CA_SERVER_BIN" "${SERVER_ARGS[@]}" revoke "$SERIAL" --reason superseded >/dev/null 2>"$WORK/err"; then
     fail revoke 7 "ca-server revoke $SERIAL failed: $(errs)"
   fi
-  # 6. The server re-signs its CRL when the revoked set changes (it looks every 10 s).
+  # 6. revoke publishes the new CRL; the server serves it within one 2 s poll.
   deadline=$(($(date +%s) + CRL_WAIT))
   while :; do
     verdict=$(crl_verdict)

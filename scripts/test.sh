@@ -12,7 +12,8 @@ cd "$(dirname "$0")/.."
 # Debian packages the end-to-end tests drive. Keep in sync with docs/testing.md.
 # faketime: client clock skew; sqlite3: fault injection into the live store;
 # python3-venv: pkilint from PyPI; g++: libFuzzer for cargo fuzz;
-# prometheus: scrapes /metrics; systemd: systemd-analyze; man-db: man pages.
+# systemd: systemd-analyze for the example units (nothing is started);
+# prometheus: scrapes /metrics; man-db: man pages.
 PACKAGES=(openssl curl ca-certificates postgresql nginx haproxy puppet-agent faketime sqlite3 python3 python3-venv g++
   prometheus systemd man-db)
 

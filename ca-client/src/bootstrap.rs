@@ -41,6 +41,9 @@ pub mod exit {
     pub const REFUSED: i32 = 6;
     /// `install`: the service refused the new files; the previous ones were put back.
     pub const SERVICE: i32 = 7;
+    /// `crl`: the CRL was refused (not signed by the pinned CA, expired, or
+    /// older than the installed one); the installed one stays.
+    pub const CRL_REFUSED: i32 = 8;
 }
 
 /// A failure with its exit code.
@@ -276,15 +279,15 @@ pub async fn send_with_retries(
     }
 }
 
-struct IssuedLeaf {
-    serial: String,
-    not_after: String,
-    leaf_pem: String,
+pub(crate) struct IssuedLeaf {
+    pub serial: String,
+    pub not_after: String,
+    pub leaf_pem: String,
 }
 
 /// Checks the chain the CA answered: leaf holds our public key, chains to
 /// the pinned root, is valid now for `hostname` as a TLS server.
-fn verify_issued(
+pub(crate) fn verify_issued(
     chain_pem: &[u8],
     key: &HostKey,
     pinned: &PinnedCa,
@@ -338,7 +341,7 @@ fn verify_issued(
 }
 
 /// Writes the set; the key last, by renaming the pending key into place.
-fn write_material(
+pub(crate) fn write_material(
     dir: &Path,
     key: &HostKey,
     pinned: &PinnedCa,

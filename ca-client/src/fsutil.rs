@@ -74,6 +74,21 @@ pub fn create_private_dir(dir: &Path) -> Result<()> {
         .with_context(|| format!("creating directory {}", dir.display()))
 }
 
+/// Takes an exclusive lock on `dir` (a `.lock` file in it) for the life of
+/// the returned file: one `renew` or `crl` at a time per directory.
+pub fn lock_dir(dir: &Path) -> Result<File> {
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(dir.join(".lock"))
+        .with_context(|| format!("opening the lock in {}", dir.display()))?;
+    lock.lock()
+        .with_context(|| format!("locking {}", dir.display()))?;
+    Ok(lock)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,12 +1,16 @@
 //! Host side of the CA: key generation, the PSK bootstrap with a pinned root,
-//! an HTTPS client, the service installers (nginx, PostgreSQL, HAProxy), and
-//! the file utilities the server shares.
+//! renewal over mTLS, CRL refresh, an HTTPS client, the service installers
+//! (nginx, PostgreSQL, HAProxy), and the file utilities the server shares.
 #![deny(unsafe_code)]
 
 pub mod bootstrap;
 pub mod clidocs;
+pub mod crl;
+pub mod failure;
 pub mod fsutil;
 pub mod https;
 pub mod install;
 pub mod keys;
+pub mod renew;
+pub mod timefmt;
 pub mod trust;

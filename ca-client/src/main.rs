@@ -1,10 +1,14 @@
 //! The `ca-client` binary. Exit codes: 0 success, 1 error, 2 usage,
 //! 3 trust (fingerprint or TLS), 4 PSK rejected, 5 CA unreachable, 6 refused,
-//! 7 the service refused installed files (rolled back).
+//! 7 the service refused installed files (rolled back), 8 CRL refused.
 
 use ca_client::bootstrap::{self, BootstrapOptions, exit};
-use ca_client::install::{self, ClientAuth, InstallOptions, Reload, ServiceKind};
+use ca_client::crl::{self, CrlOptions, Source};
+use ca_client::failure::Failure;
+use ca_client::install::record::{self, InstallFlags};
+use ca_client::install::{self, InstallOptions, ServiceKind};
 use ca_client::keys::KeyType;
+use ca_client::renew::{self, RenewOptions, RenewOutcome, Threshold};
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -14,7 +18,7 @@ use std::path::PathBuf;
     name = "ca-client",
     version,
     about = "Get and keep a TLS certificate from ca-server",
-    after_help = "Exit codes: 0 success, 1 error, 2 usage, 3 trust (fingerprint/TLS), 4 PSK rejected, 5 CA unreachable, 6 request refused, 7 service refused the installed files (rolled back)."
+    after_help = "Exit codes: 0 success, 1 error, 2 usage, 3 trust (fingerprint/TLS), 4 PSK rejected, 5 CA unreachable, 6 request refused, 7 service refused the installed files (rolled back), 8 CRL refused (the installed one stays)."
 )]
 struct Cli {
     /// Log filter (tracing syntax).
@@ -31,6 +35,11 @@ enum Command {
     /// Install the bootstrap directory's material for nginx, PostgreSQL or
     /// HAProxy as one unit: check, switch, reload, confirm, or roll back.
     Install(InstallArgs),
+    /// Renew the certificate over mTLS when it is due, and re-install it.
+    Renew(RenewArgs),
+    /// Fetch the CRLs, verify them against the pinned CA, keep the newest,
+    /// and re-install them for the services.
+    Crl(CrlArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
     /// Write man pages (ca-client.1 and one per subcommand) into DIR.
@@ -38,6 +47,70 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out_dir: PathBuf,
     },
+}
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Exit 0 also when not due (it says so). See docs/revocation.md.")]
+struct RenewArgs {
+    /// CA server URL, e.g. https://ca.example.internal:8443
+    #[arg(long, env = "CA_SERVER")]
+    server: String,
+    /// The bootstrap directory (key.pem, cert.pem, chain.pem, ca.pem).
+    #[arg(long)]
+    dir: PathBuf,
+    /// Renew when this much of the lifetime is left: a percentage (33%) or a duration (10d).
+    #[arg(long, default_value = "33%")]
+    when_remaining: Threshold,
+    /// Renew now, whatever is left.
+    #[arg(long)]
+    force: bool,
+    /// Keep the current key (default: a new key for every renewal).
+    #[arg(long, conflicts_with = "key_type")]
+    reuse_key: bool,
+    /// Type of the new key.
+    #[arg(long, value_enum)]
+    key_type: Option<KeyType>,
+    /// Re-install for these services (as recorded by `ca-client install` for --dir).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    install: Vec<ServiceKind>,
+    /// Run this command (sh -c) after renewing, e.g. to reload a service that reads --dir.
+    #[arg(long, value_name = "CMD")]
+    reload: Option<String>,
+    #[command(flatten)]
+    request: RequestArgs,
+}
+
+/// How long `renew` and `crl` keep trying, and what they print.
+#[derive(Debug, clap::Args)]
+struct RequestArgs {
+    /// Keep retrying for this long before giving up.
+    #[arg(long, default_value = "2m")]
+    retry_for: humantime::Duration,
+    /// Timeout of each request.
+    #[arg(long, default_value = "30s")]
+    timeout: humantime::Duration,
+    /// Print the outcome as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "See docs/revocation.md for the bundle and what each service needs.")]
+struct CrlArgs {
+    /// CA server URL (GET /v1/crl and /v1/crl/root).
+    #[arg(long, env = "CA_SERVER", required_unless_present = "from_file")]
+    server: Option<String>,
+    /// Read the CRL bundle from this file (as `ca-server crl --out` writes it) instead.
+    #[arg(long, value_name = "FILE", conflicts_with = "server")]
+    from_file: Option<PathBuf>,
+    /// The bootstrap directory (ca.pem and chain.pem are the pinned CA; crl.pem is written).
+    #[arg(long)]
+    dir: PathBuf,
+    /// Re-install for these services when their CRL differs (as recorded by `ca-client install`).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    install: Vec<ServiceKind>,
+    #[command(flatten)]
+    request: RequestArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -49,45 +122,8 @@ struct InstallArgs {
     /// The bootstrap directory (key.pem, cert.pem, chain.pem, ca.pem, crl.pem).
     #[arg(long)]
     dir: PathBuf,
-    /// Directory for the service's files; they live under DEST/current/.
-    #[arg(long)]
-    dest: PathBuf,
-    /// Owner of the installed files, USER[:GROUP] (e.g. postgres).
-    #[arg(long)]
-    owner: Option<String>,
-    /// Reload with this command (sh -c) instead of signalling the pid from the pid file.
-    #[arg(long, value_name = "CMD", conflicts_with = "no_reload")]
-    reload: Option<String>,
-    /// Do not reload the service (for PostgreSQL: nor confirm).
-    #[arg(long)]
-    no_reload: bool,
-    /// Run this configuration check (sh -c) instead of `nginx -t` / `haproxy -c -f CONFIG`.
-    #[arg(long, value_name = "CMD")]
-    check: Option<String>,
-    /// Main configuration file for the default check: nginx.conf (default:
-    /// nginx's own), haproxy.cfg (default /etc/haproxy/haproxy.cfg).
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// nginx/HAProxy pid file: the service is running if it names a live
-    /// process, which gets the reload signal (default /run/nginx.pid, /run/haproxy.pid).
-    #[arg(long, value_name = "FILE")]
-    pid_file: Option<PathBuf>,
-    /// PostgreSQL data directory (its postmaster.pid gives the pid, port and address).
-    #[arg(long, value_name = "DIR")]
-    pgdata: Option<PathBuf>,
-    /// After reloading, connect here (HOST:PORT) until the new certificate is
-    /// served; roll back if it is not. PostgreSQL: default from postmaster.pid.
-    #[arg(long, value_name = "HOST:PORT")]
-    probe: Option<String>,
-    /// How long to wait for the service to serve the new certificate.
-    #[arg(long, default_value = "30s")]
-    probe_timeout: humantime::Duration,
-    /// Client-certificate verification in the nginx/HAProxy snippet.
-    #[arg(long, value_enum, default_value = "none")]
-    client_auth: ClientAuth,
-    /// HAProxy: the bind address in the snippet.
-    #[arg(long, default_value = ":443")]
-    bind: String,
+    #[command(flatten)]
+    flags: InstallFlags,
     /// Print the configuration snippet and exit; install nothing.
     #[arg(long)]
     print_config: bool,
@@ -98,29 +134,7 @@ struct InstallArgs {
 
 impl InstallArgs {
     fn options(&self) -> anyhow::Result<InstallOptions> {
-        Ok(InstallOptions {
-            service: self.service,
-            dir: self.dir.clone(),
-            dest: self.dest.clone(),
-            owner: self
-                .owner
-                .as_deref()
-                .map(install::sys::Owner::parse)
-                .transpose()?,
-            reload: match (&self.reload, self.no_reload) {
-                (_, true) => Reload::Never,
-                (Some(cmd), false) => Reload::Command(cmd.clone()),
-                (None, false) => Reload::Signal,
-            },
-            check: self.check.clone(),
-            config: self.config.clone(),
-            pid_file: self.pid_file.clone(),
-            pgdata: self.pgdata.clone(),
-            probe: self.probe.clone(),
-            probe_timeout: self.probe_timeout.into(),
-            client_auth: self.client_auth,
-            bind: self.bind.clone(),
-        })
+        self.flags.options(self.service, &self.dir)
     }
 }
 
@@ -237,6 +251,8 @@ async fn run(cli: Cli) -> i32 {
             }
         }
         Command::Install(args) => run_install(&args).await,
+        Command::Renew(args) => run_renew(&args).await,
+        Command::Crl(args) => run_crl(&args).await,
         Command::Completions { shell } => {
             ca_client::clidocs::completions(
                 <Cli as clap::CommandFactory>::command(),
@@ -256,6 +272,112 @@ async fn run(cli: Cli) -> i32 {
             }
         }
     }
+}
+
+/// Prints a failure's message and returns its exit code.
+fn failed(e: Failure) -> i32 {
+    eprintln!("error: {e}");
+    e.code
+}
+
+async fn run_renew(args: &RenewArgs) -> i32 {
+    let opts = RenewOptions {
+        server: args.server.clone(),
+        dir: args.dir.clone(),
+        when: args.when_remaining,
+        force: args.force,
+        reuse_key: args.reuse_key,
+        key_type: args.key_type.unwrap_or(KeyType::P256),
+        install: args.install.clone(),
+        reload: args.reload.clone(),
+        deadline: args.request.retry_for.into(),
+        request_timeout: args.request.timeout.into(),
+    };
+    let out = match renew::renew(&opts).await {
+        Ok(out) => out,
+        Err(e) => return failed(e),
+    };
+    if args.request.json {
+        println!("{}", serde_json::to_string(&out).expect("serialisable"));
+        return exit::OK;
+    }
+    match out {
+        RenewOutcome::NotDue {
+            hostname,
+            serial,
+            not_after,
+            left_percent,
+            threshold,
+        } => println!(
+            "not due: {hostname} serial={serial} not_after={not_after} ({left_percent}% of its lifetime left; renews at {threshold})"
+        ),
+        RenewOutcome::Renewed {
+            hostname,
+            old_serial,
+            serial,
+            not_after,
+            recovered,
+            services,
+            reloaded,
+        } => {
+            println!(
+                "renewed {hostname} serial={old_serial} -> {serial} not_after={not_after}{}{}",
+                if recovered {
+                    " (recovered the certificate of an earlier attempt)"
+                } else {
+                    ""
+                },
+                if reloaded { " reload ran" } else { "" }
+            );
+            for s in services {
+                println!("  {s}");
+            }
+        }
+    }
+    exit::OK
+}
+
+async fn run_crl(args: &CrlArgs) -> i32 {
+    let source = match (&args.server, &args.from_file) {
+        (_, Some(file)) => Source::File(file.clone()),
+        (Some(url), None) => Source::Server(url.clone()),
+        (None, None) => unreachable!("clap requires --server or --from-file"),
+    };
+    let opts = CrlOptions {
+        source,
+        dir: args.dir.clone(),
+        install: args.install.clone(),
+        deadline: args.request.retry_for.into(),
+        request_timeout: args.request.timeout.into(),
+    };
+    let out = match crl::refresh(&opts).await {
+        Ok(out) => out,
+        Err(e) => return failed(e),
+    };
+    if args.request.json {
+        println!("{}", serde_json::to_string(&out).expect("serialisable"));
+        return exit::OK;
+    }
+    println!(
+        "{} CRL number={} root_number={} revoked={} next_update={}{}",
+        if out.updated {
+            "installed"
+        } else {
+            "up to date:"
+        },
+        out.number,
+        out.root_number,
+        out.revoked,
+        out.next_update,
+        match out.previous {
+            Some(p) if out.updated => format!(" (was {p})"),
+            _ => String::new(),
+        }
+    );
+    for s in out.services {
+        println!("  {s}");
+    }
+    exit::OK
 }
 
 async fn run_install(args: &InstallArgs) -> i32 {
@@ -280,6 +402,10 @@ async fn run_install(args: &InstallArgs) -> i32 {
     }
     match install::install(&opts).await {
         Ok(out) => {
+            // Remembered for `renew --install` and `crl --install`.
+            if let Err(e) = record::remember(args.service, &args.dir, &args.flags) {
+                tracing::warn!(error = %format!("{e:#}"), "could not record the install");
+            }
             if args.json {
                 println!("{}", serde_json::to_string(&out).expect("serialisable"));
             } else {
@@ -310,10 +436,6 @@ async fn run_install(args: &InstallArgs) -> i32 {
 
 impl InstallArgs {
     fn service_name(&self) -> &'static str {
-        match self.service {
-            ServiceKind::Nginx => "nginx",
-            ServiceKind::Postgres => "postgres",
-            ServiceKind::Haproxy => "haproxy",
-        }
+        self.service.name()
     }
 }

@@ -8,14 +8,14 @@
 //! per-address failure throttle) and records refusals through the
 //! aggregating [`RejectionLog`].
 
-use crate::ca::{LeafRequest, Signer};
+use crate::ca::{LeafRequest, SignedLeaf, Signer};
 use crate::clock::Clock;
 use crate::diskguard::DiskGuard;
 use crate::rejection_log::RejectionLog;
 use crate::store::{AuditEvent, Issuance, Store, StoreError};
 use crate::throttle::{Throttle, retry_after_secs};
 use policy::csr::Csr;
-use policy::{Decision, PskFailure, Rejection};
+use policy::{Decision, Profile, PskFailure, Rejection};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -151,27 +151,17 @@ impl Authority {
             Decision::Reject(r) => return Err(self.reject(now, Some(host), peer, r).await),
         };
         let entry = entry.expect("accepted decisions have an entry");
+        if let Some(r) = self.compromised_key(&csr).await? {
+            return Err(self.reject(now, Some(host), peer, r).await);
+        }
         let psk_hash = csr
             .psk
             .as_ref()
             .expect("accepted decisions have a PSK")
             .hash();
-        // Refuse before signing when the store cannot take the record.
-        if let Some(disk) = &self.disk {
-            disk.check()?;
-        }
 
         // 3. Sign (CPU only; discarded unless the record below commits).
-        let leaf = self
-            .signer
-            .sign_leaf(&LeafRequest {
-                profile: &profile,
-                key: csr.key,
-                spki_der: &csr.spki_der,
-                now,
-                validity: self.validity,
-            })
-            .map_err(SignError::Signer)?;
+        let leaf = self.sign_profile(&profile, &csr, now)?;
 
         // 4. Record: spend the PSK and store the certificate atomically.
         let mut record = leaf.to_record(&host, "host", &csr.spki_der, now);
@@ -211,6 +201,38 @@ impl Authority {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// A key revoked as compromised never gets a certificate again, on any
+    /// route and for any host.
+    pub(crate) async fn compromised_key(&self, csr: &Csr) -> Result<Option<Rejection>, StoreError> {
+        let compromised = self.store.key_compromised(&csr.public_key_sha256()).await?;
+        Ok(compromised.then(|| {
+            Rejection::KeyNotAllowed("a key revoked as compromised (keyCompromise)".into())
+        }))
+    }
+
+    /// Signs the certificate policy decided for `csr`: the one step every
+    /// route to the signer shares (its public key is all the CSR gives).
+    /// Refused before signing when the store cannot take the record.
+    pub(crate) fn sign_profile(
+        &self,
+        profile: &Profile,
+        csr: &Csr,
+        now: i64,
+    ) -> Result<SignedLeaf, SignError> {
+        if let Some(disk) = &self.disk {
+            disk.check()?;
+        }
+        self.signer
+            .sign_leaf(&LeafRequest {
+                profile,
+                key: csr.key,
+                spki_der: &csr.spki_der,
+                now,
+                validity: self.validity,
+            })
+            .map_err(SignError::Signer)
     }
 
     /// A PSK that did not authenticate: either the idempotent retry of a
@@ -309,6 +331,6 @@ impl Authority {
 }
 
 /// Untrusted text bound for the audit table: at most 256 characters.
-fn clip(s: &str) -> String {
+pub(crate) fn clip(s: &str) -> String {
     s.chars().take(256).collect()
 }

@@ -8,7 +8,7 @@
 
 use crate::ca::{self, CaPaths};
 use crate::clock::{Clock, SystemClock};
-use crate::crl::CrlConfig;
+use crate::revocation::{self, CrlArgs, CrlValidityArgs, RevokeArgs};
 use crate::serve::{self, ServeOptions};
 use crate::server::Limits;
 use crate::store::{AuditEvent, AuditFilter, CertRecord, Store};
@@ -65,6 +65,11 @@ pub enum Command {
     /// List and inspect certificates.
     #[command(subcommand)]
     Cert(CertCommand),
+    /// Revoke a certificate by serial, or every unexpired certificate of a
+    /// host, and publish the new CRL.
+    Revoke(RevokeArgs),
+    /// Print (or write) the current CRL bundle: intermediate CRL, then root CRL.
+    Crl(CrlArgs),
     /// Move the store to another database.
     #[command(subcommand)]
     Store(StoreCommand),
@@ -162,13 +167,8 @@ pub struct ServeArgs {
     /// CA name used if the data dir is initialised by this start.
     #[arg(long, env = "CA_NAME", default_value = "Fleet")]
     pub name: String,
-    /// Lifetime of the CRL at /v1/crl (re-signed after half of it, and on any revocation).
-    #[arg(long, env = "CA_CRL_VALIDITY", default_value = "24h")]
-    pub crl_validity: humantime::Duration,
-    /// Lifetime of the CRLs served to Puppet agents and of the root CRL. Long, as
-    /// Puppet Server's: an agent keeps the CRL it downloaded and cannot recover once it expires.
-    #[arg(long, env = "CA_PUPPET_CRL_VALIDITY", default_value = "1825d")]
-    pub puppet_crl_validity: humantime::Duration,
+    #[command(flatten)]
+    pub crl: CrlValidityArgs,
     #[command(flatten)]
     pub limits: crate::server::LimitArgs,
     #[command(flatten)]
@@ -259,7 +259,7 @@ pub const EXIT_WARNINGS: i32 = 4;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-struct NotFound(String);
+pub(crate) struct NotFound(pub(crate) String);
 
 /// An error that is the caller's to fix in what they gave (exit code 2).
 #[derive(Debug, thiserror::Error)]
@@ -409,7 +409,7 @@ fn database_url(cli: &Cli) -> String {
 }
 
 /// Who runs this CLI, for the audit log.
-fn actor() -> String {
+pub(crate) fn actor() -> String {
     use std::os::unix::fs::MetadataExt;
     let user = std::env::var("USER").unwrap_or_default();
     let uid = std::fs::metadata("/proc/self")
@@ -444,15 +444,18 @@ async fn run(cli: Cli) -> Result<()> {
                 name: args.name,
                 limits: Limits::try_from(&args.limits)?,
                 throttle: (&args.throttle).into(),
-                crl: CrlConfig {
-                    validity: args.crl_validity.into(),
-                    long_validity: args.puppet_crl_validity.into(),
-                },
+                crl: args.crl.config(),
             })
             .await
         }
         Command::Psk(cmd) => psk(cmd, &cli.data_dir, &url, &clock).await,
         Command::Cert(cmd) => cert(cmd, &url, &clock).await,
+        Command::Revoke(args) => {
+            revocation::revoke(args, &cli.data_dir, &url, std::sync::Arc::new(clock)).await
+        }
+        Command::Crl(args) => {
+            revocation::crl(args, &cli.data_dir, &url, std::sync::Arc::new(clock)).await
+        }
         Command::Store(StoreCommand::Copy { to, json }) => {
             store_copy(&url, &to, json, &clock).await
         }
@@ -526,13 +529,7 @@ fn format_audit(a: &AuditEvent) -> String {
 
 /// Unix seconds as RFC 3339 UTC.
 pub fn rfc3339(t: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(t)
-        .ok()
-        .and_then(|d| {
-            d.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| t.to_string())
+    ca_client::timefmt::rfc3339(t)
 }
 
 async fn psk(
@@ -775,6 +772,19 @@ fn cert_status(c: &CertRecord, now: i64) -> &'static str {
     }
 }
 
+/// What `cert list` adds after the status: the revocation, or the successor.
+fn status_detail(c: &CertRecord) -> String {
+    match (c.revoked_at, &c.superseded_by) {
+        (Some(at), _) => format!(
+            " revoked_at={} reason={}",
+            rfc3339(at),
+            c.revocation_reason.as_deref().unwrap_or("unspecified")
+        ),
+        (None, Some(next)) => format!(" superseded_by={next}"),
+        (None, None) => String::new(),
+    }
+}
+
 fn cert_json(c: &CertRecord, now: i64, with_pem: bool) -> serde_json::Value {
     let mut v = serde_json::json!({
         "serial": c.serial,
@@ -811,12 +821,13 @@ async fn cert(cmd: CertCommand, url: &str, clock: &SystemClock) -> Result<()> {
                     println!("{}", cert_json(&c, now, false));
                 } else {
                     println!(
-                        "{} {} {} not_after={} kind={}",
+                        "{} {} {} not_after={} kind={}{}",
                         c.serial,
                         cert_status(&c, now),
                         escape_for_display(&c.hostname),
                         rfc3339(c.not_after),
-                        c.kind
+                        c.kind,
+                        status_detail(&c)
                     );
                 }
             }

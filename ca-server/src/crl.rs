@@ -1,5 +1,6 @@
 //! Certificate revocation lists: what they contain, when they are re-signed,
-//! and the cached copies the HTTP handlers serve.
+//! how a new one reaches every server, and the cached copies the HTTP
+//! handlers serve.
 //!
 //! One generation ([`CrlSet`]) is signed from one view of the store:
 //! - the intermediate's CRL with the short validity (`--crl-validity`,
@@ -11,23 +12,32 @@
 //! - the root's CRL (covering the intermediate), signed while `root.key` is
 //!   online and kept as `root.crl` for when it is not: verifiers that check
 //!   the whole chain (Puppet's default `certificate_revocation = chain`,
-//!   OpenSSL's `-crl_check_all`) need a CRL for every CA.
+//!   OpenSSL's `-crl_check_all`, nginx, HAProxy and PostgreSQL) need a CRL
+//!   for every CA.
 //!
-//! Every CRL number comes from one atomic counter in the store, so numbers
-//! strictly increase per issuer on one replica or many. Generation runs in a
-//! background task (never on the issuance path): at start, when half of the
-//! short validity has passed, when the revoked set changes (a revocation by
-//! any process or replica, or a revoked certificate expiring), and whenever
-//! [`CrlService::regenerate`] is called (the hook for `revoke`).
+//! Publication: a generation is signed from one store snapshot (CRL numbers
+//! and revoked set read together, [`Store::crl_snapshot`]), then published
+//! in the store (`crl_published`), where a higher generation always wins.
+//! Every server serves the published generation, so replicas behind one
+//! address serve the same CRL and a client never sees numbers go back.
+//!
+//! Who signs: `ca-server revoke` signs and publishes right after recording a
+//! revocation (when the intermediate key is in its data dir); each server
+//! polls the store every [`POLL_INTERVAL`] (one small read) and loads a
+//! newer published generation, or signs one itself when the published one
+//! is behind the store's revocations (a revocation by a process without
+//! the key), half of its validity has passed, or a listed certificate
+//! expired. Signing never runs on the issuance path, and handlers only read
+//! the cache; an expired CRL is never served.
 
 use crate::ca::{BACKDATE, CaPaths, RootSigner, Signer};
 use crate::clock::Clock;
-use crate::store::{RevocationMarker, RevokedEntry, Store};
+use crate::store::{CrlSnapshot, PublishedCrls, RevokedEntry, Store};
 use anyhow::{Context, Result, anyhow, bail};
 use ca_client::fsutil::{self, PUBLIC_MODE};
 use rcgen::{CertificateRevocationListParams, KeyIdMethod, RevocationReason, RevokedCertParams};
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use time::OffsetDateTime;
 
@@ -38,8 +48,10 @@ pub const DEFAULT_CRL_VALIDITY: Duration = Duration::from_secs(24 * 3600);
 /// never refreshes it unless `crl_refresh_interval` is set, and an expired CRL
 /// breaks every connection it makes, its own refresh included.
 pub const DEFAULT_PUPPET_CRL_VALIDITY: Duration = Duration::from_secs(5 * 365 * 86_400);
-/// How often the background task looks at the store for changes.
-pub const CHECK_INTERVAL: Duration = Duration::from_secs(10);
+/// How often a server reads the store for a newer or overdue generation.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
+/// CRL numbers one generation takes: short, long, root.
+const NUMBERS_PER_GENERATION: i64 = 3;
 
 /// How long the CRLs live.
 #[derive(Debug, Clone, Copy)]
@@ -84,6 +96,29 @@ impl SignedCrl {
         }
     }
 
+    /// Reads a DER CRL that must be signed by `issuer_der`'s key and name it as issuer.
+    fn read(der: Vec<u8>, issuer_der: &[u8]) -> Result<SignedCrl> {
+        let (_, crl) = x509_parser::parse_x509_crl(&der).map_err(|e| anyhow!("not a CRL: {e}"))?;
+        let (_, issuer) = x509_parser::parse_x509_certificate(issuer_der)
+            .map_err(|e| anyhow!("parsing the CA certificate: {e}"))?;
+        if crl.issuer() != issuer.subject() {
+            bail!("the CRL names another issuer ({})", crl.issuer());
+        }
+        crl.verify_signature(issuer.public_key())
+            .map_err(|_| anyhow!("the CRL is not signed by {}", issuer.subject()))?;
+        let number = crl
+            .crl_number()
+            .and_then(|n| i64::try_from(n.clone()).ok())
+            .context("the CRL has no usable CRL number")?;
+        let next_update = crl
+            .next_update()
+            .context("the CRL has no nextUpdate")?
+            .timestamp();
+        let this_update = crl.last_update().timestamp();
+        drop(crl);
+        Ok(SignedCrl::new(der, number, this_update, next_update))
+    }
+
     /// Still usable at `now`.
     pub fn is_current(&self, now: i64) -> bool {
         now < self.next_update
@@ -93,7 +128,7 @@ impl SignedCrl {
 /// The CRLs of one generation.
 #[derive(Debug)]
 pub struct CrlSet {
-    /// The intermediate's CRL, short validity.
+    /// The intermediate's CRL, short validity. Its number is the generation's.
     pub intermediate: SignedCrl,
     /// The intermediate's CRL, long validity, same entries.
     pub intermediate_long: SignedCrl,
@@ -103,18 +138,79 @@ pub struct CrlSet {
     pub generated_at: i64,
     /// How many certificates the intermediate's CRLs list.
     pub revoked: usize,
-    marker: RevocationMarker,
+    /// The store's revocation sequence the entries reflect.
+    pub revocation_seq: i64,
+    /// When the first listed certificate expires (and must drop out).
+    pub next_dropout: Option<i64>,
 }
 
 impl CrlSet {
+    /// The generation: the short intermediate CRL's number.
+    pub fn generation(&self) -> i64 {
+        self.intermediate.number
+    }
+
     /// The long-lived intermediate CRL then the root CRL (when current), PEM:
     /// what a verifier checking the whole chain needs.
     pub fn chain_pem(&self, now: i64) -> String {
         let mut out = self.intermediate_long.pem.clone();
-        if let Some(root) = self.root.as_ref().filter(|r| r.is_current(now)) {
+        if let Some(root) = self.current_root(now) {
             out.push_str(&root.pem);
         }
         out
+    }
+
+    /// The short intermediate CRL then the root CRL (when current), PEM: the
+    /// bundle `ca-server crl` writes and `ca-client crl` installs.
+    pub fn bundle_pem(&self, now: i64) -> String {
+        let mut out = self.intermediate.pem.clone();
+        if let Some(root) = self.current_root(now) {
+            out.push_str(&root.pem);
+        }
+        out
+    }
+
+    /// The root CRL, unless it has expired.
+    pub fn current_root(&self, now: i64) -> Option<&SignedCrl> {
+        self.root.as_ref().filter(|r| r.is_current(now))
+    }
+
+    fn to_published(&self) -> PublishedCrls {
+        PublishedCrls {
+            generation: self.generation(),
+            generated_at: self.generated_at,
+            revocation_seq: self.revocation_seq,
+            next_dropout: self.next_dropout,
+            revoked: self.revoked as i64,
+            intermediate: self.intermediate.der.clone(),
+            intermediate_long: self.intermediate_long.der.clone(),
+            root: self.root.as_ref().map(|r| r.der.clone()),
+        }
+    }
+
+    /// A published generation, every signature checked against our CA.
+    fn from_published(p: PublishedCrls, signer: &Signer) -> Result<CrlSet> {
+        let intermediate = SignedCrl::read(p.intermediate, &signer.intermediate_der)
+            .context("the published intermediate CRL")?;
+        if intermediate.number != p.generation {
+            bail!("the published CRL's number is not its generation");
+        }
+        let intermediate_long = SignedCrl::read(p.intermediate_long, &signer.intermediate_der)
+            .context("the published long-lived intermediate CRL")?;
+        let root = p
+            .root
+            .map(|der| SignedCrl::read(der, &signer.root_der))
+            .transpose()
+            .context("the published root CRL")?;
+        Ok(CrlSet {
+            intermediate,
+            intermediate_long,
+            root,
+            generated_at: p.generated_at,
+            revoked: usize::try_from(p.revoked).unwrap_or(0),
+            revocation_seq: p.revocation_seq,
+            next_dropout: p.next_dropout,
+        })
     }
 }
 
@@ -122,13 +218,15 @@ impl CrlSet {
 enum RootCrlSource {
     /// `root.key` is online: sign a fresh one with every generation.
     Key(Box<RootSigner>),
-    /// The root key is offline: serve `root.crl` as found at start.
+    /// The root key is offline: `root.crl` as found at start (or a newer
+    /// one published by a server that has the key).
     File(SignedCrl),
-    /// Neither: chain verifiers will miss the intermediate's status.
+    /// Neither (unless a server with the key publishes one): chain
+    /// verifiers will miss the intermediate's status.
     Missing,
 }
 
-/// Signs, caches and refreshes the CRLs.
+/// Signs, publishes, caches and refreshes the CRLs.
 pub struct CrlService {
     store: Store,
     signer: Arc<Signer>,
@@ -138,6 +236,8 @@ pub struct CrlService {
     config: CrlConfig,
     current: RwLock<Option<Arc<CrlSet>>>,
     regenerating: tokio::sync::Mutex<()>,
+    /// A published generation that failed verification (logged once).
+    refused_generation: Mutex<Option<i64>>,
 }
 
 impl std::fmt::Debug for CrlService {
@@ -175,7 +275,8 @@ impl CrlService {
                 Ok(None) => {
                     tracing::warn!(
                         "the root key is offline and there is no root.crl: verifiers that check \
-                         the whole chain (Puppet agents by default) will fail"
+                         the whole chain (Puppet agents, nginx, HAProxy, PostgreSQL) will fail \
+                         unless a server with the root key publishes one"
                     );
                     RootCrlSource::Missing
                 }
@@ -194,6 +295,7 @@ impl CrlService {
             config,
             current: RwLock::new(None),
             regenerating: tokio::sync::Mutex::new(()),
+            refused_generation: Mutex::new(None),
         })
     }
 
@@ -206,21 +308,53 @@ impl CrlService {
         self.current.read().expect("crl cache lock").clone()
     }
 
-    /// Signs a new generation now and caches it. The hook for revocation:
-    /// call it after recording one so the CRL lists it at once.
+    /// Caches `set` unless a newer generation is cached already; returns what is cached.
+    fn cache(&self, set: Arc<CrlSet>) -> Arc<CrlSet> {
+        let mut current = self.current.write().expect("crl cache lock");
+        match current.as_ref() {
+            Some(have) if have.generation() >= set.generation() => have.clone(),
+            _ => {
+                *current = Some(set.clone());
+                set
+            }
+        }
+    }
+
+    fn cached_generation(&self) -> Option<i64> {
+        self.current().map(|s| s.generation())
+    }
+
+    /// Signs a new generation from the store now, publishes it and caches
+    /// the newest published one (this, or a newer one another process
+    /// published meanwhile). The hook for revocation.
     pub async fn regenerate(&self) -> Result<Arc<CrlSet>> {
         let _one_at_a_time = self.regenerating.lock().await;
         let now = self.clock.now();
-        let marker = self.store.revocation_marker(now).await?;
-        let entries = self.store.revoked_unexpired(now).await?;
+        let snapshot = self.store.crl_snapshot(now, NUMBERS_PER_GENERATION).await?;
+        let set = Arc::new(self.sign(&snapshot, now)?);
+        if self.store.publish_crls(&set.to_published()).await? {
+            tracing::info!(
+                number = set.generation(),
+                revoked = set.revoked,
+                next_update = %crate::cli::rfc3339(set.intermediate.next_update),
+                "signed and published the CRLs"
+            );
+        } else {
+            // Another process published a higher generation since our
+            // snapshot; it saw at least what we saw, so serve that one.
+            self.load_published().await?;
+        }
+        Ok(self.cache(set))
+    }
+
+    /// Signs the CRLs of one snapshot (CPU only).
+    fn sign(&self, snapshot: &CrlSnapshot, now: i64) -> Result<CrlSet> {
         let this_update = now - BACKDATE.as_secs() as i64;
-        let revoked = entries
+        let revoked = snapshot
+            .entries
             .iter()
             .map(revoked_params)
             .collect::<Result<Vec<_>>>()?;
-
-        let short_number = self.store.next_crl_number().await?;
-        let long_number = self.store.next_crl_number().await?;
         let sign = |number: i64, validity: Duration, revoked: Vec<RevokedCertParams>| {
             let next_update = now + validity.as_secs() as i64;
             let der =
@@ -228,16 +362,15 @@ impl CrlService {
                     .sign_crl(crl_params(number, this_update, next_update, revoked)?)?;
             anyhow::Ok(SignedCrl::new(der, number, this_update, next_update))
         };
-        let intermediate = sign(short_number, self.config.validity, revoked.clone())?;
-        let intermediate_long = sign(long_number, self.config.long_validity, revoked)?;
-
+        let first = snapshot.first_number;
+        let intermediate = sign(first, self.config.validity, revoked.clone())?;
+        let intermediate_long = sign(first + 1, self.config.long_validity, revoked)?;
         let root = match &self.root {
             RootCrlSource::Key(key) => {
-                let number = self.store.next_crl_number().await?;
                 let next_update = now + self.config.long_validity.as_secs() as i64;
                 // No intermediate is ever revoked yet: the root's list is empty.
-                let der = key.sign_crl(crl_params(number, this_update, next_update, vec![])?)?;
-                let crl = SignedCrl::new(der, number, this_update, next_update);
+                let der = key.sign_crl(crl_params(first + 2, this_update, next_update, vec![])?)?;
+                let crl = SignedCrl::new(der, first + 2, this_update, next_update);
                 // Kept for when the root key goes offline; failing to write it is not fatal.
                 if let Err(e) =
                     fsutil::write_atomic(&self.root_crl_path, crl.pem.as_bytes(), PUBLIC_MODE)
@@ -246,64 +379,110 @@ impl CrlService {
                 }
                 Some(crl)
             }
-            RootCrlSource::File(crl) => {
+            RootCrlSource::File(file) => {
+                // The newer of root.crl and what a server with the key published.
+                let published = self.current().and_then(|s| s.current_root(now).cloned());
+                let crl = match published {
+                    Some(p) if p.number > file.number => p,
+                    _ => file.clone(),
+                };
                 if crl.next_update - now < self.config.long_validity.as_secs() as i64 / 4 {
                     tracing::warn!(
                         next_update = %crate::cli::rfc3339(crl.next_update),
-                        "root.crl expires soon; sign a new one where the root key is"
+                        "the root CRL expires soon; sign a new one where the root key is"
                     );
                 }
-                Some(crl.clone())
+                Some(crl)
             }
-            RootCrlSource::Missing => None,
+            RootCrlSource::Missing => self.current().and_then(|s| s.current_root(now).cloned()),
         };
-
-        let set = Arc::new(CrlSet {
-            revoked: entries.len(),
+        Ok(CrlSet {
+            revoked: snapshot.entries.len(),
+            next_dropout: snapshot.entries.iter().map(|e| e.not_after).min(),
+            revocation_seq: snapshot.revocation_seq,
             intermediate,
             intermediate_long,
             root,
             generated_at: now,
-            marker,
-        });
-        *self.current.write().expect("crl cache lock") = Some(set.clone());
-        tracing::info!(
-            number = set.intermediate.number,
-            revoked = set.revoked,
-            next_update = %crate::cli::rfc3339(set.intermediate.next_update),
-            "signed the CRLs"
-        );
-        Ok(set)
+        })
     }
 
-    /// Whether the cached set must be re-signed at `now`, given the revoked
-    /// set's current marker.
-    fn due(&self, now: i64, marker: RevocationMarker) -> bool {
+    /// Reads the published generation and caches it if it is newer than the
+    /// cached one and verifies against our CA. Returns what is cached.
+    pub async fn load_published(&self) -> Result<Option<Arc<CrlSet>>> {
+        let Some(published) = self.store.published_crls().await? else {
+            return Ok(self.current());
+        };
+        if self.cached_generation() >= Some(published.generation) {
+            return Ok(self.current());
+        }
+        let generation = published.generation;
+        match CrlSet::from_published(published, &self.signer) {
+            Ok(set) => {
+                tracing::info!(
+                    number = set.generation(),
+                    revoked = set.revoked,
+                    "serving newly published CRLs"
+                );
+                Ok(Some(self.cache(Arc::new(set))))
+            }
+            Err(e) => {
+                let mut refused = self.refused_generation.lock().expect("lock");
+                if *refused != Some(generation) {
+                    *refused = Some(generation);
+                    tracing::error!(
+                        generation,
+                        error = %format!("{e:#}"),
+                        "the store's published CRLs do not verify against this CA; not serving them"
+                    );
+                }
+                Ok(self.current())
+            }
+        }
+    }
+
+    /// Whether a new generation must be signed at `now`, given the store's
+    /// revocation sequence.
+    fn due(&self, now: i64, revocation_seq: i64) -> bool {
         let Some(set) = self.current() else {
             return true;
         };
         let half = self.config.validity.as_secs() as i64 / 2;
-        set.marker != marker || now >= set.generated_at + half
+        set.revocation_seq < revocation_seq
+            || now >= set.generated_at + half
+            || set.next_dropout.is_some_and(|t| now >= t)
+            || !set.intermediate.is_current(now)
     }
 
-    /// Re-signs the CRLs whenever they are due; runs until aborted. A failure
-    /// keeps the previous CRLs (served until they expire) and is retried.
+    /// One round of the background task: load a newer published generation,
+    /// then sign one if the cached one is due.
+    pub async fn poll(&self) -> Result<()> {
+        let state = self.store.crl_poll().await?;
+        if state.published_generation > self.cached_generation() {
+            self.load_published().await?;
+        }
+        if self.due(self.clock.now(), state.revocation_seq) {
+            self.regenerate().await?;
+        }
+        Ok(())
+    }
+
+    /// Polls every [`POLL_INTERVAL`]; runs until aborted. A failure keeps
+    /// the previous CRLs (served until they expire) and is retried.
     pub async fn run(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(CHECK_INTERVAL);
+        let mut tick = tokio::time::interval(POLL_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
         loop {
             tick.tick().await;
-            let now = self.clock.now();
-            let result = async {
-                let marker = self.store.revocation_marker(now).await?;
-                if self.due(now, marker) {
-                    self.regenerate().await?;
+            match self.poll().await {
+                Ok(()) => failing = false,
+                // Logged when it starts failing, not every two seconds.
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %format!("{e:#}"), "refreshing the CRLs failed; will retry");
                 }
-                anyhow::Ok(())
-            }
-            .await;
-            if let Err(e) = result {
-                tracing::warn!(error = %format!("{e:#}"), "re-signing the CRLs failed; will retry");
+                Err(e) => tracing::debug!(error = %format!("{e:#}"), "refreshing the CRLs failed"),
             }
         }
     }
@@ -380,100 +559,16 @@ fn read_root_crl(path: &std::path::Path, root_der: &[u8]) -> Result<Option<Signe
         Ok(block) => bail!("{} holds a {} block", path.display(), block.tag()),
         Err(_) => bytes,
     };
-    let (_, crl) = x509_parser::parse_x509_crl(&der)
-        .map_err(|e| anyhow!("{} is not a CRL: {e}", path.display()))?;
-    let (_, root) = x509_parser::parse_x509_certificate(root_der)
-        .map_err(|e| anyhow!("parsing the root certificate: {e}"))?;
-    crl.verify_signature(root.public_key())
-        .map_err(|_| anyhow!("{} is not signed by the root", path.display()))?;
-    let number = crl
-        .crl_number()
-        .and_then(|n| i64::try_from(n.clone()).ok())
-        .context("root.crl has no usable CRL number")?;
-    let next_update = crl
-        .next_update()
-        .context("root.crl has no nextUpdate")?
-        .timestamp();
-    let this_update = crl.last_update().timestamp();
-    Ok(Some(SignedCrl::new(der, number, this_update, next_update)))
+    SignedCrl::read(der, root_der)
+        .map(Some)
+        .with_context(|| format!("reading {}", path.display()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::Clock;
-    use crate::store::{AuditEvent, CertRecord};
-    use std::sync::atomic::{AtomicI64, Ordering};
-
-    #[derive(Debug)]
-    struct TestClock(AtomicI64);
-    impl Clock for TestClock {
-        fn now(&self) -> i64 {
-            self.0.load(Ordering::SeqCst)
-        }
-    }
-
-    const NOW: i64 = 1_800_000_000;
-
-    struct Fixture {
-        _dir: tempfile::TempDir,
-        paths: CaPaths,
-        store: Store,
-        signer: Arc<Signer>,
-        clock: Arc<TestClock>,
-    }
-
-    async fn fixture() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let paths = CaPaths::new(&dir.path().join("ca"));
-        crate::ca::init(&paths, "Test", NOW - 3600).unwrap();
-        let store = Store::open(&format!("sqlite://{}", dir.path().join("ca.db").display()))
-            .await
-            .unwrap();
-        let signer = Arc::new(Signer::load(&paths, None).unwrap());
-        Fixture {
-            _dir: dir,
-            paths,
-            store,
-            signer,
-            clock: Arc::new(TestClock(AtomicI64::new(NOW))),
-        }
-    }
-
-    impl Fixture {
-        fn service(&self) -> CrlService {
-            CrlService::new(
-                &self.paths,
-                self.store.clone(),
-                self.signer.clone(),
-                self.clock.clone(),
-                CrlConfig::default(),
-            )
-            .unwrap()
-        }
-
-        async fn add_cert(&self, serial: &str, not_after: i64, revoked: Option<(i64, &str)>) {
-            let record = CertRecord {
-                serial: serial.into(),
-                hostname: "h.example.internal".into(),
-                kind: "host".into(),
-                public_key_sha256: vec![0; 32],
-                psk_hash: None,
-                psk_expires_at: None,
-                not_before: NOW - 86_400,
-                not_after,
-                der: vec![0x30, 0x00],
-                issued_at: NOW - 86_400,
-                revoked_at: revoked.map(|r| r.0),
-                revocation_reason: revoked.map(|r| r.1.to_owned()),
-                superseded_by: None,
-            };
-            self.store
-                .record_certificate(&record, &AuditEvent::default())
-                .await
-                .unwrap();
-        }
-    }
+    use crate::store::Revocation;
+    use crate::testing::{NOW, fixture};
 
     fn parse(der: &[u8]) -> x509_parser::revocation_list::CertificateRevocationList<'_> {
         let (rest, crl) = x509_parser::parse_x509_crl(der).unwrap();
@@ -607,25 +702,149 @@ mod tests {
         root_crl.verify_signature(root.public_key()).unwrap();
         assert_eq!(root_crl.iter_revoked_certificates().count(), 0);
         assert_eq!(set.chain_pem(NOW).matches("BEGIN X509 CRL").count(), 2);
+        assert!(set.bundle_pem(NOW).starts_with(&set.intermediate.pem));
+        assert_eq!(set.next_dropout, Some(NOW + 86_400));
+        assert_eq!(set.revoked, 3);
+    }
+
+    fn revocation(reason: &str) -> Revocation<'_> {
+        Revocation {
+            reason,
+            now: NOW,
+            actor: "test",
+        }
     }
 
     #[tokio::test]
-    async fn refresh_is_due_at_half_life_and_when_the_revoked_set_changes() {
+    async fn refresh_is_due_at_half_life_on_a_revocation_and_when_a_listed_certificate_expires() {
         let f = fixture().await;
         let service = f.service();
-        assert!(service.due(NOW, RevocationMarker::default()));
+        assert!(service.due(NOW, 0), "nothing cached yet");
         service.regenerate().await.unwrap();
-        let marker = f.store.revocation_marker(NOW).await.unwrap();
-        assert!(!service.due(NOW + 3600, marker));
-        assert!(service.due(NOW + 12 * 3600, marker));
-        f.add_cert("4b01", NOW + 86_400, Some((NOW, "keyCompromise")))
+        let seq = f.store.crl_poll().await.unwrap().revocation_seq;
+        assert!(!service.due(NOW + 3600, seq));
+        assert!(service.due(NOW + 12 * 3600, seq), "half of 24 h");
+
+        // A revocation bumps the store's sequence: the cached set is behind.
+        f.add_cert("4b01", NOW + 7200, None).await;
+        let revoked = f
+            .store
+            .revoke_serial("4b01", &revocation("keyCompromise"))
             .await;
-        let changed = f.store.revocation_marker(NOW).await.unwrap();
-        assert_ne!(changed, marker);
-        assert!(service.due(NOW + 60, changed));
-        // A revoked certificate that expires changes the marker too.
-        let later = f.store.revocation_marker(NOW + 2 * 86_400).await.unwrap();
-        assert_eq!(later, marker);
+        assert!(matches!(
+            revoked,
+            Ok(Some(crate::store::RevokeOutcome::Revoked(_)))
+        ));
+        let seq2 = f.store.crl_poll().await.unwrap().revocation_seq;
+        assert_eq!(seq2, seq + 1);
+        assert!(service.due(NOW + 60, seq2));
+        let set = service.regenerate().await.unwrap();
+        assert_eq!(set.revocation_seq, seq2);
+        assert_eq!(set.next_dropout, Some(NOW + 7200));
+        assert!(!service.due(NOW + 60, seq2));
+        // When the listed certificate expires, it must drop out.
+        assert!(service.due(NOW + 7200, seq2));
+        f.clock.set(NOW + 7200);
+        let later = service.regenerate().await.unwrap();
+        assert_eq!(later.revoked, 0);
+        assert_eq!(later.next_dropout, None);
+        // Revoking again changes nothing: same time, same reason, same sequence.
+        match f
+            .store
+            .revoke_serial("4b01", &revocation("superseded"))
+            .await
+        {
+            Ok(Some(crate::store::RevokeOutcome::AlreadyRevoked(c))) => {
+                assert_eq!(c.revoked_at, Some(NOW));
+                assert_eq!(c.revocation_reason.as_deref(), Some("keyCompromise"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(f.store.crl_poll().await.unwrap().revocation_seq, seq2);
+        assert!(
+            f.store
+                .revoke_serial("4bff", &revocation("keyCompromise"))
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_revocation_by_another_process_reaches_a_running_service() {
+        let f = fixture().await;
+        let server = f.service();
+        let first = server.regenerate().await.unwrap();
+        f.add_cert("4c01", NOW + 86_400, None).await;
+        f.add_cert("4c02", NOW + 86_400, None).await;
+
+        // The CLI revokes and publishes: the server loads that generation, signing nothing.
+        f.store
+            .revoke_serial("4c01", &revocation("keyCompromise"))
+            .await
+            .unwrap();
+        let cli = f.service().regenerate().await.unwrap();
+        server.poll().await.unwrap();
+        let served = server.current().unwrap();
+        assert_eq!(served.generation(), cli.generation());
+        assert_eq!(served.intermediate.der, cli.intermediate.der);
+        assert!(served.generation() > first.generation());
+        assert_eq!(served.revoked, 1);
+
+        // A revocation nobody published (no intermediate key where it was made):
+        // the server notices the sequence and signs itself.
+        f.store
+            .revoke_serial("4c02", &revocation("cessationOfOperation"))
+            .await
+            .unwrap();
+        server.poll().await.unwrap();
+        let resigned = server.current().unwrap();
+        assert!(resigned.generation() > cli.generation());
+        assert_eq!(resigned.revoked, 2);
+        let listed: Vec<String> = parse(&resigned.intermediate.der)
+            .iter_revoked_certificates()
+            .map(|r| hex::encode(r.raw_serial()))
+            .collect();
+        assert_eq!(listed, vec!["4c01", "4c02"]);
+        // And publishes it for the others.
+        let published = f.store.published_crls().await.unwrap().unwrap();
+        assert_eq!(published.generation, resigned.generation());
+        // Nothing new: the next poll neither signs nor reloads.
+        server.poll().await.unwrap();
+        assert_eq!(
+            server.current().unwrap().generation(),
+            resigned.generation()
+        );
+    }
+
+    #[tokio::test]
+    async fn only_a_higher_generation_is_published_and_foreign_crls_are_not_served() {
+        let f = fixture().await;
+        let set = f.service().regenerate().await.unwrap();
+        let mut older = f.store.published_crls().await.unwrap().unwrap();
+        older.generation -= 1;
+        assert!(!f.store.publish_crls(&older).await.unwrap());
+        assert_eq!(
+            f.store.published_crls().await.unwrap().unwrap().generation,
+            set.generation()
+        );
+
+        // Another CA's CRLs in this store (a misconfiguration) are not served.
+        let other = fixture().await;
+        let theirs = other.service().regenerate().await.unwrap();
+        let mut foreign = other.store.published_crls().await.unwrap().unwrap();
+        foreign.generation = set.generation() + 100;
+        assert!(f.store.publish_crls(&foreign).await.unwrap());
+        let fresh = f.service();
+        assert!(fresh.load_published().await.unwrap().is_none());
+        // A server still signs and serves its own, though it cannot publish
+        // over the higher foreign generation.
+        let own = fresh.regenerate().await.unwrap();
+        assert_ne!(own.intermediate.der, theirs.intermediate.der);
+        SignedCrl::read(own.intermediate.der.clone(), &f.signer.intermediate_der).unwrap();
+        assert!(
+            SignedCrl::read(theirs.intermediate.der.clone(), &f.signer.intermediate_der).is_err()
+        );
     }
 
     #[tokio::test]
@@ -650,6 +869,32 @@ mod tests {
         std::fs::write(f.paths.dir.join("root.crl"), &set.intermediate.pem).unwrap();
         let set = f.service().regenerate().await.unwrap();
         assert!(set.root.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_server_without_the_root_key_serves_the_newest_root_crl_published() {
+        let f = fixture().await;
+        let key = std::fs::read(&f.paths.root_key).unwrap();
+        let first = f.service().regenerate().await.unwrap();
+        std::fs::remove_file(&f.paths.root_key).unwrap();
+        // Offline: root.crl from the data dir; and one with neither.
+        let keyless = f.service();
+        std::fs::remove_file(f.paths.dir.join("root.crl")).unwrap();
+        let bare = f.service();
+        std::fs::write(&f.paths.root_key, &key).unwrap();
+
+        // The root key back for a moment (`ca-server crl --sign`): a newer root CRL.
+        let renewed = f.service().regenerate().await.unwrap();
+        let newer_root = renewed.root.as_ref().unwrap().number;
+        assert!(newer_root > first.root.as_ref().unwrap().number);
+        for service in [&keyless, &bare] {
+            service.poll().await.unwrap();
+            f.clock.set(NOW + 13 * 3600);
+            let resigned = service.regenerate().await.unwrap();
+            assert!(resigned.generation() > renewed.generation());
+            assert_eq!(resigned.root.as_ref().unwrap().number, newer_root);
+            f.clock.set(NOW);
+        }
     }
 
     #[test]

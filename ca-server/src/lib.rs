@@ -2,13 +2,16 @@
 //! one-time pre-shared keys.
 //!
 //! Crate map: [`ca`] holds the CA material and builds certificates; [`crl`]
-//! signs and caches the revocation lists; [`store`] is the database; [`authority`] is the issuance flow; [`http`] and
-//! [`server`] are the HTTPS edge; [`cli`] and [`serve`] are the binary.
+//! signs, publishes and caches the revocation lists; [`store`] is the database; [`authority`] is the issuance flow
+//! and [`renewal`] the same for a host renewing with its certificate;
+//! [`revocation`] is the admin's `revoke`; [`http`], [`server`] and
+//! [`client_verifier`] are the HTTPS edge; [`cli`] and [`serve`] are the binary.
 #![deny(unsafe_code)]
 
 pub mod authority;
 pub mod ca;
 pub mod cli;
+pub mod client_verifier;
 pub mod clock;
 pub mod config;
 pub mod crl;
@@ -19,8 +22,12 @@ pub mod http;
 pub mod metrics;
 pub mod proxy_protocol;
 pub mod rejection_log;
+pub mod renewal;
+pub mod revocation;
 pub mod rotate;
 pub mod serve;
 pub mod server;
 pub mod store;
+#[cfg(test)]
+mod testing;
 pub mod throttle;

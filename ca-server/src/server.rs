@@ -22,7 +22,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use rustls::ServerConfig;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
 use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -159,7 +158,8 @@ impl TlsSource {
 
 /// Builds the server's rustls configuration: its own chain and key, and
 /// optional client certificates verified against `client_roots` (requests
-/// without one still get through; handlers that need one check [`Peer`]).
+/// without one still get through; handlers that need one check [`Peer`]
+/// against the store; see [`crate::client_verifier`]).
 pub fn server_config(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
@@ -172,10 +172,8 @@ pub fn server_config(
             .add(root.clone())
             .context("adding a client trust anchor")?;
     }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .allow_unauthenticated()
-        .build()
-        .context("building the client certificate verifier")?;
+    let verifier =
+        crate::client_verifier::ClientVerifier::build(Arc::new(roots), provider.clone())?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)

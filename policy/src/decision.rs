@@ -58,6 +58,22 @@ pub struct Profile {
     pub sans: Vec<AllowedName>,
 }
 
+impl Profile {
+    /// `host` first, then each of `extra` not already listed.
+    pub fn new(host: &str, extra: &[AllowedName]) -> Profile {
+        let mut sans = vec![AllowedName::Dns(host.to_owned())];
+        for name in extra {
+            if !sans.contains(name) {
+                sans.push(name.clone());
+            }
+        }
+        Profile {
+            hostname: host.to_owned(),
+            sans,
+        }
+    }
+}
+
 /// The outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
@@ -101,25 +117,7 @@ pub fn decide(csr: &Csr, entry: Option<&PskEntry>, now: i64) -> Decision {
 
 fn decide_inner(csr: &Csr, entry: Option<&PskEntry>, now: i64) -> Result<Profile, Rejection> {
     let host = requested_hostname(csr)?;
-
-    // Static name rules: any wildcard or malformed DNS name, any SAN type other
-    // than DNS or IP, is refused whoever asks.
-    for name in &csr.requested_names {
-        match name {
-            RequestedName::Dns(dns) => {
-                hostname::validate(dns).map_err(|error| Rejection::InvalidHostname {
-                    name: dns.clone(),
-                    error,
-                })?
-            }
-            RequestedName::Ip(_) => {}
-            other => {
-                return Err(Rejection::NameNotAllowed(format!(
-                    "{other} (only DNS and IP names can be requested)"
-                )));
-            }
-        }
-    }
+    check_name_syntax(csr)?;
 
     // PSK authentication: one generic answer outside, precise reason inside.
     let psk = csr
@@ -138,34 +136,54 @@ fn decide_inner(csr: &Csr, entry: Option<&PskEntry>, now: i64) -> Result<Profile
     }
 
     // Names the PSK allows: the hostname and the spawner's extra names, nothing else.
+    check_names_allowed(csr, host, &entry.allowed_sans)?;
+    Ok(Profile::new(host, &entry.allowed_sans))
+}
+
+/// Static name rules: any wildcard or malformed DNS name, any SAN type other
+/// than DNS or IP, is refused whoever asks.
+pub(crate) fn check_name_syntax(csr: &Csr) -> Result<(), Rejection> {
     for name in &csr.requested_names {
-        let allowed = match name {
+        match name {
+            RequestedName::Dns(dns) => {
+                hostname::validate(dns).map_err(|error| Rejection::InvalidHostname {
+                    name: dns.clone(),
+                    error,
+                })?
+            }
+            RequestedName::Ip(_) => {}
+            other => {
+                return Err(Rejection::NameNotAllowed(format!(
+                    "{other} (only DNS and IP names can be requested)"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every requested name must be `host` or one of `allowed`.
+pub(crate) fn check_names_allowed(
+    csr: &Csr,
+    host: &str,
+    allowed: &[AllowedName],
+) -> Result<(), Rejection> {
+    for name in &csr.requested_names {
+        let ok = match name {
             RequestedName::Dns(dns) => {
                 dns == host
-                    || entry
-                        .allowed_sans
+                    || allowed
                         .iter()
                         .any(|a| matches!(a, AllowedName::Dns(d) if d == dns))
             }
-            RequestedName::Ip(ip) => entry
-                .allowed_sans
+            RequestedName::Ip(ip) => allowed
                 .iter()
                 .any(|a| matches!(a, AllowedName::Ip(i) if i == ip)),
             _ => false,
         };
-        if !allowed {
+        if !ok {
             return Err(Rejection::NameNotAllowed(name.to_string()));
         }
     }
-
-    let mut sans = vec![AllowedName::Dns(host.to_owned())];
-    for extra in &entry.allowed_sans {
-        if !sans.contains(extra) {
-            sans.push(extra.clone());
-        }
-    }
-    Ok(Profile {
-        hostname: host.to_owned(),
-        sans,
-    })
+    Ok(())
 }

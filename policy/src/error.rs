@@ -16,6 +16,10 @@ pub enum RejectionClass {
     PskRejected,
     /// A valid CSR that the policy refuses: key type, algorithm, names (422).
     Refused,
+    /// The client's credential cannot get a certificate: a renewal presented
+    /// no certificate, an unknown one, or one that is revoked, expired or
+    /// superseded (403, each with its own code).
+    Forbidden,
 }
 
 /// Ways a CSR body can be malformed. Messages name the problem, never a secret.
@@ -82,6 +86,38 @@ impl PskFailure {
     }
 }
 
+/// Why a certificate presented for renewal (`POST /v1/renew`) cannot renew.
+/// A host in any of these states needs a fresh PSK from its spawner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum RenewalRefusal {
+    #[error("renewal needs the current certificate as the TLS client certificate")]
+    NoClientCertificate,
+    #[error("the client certificate is not one this CA issued to a host")]
+    UnknownCertificate,
+    #[error("the client certificate is revoked")]
+    Revoked,
+    #[error("the client certificate has expired")]
+    Expired,
+    #[error("the client certificate is not valid yet")]
+    NotYetValid,
+    #[error("the client certificate was already renewed; use the newer certificate")]
+    Superseded,
+}
+
+impl RenewalRefusal {
+    /// Stable code, sent to the client and written to the audit log.
+    pub fn code(self) -> &'static str {
+        match self {
+            RenewalRefusal::NoClientCertificate => "client_certificate_required",
+            RenewalRefusal::UnknownCertificate => "certificate_unknown",
+            RenewalRefusal::Revoked => "certificate_revoked",
+            RenewalRefusal::Expired => "certificate_expired",
+            RenewalRefusal::NotYetValid => "certificate_not_yet_valid",
+            RenewalRefusal::Superseded => "certificate_superseded",
+        }
+    }
+}
+
 /// A refusal, naming the rule that refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
@@ -110,6 +146,19 @@ pub enum Rejection {
         escape_for_display(certname)
     )]
     CertnameMismatch { certname: String, cn: String },
+    /// Renewal: the presented certificate cannot renew.
+    #[error("{0}")]
+    Renewal(RenewalRefusal),
+    /// Renewal: the CSR asks for another hostname than the certificate's.
+    #[error(
+        "the CSR asks for {}, but the client certificate can only renew {}",
+        escape_for_display(requested),
+        escape_for_display(certificate)
+    )]
+    HostnameMismatch {
+        certificate: String,
+        requested: String,
+    },
 }
 
 impl Rejection {
@@ -122,7 +171,9 @@ impl Rejection {
             | Rejection::SignatureAlgorithmNotAllowed(_)
             | Rejection::InvalidHostname { .. }
             | Rejection::NameNotAllowed(_)
-            | Rejection::CertnameMismatch { .. } => RejectionClass::Refused,
+            | Rejection::CertnameMismatch { .. }
+            | Rejection::HostnameMismatch { .. } => RejectionClass::Refused,
+            Rejection::Renewal(_) => RejectionClass::Forbidden,
         }
     }
 
@@ -139,6 +190,8 @@ impl Rejection {
             Rejection::InvalidHostname { .. } => "invalid_hostname",
             Rejection::NameNotAllowed(_) => "name_not_allowed",
             Rejection::CertnameMismatch { .. } => "certname_mismatch",
+            Rejection::Renewal(r) => r.code(),
+            Rejection::HostnameMismatch { .. } => "hostname_mismatch",
         }
     }
 

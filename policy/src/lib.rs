@@ -6,6 +6,9 @@
 //! a database, reads the clock or knows about HTTP; the server maps a
 //! [`Rejection`] to a status code in one place.
 //!
+//! A renewal is decided the same way by [`decide_renewal`], with the old
+//! certificate's names as the allowance.
+//!
 //! The PSK extension's encoder lives here too ([`psk::encode_extension_value`]),
 //! so the client builds exactly what the server reads.
 #![forbid(unsafe_code)]
@@ -16,9 +19,11 @@ pub mod der;
 pub mod error;
 pub mod hostname;
 pub mod psk;
+pub mod renewal;
 
 pub use csr::{Csr, KeyKind, RequestedName, SignatureKind};
 pub use decision::{AllowedName, Decision, Profile, PskEntry, decide};
-pub use error::{Malformed, PskFailure, Rejection, RejectionClass};
+pub use error::{Malformed, PskFailure, Rejection, RejectionClass, RenewalRefusal};
 pub use hostname::HostnameError;
 pub use psk::{Psk, PskHash};
+pub use renewal::{RenewalGrant, decide_renewal};

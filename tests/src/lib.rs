@@ -4,11 +4,13 @@
 //! and is cleaned up on drop.
 
 pub mod curl;
+pub mod fleet;
 pub mod forge;
 pub mod pg;
 pub mod puppet;
 pub mod raw;
 pub mod services;
+pub mod trio;
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};

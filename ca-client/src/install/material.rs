@@ -1,11 +1,14 @@
 //! The TLS material an installer copies: read from the bootstrap directory
-//! (`key.pem`, `cert.pem`, `chain.pem`, `ca.pem`, and `crl.pem` once the CRL
-//! refresh has written one) and checked as a set: the key matches the leaf,
-//! the leaf and intermediate chain to the root, the certificate is valid now.
+//! (`key.pem`, `cert.pem`, `chain.pem`, `ca.pem`, and `crl.pem` once
+//! `ca-client crl` has written one) and checked as a set: the key matches
+//! the leaf, the leaf and intermediate chain to the root, the certificate is
+//! valid now, and the CRL bundle holds a current CRL from the intermediate
+//! and one from the root, both verified.
 //! The same check runs again on the files written into a new generation,
 //! before it goes live.
 
 use crate::bootstrap::{CA_FILE, CERT_FILE, CHAIN_FILE, KEY_FILE};
+use crate::crl::{CaCerts, CrlBundle};
 use crate::keys::HostKey;
 use crate::trust;
 use anyhow::{Context, Result, anyhow, bail};
@@ -70,7 +73,10 @@ impl Material {
         let crl_path = dir.join(CRL_FILE);
         let crl_pem = if crl_path.exists() {
             let pem = read(CRL_FILE)?;
-            check_crl(&pem, &chain[1..], &root).with_context(|| format!("checking {CRL_FILE}"))?;
+            let ca = CaCerts::new(root.clone(), &chain)?;
+            CrlBundle::from_pem(&pem, &ca, crate::timefmt::unix_now(), false).with_context(
+                || format!("{CRL_FILE} is not usable (run `ca-client crl` to fetch a current one)"),
+            )?;
             Some(pem)
         } else {
             None
@@ -141,6 +147,17 @@ pub fn key_from_pem(text: &str) -> Result<Zeroizing<String>> {
     ))))
 }
 
+/// A certificate's subject CN: the host's name.
+pub fn subject_cn(cert: &x509_parser::certificate::X509Certificate<'_>) -> Result<String> {
+    Ok(cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .context("the certificate has no subject CN")?
+        .to_owned())
+}
+
 /// Checks one set: the key is the leaf's, and leaf + intermediates chain to
 /// `root` for the leaf's own name, now, as a TLS server certificate.
 pub fn check_set(key_pem: &str, chain: &[Vec<u8>], root: &[u8]) -> Result<LeafInfo> {
@@ -154,13 +171,7 @@ pub fn check_set(key_pem: &str, chain: &[Vec<u8>], root: &[u8]) -> Result<LeafIn
             hex::encode(leaf.raw_serial())
         );
     }
-    let hostname = leaf
-        .subject()
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
-        .context("the certificate has no subject CN")?
-        .to_owned();
+    let hostname = subject_cn(&leaf)?;
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(CertificateDer::from(root.to_vec()))
@@ -195,22 +206,4 @@ pub fn check_set(key_pem: &str, chain: &[Vec<u8>], root: &[u8]) -> Result<LeafIn
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default(),
     })
-}
-
-/// A CRL must be PEM and signed by one of the CA certificates.
-fn check_crl(pem_text: &[u8], intermediates: &[Vec<u8>], root: &[u8]) -> Result<()> {
-    let block = pem::parse(pem_text).context("not PEM")?;
-    if block.tag() != "X509 CRL" {
-        bail!("expected an X509 CRL block, found {}", block.tag());
-    }
-    let (_, crl) = x509_parser::parse_x509_crl(block.contents())
-        .map_err(|e| anyhow!("the CRL does not parse: {e}"))?;
-    for ca in intermediates.iter().map(Vec::as_slice).chain([root]) {
-        let (_, cert) = x509_parser::parse_x509_certificate(ca)
-            .map_err(|e| anyhow!("a CA certificate does not parse: {e}"))?;
-        if cert.subject() == crl.issuer() && crl.verify_signature(cert.public_key()).is_ok() {
-            return Ok(());
-        }
-    }
-    bail!("the CRL is not signed by this CA")
 }

@@ -19,6 +19,7 @@ pub mod material;
 pub mod nginx;
 pub mod postgres;
 pub mod probe;
+pub mod record;
 pub mod sys;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -32,7 +33,9 @@ use sys::Owner;
 use zeroize::Zeroizing;
 
 /// The services `install` knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ServiceKind {
     Nginx,
@@ -40,8 +43,17 @@ pub enum ServiceKind {
     Haproxy,
 }
 
+impl ServiceKind {
+    pub fn name(self) -> &'static str {
+        service(self).name()
+    }
+}
+
 /// Client-certificate verification written into the nginx and HAProxy snippets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum ClientAuth {
     /// No client certificates (the snippet still names the CA file).
     None,
@@ -61,6 +73,17 @@ pub enum Reload {
     Command(String),
     /// Never reload (nor, for PostgreSQL, confirm).
     Never,
+}
+
+impl Reload {
+    /// From the `--reload CMD` and `--no-reload` flags.
+    pub fn from_flags(command: Option<&str>, never: bool) -> Reload {
+        match (command, never) {
+            (_, true) => Reload::Never,
+            (Some(cmd), false) => Reload::Command(cmd.to_owned()),
+            (None, false) => Reload::Signal,
+        }
+    }
 }
 
 /// Inputs of an install.

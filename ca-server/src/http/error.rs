@@ -155,7 +155,9 @@ impl From<SignError> for ApiError {
             SignError::Rejected(r) => {
                 let status = match r.class() {
                     RejectionClass::Malformed => StatusCode::BAD_REQUEST,
-                    RejectionClass::PskRejected => StatusCode::FORBIDDEN,
+                    RejectionClass::PskRejected | RejectionClass::Forbidden => {
+                        StatusCode::FORBIDDEN
+                    }
                     RejectionClass::Refused => StatusCode::UNPROCESSABLE_ENTITY,
                 };
                 ApiError::new(status, r.code(), r.client_message())

@@ -6,6 +6,7 @@ pub mod crl;
 pub mod error;
 pub mod metrics;
 pub mod puppet;
+pub mod renew;
 
 pub use body::{check_content_type, read_body};
 
@@ -19,6 +20,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use error::{ApiError, Outcome};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,7 +32,9 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 #[derive(Debug, Clone)]
 pub struct Peer {
     pub addr: SocketAddr,
-    /// The client certificate chain, if the client presented one that verified.
+    /// The client certificate chain, if the client presented one that chains
+    /// to our root. It may be expired or revoked: handlers authenticate it
+    /// against the store (`Authority::authenticate_client`).
     pub client_chain: Option<Arc<Vec<rustls::pki_types::CertificateDer<'static>>>>,
 }
 
@@ -51,6 +55,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .merge(crl::routes())
         .merge(puppet::routes())
+        .merge(renew::routes())
         .merge(metrics::routes())
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
@@ -121,7 +126,11 @@ async fn sign(
     req: Request,
 ) -> Result<Response, ApiError> {
     let issued = issue(&state, &headers, req, None).await?;
+    Ok(issued_response(issued))
+}
 
+/// 201 (200 for an idempotent retry) with the chain PEM and `X-Certificate-Serial`.
+pub(crate) fn issued_response(issued: Issued) -> Response {
     let status = if issued.replayed {
         StatusCode::OK
     } else {
@@ -141,7 +150,7 @@ async fn sign(
     } else {
         "issued"
     }));
-    Ok(resp)
+    resp
 }
 
 /// Reads a CSR body and runs the issuance flow for it (with the CN bound to
@@ -163,26 +172,35 @@ pub(crate) async fn issue(
     check_content_type(headers)?;
     let body = read_body(req.into_body(), headers, BODY_LIMIT, state.body_timeout).await?;
 
-    // Run the flow on its own task: a client that disconnects mid-request
-    // must not cancel it between signing and recording.
     let authority = state.authority.clone();
-    let issued =
-        tokio::spawn(async move { authority.sign(&body, certname.as_deref(), peer).await })
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "signing task failed");
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "internal error",
-                )
-            })?
-            .inspect_err(|e| {
-                // Wake the store watcher: a database error may be an outage.
-                if let SignError::Store(StoreError::Unavailable(_)) = e {
-                    state.store.suspect();
-                }
-            })?;
+    detached(&state.store, async move {
+        authority.sign(&body, certname.as_deref(), peer).await
+    })
+    .await
+}
+
+/// Runs a signing flow on its own task: a client that disconnects
+/// mid-request must not cancel it between signing and recording.
+pub(crate) async fn detached(
+    store: &Store,
+    flow: impl Future<Output = Result<Issued, SignError>> + Send + 'static,
+) -> Result<Issued, ApiError> {
+    let issued = tokio::spawn(flow)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "signing task failed");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error",
+            )
+        })?
+        .inspect_err(|e| {
+            // Wake the store watcher: a database error may be an outage.
+            if let SignError::Store(StoreError::Unavailable(_)) = e {
+                store.suspect();
+            }
+        })?;
     Ok(issued)
 }
 

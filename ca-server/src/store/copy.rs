@@ -25,10 +25,23 @@ use sqlx::{AnyConnection, AssertSqlSafe, Column, Row, TypeInfo};
 
 /// The tables of the schema, in copy order. `store copy` refuses a source
 /// holding any other table (a new table must be added here).
-pub const TABLES: &[&str] = &["psks", "certificates", "audit", "crl_state", "ca_identity"];
+pub const TABLES: &[&str] = &[
+    "psks",
+    "certificates",
+    "audit",
+    "crl_state",
+    "crl_published",
+    "ca_identity",
+];
 
 /// Tables that must be empty in the target (`crl_state` holds its seed row).
-const DATA_TABLES: &[&str] = &["psks", "certificates", "audit", "ca_identity"];
+const DATA_TABLES: &[&str] = &[
+    "psks",
+    "certificates",
+    "audit",
+    "crl_published",
+    "ca_identity",
+];
 
 /// Most bind parameters in one INSERT (SQLite allows 32766, PostgreSQL 65535).
 const MAX_PARAMS: usize = 30_000;

@@ -22,7 +22,7 @@ mod crl;
 pub mod inspect;
 mod ownership;
 mod stats;
-pub use crl::{RevocationMarker, RevokedEntry};
+pub use crl::{CrlPoll, CrlSnapshot, PublishedCrls, RevokedEntry};
 pub use stats::StoreStats;
 
 /// Which engine a URL selects.
@@ -159,7 +159,9 @@ macro_rules! insert_audit_sql {
 
 // After the macros, which they use.
 mod reader;
+mod revoke;
 mod writer;
+pub use revoke::{Revocation, RevokeOutcome};
 
 /// Handle on the database; cheap to clone.
 #[derive(Debug, Clone)]

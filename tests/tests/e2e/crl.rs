@@ -1,9 +1,11 @@
 //! The CRL at `/v1/crl`: signed by the intermediate (openssl verifies it),
 //! DER or PEM, usable with `openssl verify -crl_check` for a leaf whose
 //! distribution point names it, and CRL numbers that only grow, across
-//! restarts and across servers sharing PostgreSQL.
+//! restarts; replicas sharing PostgreSQL serve one published CRL, which a
+//! revocation reaches whether the CLI can sign or not.
 
 use ca_tests::curl::curl;
+use ca_tests::fleet::bootstrap;
 use ca_tests::pg::{PgCluster, require_postgres};
 use ca_tests::*;
 use std::process::Command;
@@ -102,24 +104,74 @@ fn error_code_of(body: &[u8]) -> String {
         .to_owned()
 }
 
+/// The serials a DER CRL lists.
+fn listed(der: &[u8]) -> Vec<String> {
+    let (_, crl) = x509_parser::parse_x509_crl(der).expect("a DER CRL");
+    crl.iter_revoked_certificates()
+        .map(|r| hex::encode(r.raw_serial()))
+        .collect()
+}
+
+/// Waits until both servers serve the same CRL and it lists `serial` (if given).
+fn wait_for_one_crl(a: &CaServer, b: &CaServer, serial: Option<&str>) -> Vec<u8> {
+    wait_for(
+        std::time::Duration::from_secs(30),
+        "both replicas to serve the same CRL",
+        || {
+            let (da, db) = (fetch_der(a), fetch_der(b));
+            let lists = serial.is_none_or(|s| listed(&da).iter().any(|l| l == s));
+            (da == db && lists).then_some(da)
+        },
+    )
+}
+
 #[test]
-fn crl_numbers_stay_unique_across_servers_sharing_postgresql() {
+fn replicas_sharing_postgresql_serve_one_published_crl_that_revocations_reach() {
     if !require_postgres() || !require_tool("curl") {
         return;
     }
     let pg = PgCluster::start();
     // Replicas: one CA (the same data dir), one store.
     let mut a = CaServer::start_with(pg.server_options("ca"));
+    let url = a.opts.database_url.clone().unwrap();
     let b = a.replica();
-    let (na, nb) = (crl_number(&fetch_der(&a)), crl_number(&fetch_der(&b)));
-    assert_ne!(na, nb, "two servers never sign the same CRL number");
+
+    // B signed at start and published; A serves that very CRL within a poll.
+    let first = wait_for_one_crl(&a, &b, None);
+    let work = tempfile::tempdir().unwrap();
+    let serial = bootstrap(&mut a, "r1.example.internal", work.path(), "r1").raw_serial;
+
+    // The admin revokes on the CA host: the CLI signs and publishes, both serve it.
+    run_ok(a.cli().args(["revoke", &serial]));
+    let second = wait_for_one_crl(&a, &b, Some(&serial));
+    assert!(crl_number(&second) > crl_number(&first));
+
+    // From a host without the CA keys (only the database URL): the
+    // revocation is recorded, and the servers sign the CRL themselves.
+    let serial2 = bootstrap(&mut a, "r2.example.internal", work.path(), "r2").raw_serial;
+    let out = run(Command::new(bin("ca-server"))
+        .arg("--data-dir")
+        .arg(work.path().join("no-keys"))
+        .args(["--database-url", &url, "revoke", &serial2]));
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("servers publish the new CRL"),
+        "{out:?}"
+    );
+    let third = wait_for_one_crl(&a, &b, Some(&serial2));
+    assert!(crl_number(&third) > crl_number(&second));
+    assert_eq!(listed(&third).len(), 2);
+
+    // A restart signs again, with a higher number; the counter lives in the store.
     a.restart();
-    let na2 = crl_number(&fetch_der(&a));
-    assert!(na2 > na.max(nb), "{na2} > max({na}, {nb})");
-    // The counter lives in the shared store, not in either server.
+    let fourth = wait_for_one_crl(&a, &b, Some(&serial2));
+    assert!(crl_number(&fourth) > crl_number(&third));
     let counter: u64 = pg
         .psql("ca", "SELECT crl_number FROM crl_state")
         .parse()
         .unwrap();
-    assert!(counter >= na2, "{counter} >= {na2}");
+    assert!(counter >= crl_number(&fourth));
+    a.assert_no_secret_leaks();
+    // The replica shares the data dir; stop it before the owner's temp dir goes.
+    drop(b);
 }

@@ -2,7 +2,7 @@
 //! into target/tools/pkilint): the root, the intermediate, the server's own
 //! certificate and a leaf of every accepted key type have no finding at
 //! WARNING or above under the RFC 5280 validators, nor does any link of the
-//! chain, nor do the intermediate's and the root's CRLs. Lower findings and the CA/Browser Forum serverAuth profile (public
+//! chain, nor do the intermediate's CRL (with revoked entries) and the root's CRL. Lower findings and the CA/Browser Forum serverAuth profile (public
 //! web rules a private CA breaks on purpose) go to target/tmp/pkilint-report.txt
 //! for information; docs/security.md explains them.
 
@@ -124,20 +124,42 @@ fn root_intermediate_and_leaves_of_every_key_type_lint_clean() {
             failures.push(format!("{name}: {findings}"));
         }
     }
-    // The CRLs: the intermediate's (what /v1/crl serves) and the root's CRL
-    // for the intermediate (root.crl in the data dir).
-    let crl = block_on(client.send(
-        http::Method::GET,
-        "/v1/crl?format=pem",
-        None,
-        bytes::Bytes::new(),
-    ))
-    .unwrap();
-    assert_eq!(crl.status, StatusCode::OK);
+    // The CRLs: the intermediate's as /v1/crl serves it, with entries (two
+    // leaves revoked, with and without a reason code), and the root's CRL
+    // for the intermediate (/v1/crl/root, also root.crl in the data dir).
+    for (leaf, reason) in [
+        ("leaf p256", "keyCompromise"),
+        ("leaf rsa2048", "unspecified"),
+    ] {
+        let path = &certs.iter().find(|(n, _)| n == leaf).unwrap().1;
+        let serial = run_ok(
+            Command::new("openssl")
+                .args(["x509", "-noout", "-serial", "-in"])
+                .arg(path),
+        );
+        let serial = serial.trim().trim_start_matches("serial=");
+        run_ok(server.cli().args(["revoke", serial, "--reason", reason]));
+    }
+    let fetch = |path: &'static str| {
+        block_on(client.send(http::Method::GET, path, None, bytes::Bytes::new())).unwrap()
+    };
+    let crl = wait_for(
+        std::time::Duration::from_secs(30),
+        "/v1/crl to list both revocations",
+        || {
+            let crl = fetch("/v1/crl?format=pem");
+            let der = pem::parse(&crl.body).ok()?.into_contents();
+            let (_, parsed) = x509_parser::parse_x509_crl(&der).ok()?;
+            (parsed.iter_revoked_certificates().count() == 2).then_some(crl.clone())
+        },
+    );
     let crl_path = write_file(work.path(), "intermediate.crl", &crl.body);
+    let root_crl = fetch("/v1/crl/root?format=pem");
+    assert_eq!(root_crl.status, StatusCode::OK);
+    let root_crl_path = write_file(work.path(), "root.crl", &root_crl.body);
     for (name, path) in [
-        ("intermediate CRL", crl_path),
-        ("root CRL", server.data_dir.join("root.crl")),
+        ("intermediate CRL with revoked entries", crl_path),
+        ("root CRL", root_crl_path),
     ] {
         let (ok, findings) = lint(
             "lint_crl",

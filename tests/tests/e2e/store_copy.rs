@@ -125,6 +125,7 @@ fn a_sqlite_ca_copied_to_postgresql_serves_the_same_ca_certificates_and_psk_hist
     assert_eq!(rows("psks"), 2);
     assert_eq!(rows("certificates"), certs_before.len());
     assert_eq!(rows("audit"), audit_before.len());
+    assert_eq!(rows("crl_published"), 1, "the CRLs every replica serves");
     assert_eq!(report["crl_number"], counter);
     assert_eq!(
         pg.psql("ca", "SELECT crl_number FROM crl_state WHERE id = 1"),

@@ -1,0 +1,425 @@
+//! Renewal over mTLS (`POST /v1/renew`): a host proves it holds a current
+//! certificate from this CA (the TLS client certificate) and gets a new one.
+//!
+//! The same steps as a first issuance, with the certificate in place of the
+//! PSK: authenticate (the presented certificate, byte for byte, is a host
+//! certificate in the store), parse the CSR (`policy::csr::parse`: the same
+//! allow-lists and self-signature check), decide (`policy::decide_renewal`:
+//! valid, unrevoked, not superseded, same hostname, no new names), sign with
+//! the same profile builder, and record (the old row is superseded in the
+//! transaction that inserts the new one). No second route to the signer.
+//!
+//! The store, not a CRL, says whether the certificate is revoked: it knows
+//! at once. A lost response is recovered like a lost bootstrap: the old
+//! certificate with the same new key gets the certificate already issued.
+
+use crate::authority::{Authority, Issued, SignError, clip};
+use crate::store::{AuditEvent, CertRecord, StoreError};
+use policy::csr::Csr;
+use policy::{AllowedName, Decision, Rejection, RenewalGrant, RenewalRefusal};
+use rustls::pki_types::CertificateDer;
+use std::net::{IpAddr, SocketAddr};
+use x509_parser::extensions::{GeneralName, ParsedExtension};
+
+/// A client certificate found in the store.
+#[derive(Debug, Clone)]
+pub struct ClientCert {
+    pub record: CertRecord,
+    pub grant: RenewalGrant,
+}
+
+impl ClientCert {
+    /// How the certificate appears as the actor in the audit log.
+    pub fn actor(&self) -> String {
+        format!("cert:{}", self.record.serial)
+    }
+}
+
+impl Authority {
+    /// Finds the TLS client certificate in the store: only a host
+    /// certificate this CA recorded, byte for byte, authenticates. Its state
+    /// (revoked, expired, superseded) is judged by the caller.
+    pub async fn authenticate_client(
+        &self,
+        chain: Option<&[CertificateDer<'static>]>,
+        peer: SocketAddr,
+    ) -> Result<ClientCert, SignError> {
+        let now = self.clock.now();
+        let Some(leaf) = chain.and_then(|c| c.first()) else {
+            let r = Rejection::Renewal(RenewalRefusal::NoClientCertificate);
+            return Err(self.refuse_renewal(now, None, peer, r).await);
+        };
+        let serial = x509_parser::parse_x509_certificate(leaf)
+            .map(|(_, c)| hex::encode(c.raw_serial()))
+            .ok();
+        let record = match &serial {
+            Some(serial) => self.store.get_cert(serial).await?,
+            None => None,
+        };
+        let Some(record) = record.filter(|r| r.der == leaf.as_ref() && r.kind == "host") else {
+            let r = Rejection::Renewal(RenewalRefusal::UnknownCertificate);
+            return Err(self.refuse_renewal(now, None, peer, r).await);
+        };
+        let grant = RenewalGrant {
+            hostname: record.hostname.clone(),
+            names: names_of(&record.der)?,
+            not_before: record.not_before,
+            not_after: record.not_after,
+            revoked: record.revoked_at.is_some(),
+            superseded: record.superseded_by.is_some(),
+        };
+        Ok(ClientCert { record, grant })
+    }
+
+    /// The renewal of `client` with the CSR in `body`.
+    pub async fn renew(
+        &self,
+        client: &ClientCert,
+        body: &[u8],
+        peer: SocketAddr,
+    ) -> Result<Issued, SignError> {
+        let now = self.clock.now();
+        // Revoked or expired: refused before the body is looked at.
+        // Superseded may still be the retry of a renewal whose answer was lost.
+        match client.grant.check(now) {
+            Ok(()) | Err(RenewalRefusal::Superseded) => {}
+            Err(r) => {
+                return Err(self
+                    .refuse_renewal(now, Some(client), peer, Rejection::Renewal(r))
+                    .await);
+            }
+        }
+        let csr = match policy::csr::parse(body) {
+            Ok(csr) if self.signer.is_ca_key(&csr.spki_der) => {
+                let r = Rejection::KeyNotAllowed("the CA's own public key".into());
+                return Err(self.refuse_renewal(now, Some(client), peer, r).await);
+            }
+            Ok(csr) => csr,
+            Err(r) => return Err(self.refuse_renewal(now, Some(client), peer, r).await),
+        };
+        if let Some(issued) = self.renewal_retry(client, &csr, now, peer).await? {
+            return Ok(issued);
+        }
+        let profile = match policy::decide_renewal(&csr, &client.grant, now) {
+            Decision::Accept(profile) => profile,
+            Decision::Reject(r) => {
+                return Err(self.refuse_renewal(now, Some(client), peer, r).await);
+            }
+        };
+        if let Some(r) = self.compromised_key(&csr).await? {
+            return Err(self.refuse_renewal(now, Some(client), peer, r).await);
+        }
+
+        // Sign (CPU only; discarded unless the record below commits).
+        let leaf = self.sign_profile(&profile, &csr, now)?;
+        let record = leaf.to_record(&profile.hostname, "host", &csr.spki_der, now);
+        let audit = AuditEvent {
+            at: now,
+            event: "renewed".into(),
+            hostname: Some(profile.hostname.clone()),
+            serial: Some(leaf.serial.clone()),
+            outcome: "issued".into(),
+            reason: Some(format!(
+                "renewal of {}; key {}",
+                client.record.serial, csr.key
+            )),
+            peer: Some(peer.to_string()),
+            actor: Some(client.actor()),
+            ..Default::default()
+        };
+        if self
+            .store
+            .record_renewal(&client.record.serial, &record, &audit, now)
+            .await?
+        {
+            return Ok(Issued {
+                serial: leaf.serial,
+                hostname: profile.hostname,
+                chain_pem: self.signer.chain_pem(&leaf.der),
+                replayed: false,
+            });
+        }
+        // The old certificate changed since it was read: renewed by a
+        // concurrent request (possibly this client's own retry), or revoked.
+        let fresh = self
+            .authenticate_client(
+                Some(&[CertificateDer::from(client.record.der.clone())]),
+                peer,
+            )
+            .await?;
+        if let Some(issued) = self.renewal_retry(&fresh, &csr, now, peer).await? {
+            return Ok(issued);
+        }
+        let r = fresh
+            .grant
+            .check(now)
+            .err()
+            .unwrap_or(RenewalRefusal::Superseded);
+        Err(self
+            .refuse_renewal(now, Some(&fresh), peer, Rejection::Renewal(r))
+            .await)
+    }
+
+    /// The idempotent retry: `client` was already renewed to a certificate
+    /// for this CSR's key that is still current: that certificate again.
+    async fn renewal_retry(
+        &self,
+        client: &ClientCert,
+        csr: &Csr,
+        now: i64,
+        peer: SocketAddr,
+    ) -> Result<Option<Issued>, SignError> {
+        let Some(next) = &client.record.superseded_by else {
+            return Ok(None);
+        };
+        let Some(next) = self.store.get_cert(next).await? else {
+            return Ok(None);
+        };
+        let current =
+            next.revoked_at.is_none() && next.superseded_by.is_none() && now < next.not_after;
+        if !current || next.public_key_sha256 != csr.public_key_sha256() {
+            return Ok(None);
+        }
+        self.store
+            .audit(&AuditEvent {
+                at: now,
+                event: "renew_replayed".into(),
+                hostname: Some(next.hostname.clone()),
+                serial: Some(next.serial.clone()),
+                outcome: "issued".into(),
+                reason: Some(format!(
+                    "idempotent retry: renewal of {} with the same key",
+                    client.record.serial
+                )),
+                peer: Some(peer.to_string()),
+                actor: Some(client.actor()),
+                ..Default::default()
+            })
+            .await?;
+        Ok(Some(Issued {
+            chain_pem: self.signer.chain_pem(&next.der),
+            serial: next.serial,
+            hostname: next.hostname,
+            replayed: true,
+        }))
+    }
+
+    /// Audits a refused renewal (actor: the presented certificate) through
+    /// the aggregating refusal log, and hands the refusal back. A store
+    /// failure while auditing is logged.
+    async fn refuse_renewal(
+        &self,
+        now: i64,
+        client: Option<&ClientCert>,
+        peer: SocketAddr,
+        r: Rejection,
+    ) -> SignError {
+        let event = AuditEvent {
+            at: now,
+            event: "renew".into(),
+            hostname: client.map(|c| c.record.hostname.clone()),
+            serial: client.map(|c| c.record.serial.clone()),
+            outcome: "rejected".into(),
+            reason: Some(clip(&r.reason())),
+            peer: Some(peer.ip().to_string()),
+            actor: client.map(ClientCert::actor),
+            ..Default::default()
+        };
+        if let Err(e) = self.rejections.record(&self.store, event, r.code()).await {
+            tracing::error!(error = %e, "could not write the audit row for a refused renewal");
+        }
+        SignError::Rejected(r)
+    }
+}
+
+/// The DNS and IP names of a certificate we issued (its SANs).
+fn names_of(der: &[u8]) -> Result<Vec<AllowedName>, StoreError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| StoreError::Corrupt(format!("certificate: {e}")))?;
+    let mut names = Vec::new();
+    for ext in cert.extensions() {
+        let ParsedExtension::SubjectAlternativeName(san) = ext.parsed_extension() else {
+            continue;
+        };
+        for name in &san.general_names {
+            match name {
+                GeneralName::DNSName(d) => names.push(AllowedName::Dns(d.to_string())),
+                GeneralName::IPAddress(b) => {
+                    let ip = match b.len() {
+                        4 => IpAddr::from(<[u8; 4]>::try_from(*b).expect("4 bytes")),
+                        16 => IpAddr::from(<[u8; 16]>::try_from(*b).expect("16 bytes")),
+                        _ => return Err(StoreError::Corrupt("an IP SAN of odd length".into())),
+                    };
+                    names.push(AllowedName::Ip(ip));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ca::LeafRequest;
+    use crate::testing::{NOW, fixture};
+    use ca_client::keys::{HostKey, KeyType};
+    use policy::{KeyKind, Profile};
+    use std::sync::Arc;
+
+    const HOST: &str = "h.example.internal";
+    const PEER: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 1);
+
+    fn csr(host: &str) -> (HostKey, Vec<u8>) {
+        let key = HostKey::generate(KeyType::P256).unwrap();
+        let pem = key.csr_pem(host, &[], None).unwrap();
+        (key, pem.as_bytes().to_vec())
+    }
+
+    fn code(e: &SignError) -> &'static str {
+        match e {
+            SignError::Rejected(r) => r.code(),
+            other => panic!("not a rejection: {other}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn one_certificate_renews_once_keeps_its_names_and_retries_get_the_same_answer() {
+        let f = fixture().await;
+        let authority = Arc::new(f.authority());
+        // A host certificate with an extra IP name, as a first issuance makes it.
+        let old_key = HostKey::generate(KeyType::P256).unwrap();
+        let profile = Profile::new(HOST, &[AllowedName::Ip("10.0.0.5".parse().unwrap())]);
+        let leaf = f
+            .signer
+            .sign_leaf(&LeafRequest {
+                profile: &profile,
+                key: KeyKind::EcdsaP256,
+                spki_der: &old_key.spki_der(),
+                now: NOW,
+                validity: crate::ca::DEFAULT_LEAF_VALIDITY,
+            })
+            .unwrap();
+        let record = leaf.to_record(HOST, "host", &old_key.spki_der(), NOW);
+        f.store
+            .record_certificate(&record, &AuditEvent::default())
+            .await
+            .unwrap();
+        let chain = [CertificateDer::from(leaf.der.clone())];
+        let client = authority
+            .authenticate_client(Some(&chain), PEER)
+            .await
+            .unwrap();
+        assert_eq!(client.grant.names, profile.sans);
+
+        // Eight concurrent renewals with eight new keys: exactly one wins.
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let (authority, client) = (authority.clone(), client.clone());
+            tasks.push(tokio::spawn(async move {
+                let (_, body) = csr(HOST);
+                authority.renew(&client, &body, PEER).await
+            }));
+        }
+        let mut won = Vec::new();
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(issued) => won.push(issued),
+                Err(e) => assert_eq!(code(&e), "certificate_superseded"),
+            }
+        }
+        assert_eq!(won.len(), 1, "{won:?}");
+        let new = f.store.get_cert(&won[0].serial).await.unwrap().unwrap();
+        let old = f.store.get_cert(&leaf.serial).await.unwrap().unwrap();
+        assert_eq!(old.superseded_by.as_deref(), Some(new.serial.as_str()));
+        assert_eq!(
+            names_of(&new.der).unwrap(),
+            profile.sans,
+            "the old names carry over"
+        );
+
+        // The retry of a lost answer (old certificate, same new key): the same certificate.
+        let (key, body) = csr(HOST);
+        let client = authority
+            .authenticate_client(Some(&chain), PEER)
+            .await
+            .unwrap();
+        assert_eq!(
+            code(&authority.renew(&client, &body, PEER).await.unwrap_err()),
+            "certificate_superseded"
+        );
+        let fresh_record = f.store.get_cert(&won[0].serial).await.unwrap().unwrap();
+        let fresh_chain = [CertificateDer::from(fresh_record.der.clone())];
+        let newer = authority
+            .authenticate_client(Some(&fresh_chain), PEER)
+            .await
+            .unwrap();
+        let renewed = authority.renew(&newer, &body, PEER).await.unwrap();
+        assert!(!renewed.replayed);
+        let newer = authority
+            .authenticate_client(Some(&fresh_chain), PEER)
+            .await
+            .unwrap();
+        let again = authority.renew(&newer, &body, PEER).await.unwrap();
+        assert!(again.replayed);
+        assert_eq!(again.serial, renewed.serial);
+        drop(key);
+
+        // Another host's name, or a foreign certificate, or none: refused.
+        let latest = f.store.get_cert(&renewed.serial).await.unwrap().unwrap();
+        let latest_chain = [CertificateDer::from(latest.der.clone())];
+        let c = authority
+            .authenticate_client(Some(&latest_chain), PEER)
+            .await
+            .unwrap();
+        let (_, other) = csr("other.example.internal");
+        assert_eq!(
+            code(&authority.renew(&c, &other, PEER).await.unwrap_err()),
+            "hostname_mismatch"
+        );
+        let err = authority.authenticate_client(None, PEER).await.unwrap_err();
+        assert_eq!(code(&err), "client_certificate_required");
+        let mut tampered = latest.der.clone();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        let err = authority
+            .authenticate_client(Some(&[CertificateDer::from(tampered)]), PEER)
+            .await
+            .unwrap_err();
+        assert_eq!(code(&err), "certificate_unknown");
+
+        // Revoked: refused before the CSR is read, audited with the certificate as actor.
+        f.store
+            .revoke_serial(
+                &latest.serial,
+                &crate::store::Revocation {
+                    reason: "keyCompromise",
+                    now: NOW,
+                    actor: "test",
+                },
+            )
+            .await
+            .unwrap();
+        let c = authority
+            .authenticate_client(Some(&latest_chain), PEER)
+            .await
+            .unwrap();
+        assert_eq!(
+            code(&authority.renew(&c, b"not a csr", PEER).await.unwrap_err()),
+            "certificate_revoked"
+        );
+        let audit = f.store.audit_since(0, 1000).await.unwrap();
+        let refused = audit.iter().rev().find(|a| a.event == "renew").unwrap();
+        assert_eq!(
+            refused.actor.as_deref(),
+            Some(format!("cert:{}", latest.serial).as_str())
+        );
+        assert_eq!(
+            refused.reason.as_deref(),
+            Some("certificate_revoked: the client certificate is revoked")
+        );
+        assert!(audit.iter().any(|a| a.event == "renewed"
+            && a.actor.as_deref() == Some(format!("cert:{}", leaf.serial).as_str())));
+    }
+}

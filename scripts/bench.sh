@@ -156,7 +156,7 @@ if want postgres; then
   PGDATA_DIR=$WORK/pg; mkdir -p "$PGDATA_DIR"; chown postgres "$PGDATA_DIR"
   runuser -u postgres -- "$PGBIN/initdb" -D "$PGDATA_DIR" -U postgres --auth=trust -E UTF8 --locale=C >/dev/null
   PGPORT=$(free_port)
-  runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -l "$WORK/pg.log" -w \
+  runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -l "$PGDATA_DIR/server.log" -w \
     -o "-c listen_addresses=127.0.0.1 -p $PGPORT -k $PGDATA_DIR -c max_connections=200" start >/dev/null
   "$PGBIN/psql" -h 127.0.0.1 -p "$PGPORT" -U postgres -qc "CREATE DATABASE ca"
   DB="postgres://postgres@127.0.0.1:$PGPORT/ca"

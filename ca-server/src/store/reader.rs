@@ -10,7 +10,8 @@
 
 use super::{Engine, Store, StoreError, StoreResult, psk_entry_from_row};
 use policy::PskEntry;
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AssertSqlSafe, Row};
 use std::collections::HashMap;
 use tokio::sync::{mpsc, oneshot};
 
@@ -58,6 +59,8 @@ impl Store {
 
 async fn run(store: Store, mut rx: mpsc::Receiver<Lookup>) {
     let mut batch: Vec<Lookup> = Vec::with_capacity(MAX_BATCH);
+    // Its own connection, kept (see the writer).
+    let mut conn: Option<PoolConnection<Any>> = None;
     while let Some(first) = rx.recv().await {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -66,7 +69,11 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Lookup>) {
                 Err(_) => break,
             }
         }
-        match lookup_batch(&store, &batch).await {
+        let result = lookup_batch(&store, &mut conn, &batch).await;
+        if result.is_err() {
+            conn = None;
+        }
+        match result {
             Ok(found) => {
                 // Several lookups of one name each get the entry.
                 for l in batch.drain(..) {
@@ -93,7 +100,16 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Lookup>) {
 
 /// One query for every distinct hostname of the batch (padded to a power of
 /// two with the last name, so a few statement shapes stay prepared).
-async fn lookup_batch(store: &Store, batch: &[Lookup]) -> StoreResult<HashMap<String, PskEntry>> {
+async fn lookup_batch(
+    store: &Store,
+    conn: &mut Option<PoolConnection<Any>>,
+    batch: &[Lookup],
+) -> StoreResult<HashMap<String, PskEntry>> {
+    store.pool()?; // fails at once while the store is known to be down
+    if conn.is_none() {
+        *conn = Some(store.conn().await?);
+    }
+    let conn = conn.as_mut().expect("connected above");
     let mut names: Vec<&str> = batch.iter().map(|l| l.hostname.as_str()).collect();
     names.sort_unstable();
     names.dedup();
@@ -115,7 +131,7 @@ async fn lookup_batch(store: &Store, batch: &[Lookup]) -> StoreResult<HashMap<St
     for i in 0..padded {
         q = q.bind(names[i.min(names.len() - 1)].to_owned());
     }
-    let rows = q.fetch_all(&mut *store.conn().await?).await?;
+    let rows = q.fetch_all(&mut **conn).await?;
     let mut found = HashMap::with_capacity(rows.len());
     for row in &rows {
         let host: String = row.try_get("hostname")?;

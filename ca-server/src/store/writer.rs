@@ -18,7 +18,8 @@
 
 use super::{AuditEvent, CertRecord, Engine, Issuance, Store, StoreError, StoreResult};
 use policy::PskHash;
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AssertSqlSafe, Row};
 use std::collections::HashMap;
 use tokio::sync::{mpsc, oneshot};
 
@@ -87,6 +88,9 @@ impl Store {
 
 async fn run(store: Store, mut rx: mpsc::Receiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    // The writer keeps its connection: on SQLite its page cache stays valid
+    // (it is the only writer), and no batch waits for the pool.
+    let mut conn: Option<PoolConnection<Any>> = None;
     while let Some(first) = rx.recv().await {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -95,7 +99,11 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        match commit_batch(&store, &batch).await {
+        let result = commit_batch(&store, &mut conn, &batch).await;
+        if result.is_err() {
+            conn = None; // a fresh connection for the next batch
+        }
+        match result {
             Ok(won) => {
                 for (job, won) in batch.drain(..).zip(won) {
                     let _ = job.reply.send(if won {
@@ -128,8 +136,17 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Job>) {
 }
 
 /// Records a batch in one transaction; returns, per job, whether it won its PSK.
-async fn commit_batch(store: &Store, batch: &[Job]) -> StoreResult<Vec<bool>> {
-    let mut tx = store.begin().await?;
+async fn commit_batch(
+    store: &Store,
+    conn: &mut Option<PoolConnection<Any>>,
+    batch: &[Job],
+) -> StoreResult<Vec<bool>> {
+    store.pool()?; // fails at once while the store is known to be down
+    if conn.is_none() {
+        *conn = Some(store.conn().await?);
+    }
+    let conn = conn.as_mut().expect("connected above");
+    let mut tx = sqlx::Connection::begin(&mut **conn).await?;
 
     // 1. Spend every PSK that is still live at its request's `now`. The
     // condition list is padded to a power of two (repeating the last one
@@ -199,7 +216,7 @@ async fn commit_batch(store: &Store, batch: &[Job]) -> StoreResult<Vec<bool>> {
 }
 
 async fn insert_certs(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     ph: Placeholders,
     jobs: &[&Job],
 ) -> StoreResult<()> {
@@ -232,7 +249,7 @@ async fn insert_certs(
 }
 
 async fn insert_audits(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     ph: Placeholders,
     jobs: &[&Job],
 ) -> StoreResult<()> {

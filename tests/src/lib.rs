@@ -310,21 +310,27 @@ impl CaServer {
         }
     }
 
-    /// Stops the server with SIGTERM and waits for it.
+    /// Stops the server with SIGTERM and waits for it. A server that does not
+    /// shut down cleanly on SIGTERM (systemd's stop) fails the test.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = Command::new("kill")
                 .args(["-TERM", &c.id().to_string()])
                 .status();
-            let deadline = Instant::now() + Duration::from_secs(15);
+            let deadline = Instant::now() + Duration::from_secs(30);
             while Instant::now() < deadline {
-                if c.try_wait().ok().flatten().is_some() {
+                if let Some(status) = c.try_wait().ok().flatten() {
+                    assert!(
+                        status.success(),
+                        "ca-server exited with {status} on SIGTERM"
+                    );
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
             let _ = c.kill();
             let _ = c.wait();
+            panic!("ca-server did not stop within 30 s of SIGTERM");
         }
     }
 

@@ -173,6 +173,9 @@ pub struct Store {
     writer: Arc<std::sync::OnceLock<writer::Writer>>,
     /// The batching PSK reader, started with the writer.
     reader: Arc<std::sync::OnceLock<reader::Reader>>,
+    /// Set by [`Store::close`]: the writer and the reader hand back the
+    /// connections they keep, or the pool's close would wait for them forever.
+    closing: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Store {
@@ -222,6 +225,7 @@ impl Store {
             gate: Arc::default(),
             writer: Arc::default(),
             reader: Arc::default(),
+            closing: Arc::new(tokio::sync::watch::Sender::new(false)),
         })
     }
 
@@ -231,6 +235,7 @@ impl Store {
 
     /// Closes every connection (for orderly shutdown).
     pub async fn close(&self) {
+        self.closing.send_replace(true);
         self.pool.close().await;
     }
 

@@ -11,7 +11,7 @@
 use super::{Engine, Store, StoreError, StoreResult, psk_entry_from_row};
 use policy::PskEntry;
 use sqlx::pool::PoolConnection;
-use sqlx::{Any, AssertSqlSafe, Row};
+use sqlx::{Any, Row};
 use std::collections::HashMap;
 use tokio::sync::{mpsc, oneshot};
 
@@ -61,7 +61,16 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Lookup>) {
     let mut batch: Vec<Lookup> = Vec::with_capacity(MAX_BATCH);
     // Its own connection, kept (see the writer).
     let mut conn: Option<PoolConnection<Any>> = None;
-    while let Some(first) = rx.recv().await {
+    let mut closing = store.closing.subscribe();
+    loop {
+        let first = tokio::select! {
+            next = rx.recv() => match next {
+                Some(first) => first,
+                None => break,
+            },
+            // Returning drops `conn`, back to the pool that is closing.
+            _ = closing.wait_for(|closed| *closed) => break,
+        };
         batch.push(first);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -98,8 +107,7 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Lookup>) {
     }
 }
 
-/// One query for every distinct hostname of the batch (padded to a power of
-/// two with the last name, so a few statement shapes stay prepared).
+/// One query for every distinct hostname of the batch.
 async fn lookup_batch(
     store: &Store,
     conn: &mut Option<PoolConnection<Any>>,
@@ -113,24 +121,18 @@ async fn lookup_batch(
     let mut names: Vec<&str> = batch.iter().map(|l| l.hostname.as_str()).collect();
     names.sort_unstable();
     names.dedup();
-    let padded = names.len().next_power_of_two();
-    let mut sql = String::from(
-        "SELECT hostname, psk_hash, allowed_sans, expires_at FROM psks WHERE hostname IN (",
-    );
-    for i in 0..padded {
-        if i > 0 {
-            sql.push_str(", ");
+    // The names travel as one JSON array: one statement shape, one round trip.
+    let sql = match store.engine() {
+        Engine::Sqlite => {
+            "SELECT hostname, psk_hash, allowed_sans, expires_at FROM psks \
+             WHERE hostname IN (SELECT value FROM json_each(?1))"
         }
-        match store.engine() {
-            Engine::Sqlite => sql.push('?'),
-            Engine::Postgres => sql.push_str(&format!("${}", i + 1)),
+        Engine::Postgres => {
+            "SELECT hostname, psk_hash, allowed_sans, expires_at FROM psks \
+             WHERE hostname IN (SELECT jsonb_array_elements_text($1::jsonb))"
         }
-    }
-    sql.push(')');
-    let mut q = sqlx::query(AssertSqlSafe(sql));
-    for i in 0..padded {
-        q = q.bind(names[i.min(names.len() - 1)].to_owned());
-    }
+    };
+    let q = sqlx::query(sql).bind(serde_json::to_string(&names).expect("strings serialise"));
     let rows = q.fetch_all(&mut **conn).await?;
     let mut found = HashMap::with_capacity(rows.len());
     for row in &rows {

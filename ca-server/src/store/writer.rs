@@ -19,7 +19,7 @@
 use super::{AuditEvent, CertRecord, Engine, Issuance, Store, StoreError, StoreResult};
 use policy::PskHash;
 use sqlx::pool::PoolConnection;
-use sqlx::{Any, AssertSqlSafe, Row};
+use sqlx::{Any, Row};
 use std::collections::HashMap;
 use tokio::sync::{mpsc, oneshot};
 
@@ -91,7 +91,16 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Job>) {
     // The writer keeps its connection: on SQLite its page cache stays valid
     // (it is the only writer), and no batch waits for the pool.
     let mut conn: Option<PoolConnection<Any>> = None;
-    while let Some(first) = rx.recv().await {
+    let mut closing = store.closing.subscribe();
+    loop {
+        let first = tokio::select! {
+            next = rx.recv() => match next {
+                Some(first) => first,
+                None => break,
+            },
+            // Returning drops `conn`, back to the pool that is closing.
+            _ = closing.wait_for(|closed| *closed) => break,
+        };
         batch.push(first);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -147,35 +156,38 @@ async fn commit_batch(
     }
     let conn = conn.as_mut().expect("connected above");
     let mut tx = sqlx::Connection::begin(&mut **conn).await?;
+    let engine = store.engine();
 
     // 1. Spend every PSK that is still live at its request's `now`. The
-    // condition list is padded to a power of two (repeating the last one
-    // changes nothing) so a few statement shapes stay prepared.
-    let ph = Placeholders(store.engine());
-    let padded = batch.len().next_power_of_two();
-    let mut sql = String::from("DELETE FROM psks WHERE ");
-    for i in 0..padded {
-        if i > 0 {
-            sql.push_str(" OR ");
+    // batch travels as one JSON parameter, so each statement has one shape
+    // (prepared once) and costs one round trip whatever the batch size.
+    let spend: Vec<serde_json::Value> = batch
+        .iter()
+        .map(|j| {
+            serde_json::json!({
+                "h": j.cert.hostname,
+                "p": hex::encode(j.psk_hash.0),
+                "n": j.now,
+            })
+        })
+        .collect();
+    let sql = match engine {
+        Engine::Sqlite => {
+            "DELETE FROM psks WHERE hostname IN (SELECT value ->> 'h' FROM json_each(?1)) \
+             AND EXISTS (SELECT 1 FROM json_each(?1) j WHERE j.value ->> 'h' = psks.hostname \
+             AND unhex(j.value ->> 'p') = psks.psk_hash AND psks.expires_at > j.value ->> 'n') \
+             RETURNING hostname, psk_hash"
         }
-        let p = 3 * i;
-        sql.push_str(&format!(
-            "(hostname = {} AND psk_hash = {} AND expires_at > {})",
-            ph.at(p + 1),
-            ph.at(p + 2),
-            ph.at(p + 3)
-        ));
-    }
-    sql.push_str(" RETURNING hostname, psk_hash");
-    let mut q = sqlx::query(AssertSqlSafe(sql));
-    for i in 0..padded {
-        let job = &batch[i.min(batch.len() - 1)];
-        q = q
-            .bind(job.cert.hostname.clone())
-            .bind(job.psk_hash.0.to_vec())
-            .bind(job.now);
-    }
-    let rows = q.fetch_all(&mut *tx).await?;
+        Engine::Postgres => {
+            "DELETE FROM psks p USING jsonb_to_recordset($1::jsonb) AS j(h text, p text, n bigint) \
+             WHERE p.hostname = j.h AND p.psk_hash = decode(j.p, 'hex') AND p.expires_at > j.n \
+             RETURNING p.hostname, p.psk_hash"
+        }
+    };
+    let rows = sqlx::query(sql)
+        .bind(serde_json::Value::Array(spend).to_string())
+        .fetch_all(&mut *tx)
+        .await?;
     let mut spent: HashMap<(String, Vec<u8>), ()> = HashMap::with_capacity(rows.len());
     for row in rows {
         spent.insert((row.try_get("hostname")?, row.try_get("psk_hash")?), ());
@@ -200,16 +212,9 @@ async fn commit_batch(
         return Ok(won);
     }
 
-    // 2. and 3. Their certificates and audit rows, in chunks of a
-    // power-of-two size, for the same reason.
-    let mut rest = &winners[..];
-    while !rest.is_empty() {
-        let n = 1 << (usize::BITS - 1 - rest.len().leading_zeros());
-        let (chunk, tail) = rest.split_at(n);
-        insert_certs(&mut tx, ph, chunk).await?;
-        insert_audits(&mut tx, ph, chunk).await?;
-        rest = tail;
-    }
+    // 2. and 3. Their certificates and audit rows.
+    insert_certs(&mut tx, engine, &winners).await?;
+    insert_audits(&mut tx, engine, &winners).await?;
 
     tx.commit().await?;
     Ok(won)
@@ -217,106 +222,88 @@ async fn commit_batch(
 
 async fn insert_certs(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    ph: Placeholders,
+    engine: Engine,
     jobs: &[&Job],
 ) -> StoreResult<()> {
-    let mut sql = String::from(concat!(
-        "INSERT INTO certificates (",
-        cert_columns!(),
-        ") VALUES "
-    ));
-    ph.push_rows(&mut sql, jobs.len(), 13);
-    let mut q = sqlx::query(AssertSqlSafe(sql));
-    for job in jobs {
-        let c = &job.cert;
-        q = q
-            .bind(c.serial.clone())
-            .bind(c.hostname.clone())
-            .bind(c.kind.clone())
-            .bind(c.public_key_sha256.clone())
-            .bind(c.psk_hash.clone())
-            .bind(c.psk_expires_at)
-            .bind(c.not_before)
-            .bind(c.not_after)
-            .bind(c.der.clone())
-            .bind(c.issued_at)
-            .bind(c.revoked_at)
-            .bind(c.revocation_reason.clone())
-            .bind(c.superseded_by.clone());
-    }
-    q.execute(&mut **tx).await?;
+    let rows: Vec<serde_json::Value> = jobs
+        .iter()
+        .map(|j| {
+            let c = &j.cert;
+            serde_json::json!({
+                "serial": c.serial,
+                "hostname": c.hostname,
+                "kind": c.kind,
+                "pk": hex::encode(&c.public_key_sha256),
+                "ph": c.psk_hash.as_ref().map(hex::encode),
+                "pe": c.psk_expires_at,
+                "nb": c.not_before,
+                "na": c.not_after,
+                "der": hex::encode(&c.der),
+                "ia": c.issued_at,
+                "ra": c.revoked_at,
+                "rr": c.revocation_reason,
+                "sb": c.superseded_by,
+            })
+        })
+        .collect();
+    let sql = match engine {
+        Engine::Sqlite => concat!(
+            "INSERT INTO certificates (",
+            cert_columns!(),
+            ") SELECT value ->> 'serial', value ->> 'hostname', value ->> 'kind', \
+             unhex(value ->> 'pk'), unhex(value ->> 'ph'), value ->> 'pe', value ->> 'nb', \
+             value ->> 'na', unhex(value ->> 'der'), value ->> 'ia', value ->> 'ra', \
+             value ->> 'rr', value ->> 'sb' FROM json_each(?1)"
+        ),
+        Engine::Postgres => concat!(
+            "INSERT INTO certificates (",
+            cert_columns!(),
+            ") SELECT j.serial, j.hostname, j.kind, decode(j.pk, 'hex'), decode(j.ph, 'hex'), \
+             j.pe, j.nb, j.na, decode(j.der, 'hex'), j.ia, j.ra, j.rr, j.sb \
+             FROM jsonb_to_recordset($1::jsonb) AS j(serial text, hostname text, kind text, \
+             pk text, ph text, pe bigint, nb bigint, na bigint, der text, ia bigint, ra bigint, \
+             rr text, sb text)"
+        ),
+    };
+    sqlx::query(sql)
+        .bind(serde_json::Value::Array(rows).to_string())
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
 async fn insert_audits(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    ph: Placeholders,
+    engine: Engine,
     jobs: &[&Job],
 ) -> StoreResult<()> {
-    let mut sql = String::from(
-        "INSERT INTO audit (at, event, hostname, serial, outcome, reason, peer, actor) VALUES ",
-    );
-    ph.push_rows(&mut sql, jobs.len(), 8);
-    let mut q = sqlx::query(AssertSqlSafe(sql));
-    for job in jobs {
-        let a = &job.audit;
-        q = q
-            .bind(a.at)
-            .bind(a.event.clone())
-            .bind(a.hostname.clone())
-            .bind(a.serial.clone())
-            .bind(a.outcome.clone())
-            .bind(a.reason.clone())
-            .bind(a.peer.clone())
-            .bind(a.actor.clone());
-    }
-    q.execute(&mut **tx).await?;
+    let rows: Vec<serde_json::Value> = jobs
+        .iter()
+        .map(|j| {
+            let a = &j.audit;
+            serde_json::json!({
+                "at": a.at, "event": a.event, "hostname": a.hostname, "serial": a.serial,
+                "outcome": a.outcome, "reason": a.reason, "peer": a.peer, "actor": a.actor,
+            })
+        })
+        .collect();
+    let sql = match engine {
+        Engine::Sqlite => {
+            "INSERT INTO audit (at, event, hostname, serial, outcome, reason, peer, actor) \
+             SELECT value ->> 'at', value ->> 'event', value ->> 'hostname', value ->> 'serial', \
+             value ->> 'outcome', value ->> 'reason', value ->> 'peer', value ->> 'actor' \
+             FROM json_each(?1) ORDER BY key"
+        }
+        Engine::Postgres => {
+            "INSERT INTO audit (at, event, hostname, serial, outcome, reason, peer, actor) \
+             SELECT j.at, j.event, j.hostname, j.serial, j.outcome, j.reason, j.peer, j.actor \
+             FROM jsonb_to_recordset($1::jsonb) AS j(at bigint, event text, hostname text, \
+             serial text, outcome text, reason text, peer text, actor text)"
+        }
+    };
+    sqlx::query(sql)
+        .bind(serde_json::Value::Array(rows).to_string())
+        .execute(&mut **tx)
+        .await?;
     Ok(())
-}
-
-/// Bind placeholders for statements built at run time: `?` on SQLite (bound
-/// by position; `$n` makes SQLite look every parameter up by name, which
-/// showed in profiles of large batches), `$n` on PostgreSQL.
-#[derive(Debug, Clone, Copy)]
-struct Placeholders(Engine);
-
-impl Placeholders {
-    fn at(self, n: usize) -> String {
-        match self.0 {
-            Engine::Sqlite => "?".into(),
-            Engine::Postgres => format!("${n}"),
-        }
-    }
-
-    /// Appends `(p1, ..., p_cols), (p_cols+1, ...)` for `rows` rows.
-    fn push_rows(self, sql: &mut String, rows: usize, cols: usize) {
-        for r in 0..rows {
-            if r > 0 {
-                sql.push_str(", ");
-            }
-            sql.push('(');
-            for c in 0..cols {
-                if c > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push_str(&self.at(r * cols + c + 1));
-            }
-            sql.push(')');
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{Engine, Placeholders};
-
-    #[test]
-    fn placeholders_number_rows_then_columns() {
-        let mut s = String::new();
-        Placeholders(Engine::Postgres).push_rows(&mut s, 2, 3);
-        assert_eq!(s, "($1, $2, $3), ($4, $5, $6)");
-        let mut s = String::new();
-        Placeholders(Engine::Sqlite).push_rows(&mut s, 2, 2);
-        assert_eq!(s, "(?, ?), (?, ?)");
-    }
 }

@@ -6,10 +6,8 @@
 //! hash (checked on the response bytes).
 
 use ca_client::https::{HttpsClient, Reply, TransportError};
-use ca_client::keys::HostKey;
-use ca_tests::fleet::{Host, bootstrap};
+use ca_tests::fleet::{Host, bootstrap, mtls_client};
 use ca_tests::*;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -39,26 +37,6 @@ fn remote_cli(ca: &CaServer, admin: &Path, spawner: &Path, args: &[&str]) -> Com
         .args(["--server", &ca.url, "--admin-cert"])
         .arg(admin);
     cmd
-}
-
-/// A client for `ca` presenting the chain and key in `dir` (an admin
-/// directory or a host's), or no certificate.
-fn client_with(ca: &CaServer, dir: Option<&Path>) -> HttpsClient {
-    let root = pem::parse(read(&ca.root_pem())).unwrap().into_contents();
-    let auth = dir.map(|d| {
-        let chain = pem::parse_many(read(&d.join("chain.pem")))
-            .unwrap()
-            .into_iter()
-            .map(|b| CertificateDer::from(b.into_contents()))
-            .collect();
-        let key = HostKey::load(&d.join("key.pem")).unwrap();
-        (
-            chain,
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.pkcs8_der().to_vec())),
-        )
-    });
-    let config = ca_client::trust::pinned_client_config(&root, auth).unwrap();
-    HttpsClient::new(&ca.url, config).unwrap()
 }
 
 fn call(
@@ -120,7 +98,7 @@ fn every_admin_endpoint_refuses_host_revoked_expired_foreign_and_missing_certifi
     assert_eq!(listed[0]["kind"], "admin");
     assert_eq!(listed[0]["status"], "valid");
     let ok = call(
-        &client_with(&ca, Some(&revoked)),
+        &mtls_client(&ca, Some(&revoked)),
         "GET",
         "/v1/admin/psks",
         "",
@@ -137,7 +115,7 @@ fn every_admin_endpoint_refuses_host_revoked_expired_foreign_and_missing_certifi
 
     // The foreign certificate is a working admin certificate at its own CA.
     let ok = call(
-        &client_with(&other_ca, Some(&foreign)),
+        &mtls_client(&other_ca, Some(&foreign)),
         "GET",
         "/v1/admin/psks",
         "",
@@ -190,7 +168,7 @@ fn every_admin_endpoint_refuses_host_revoked_expired_foreign_and_missing_certifi
         ("foreign admin", Some(&foreign), None),
     ];
     for (who, dir, code) in callers {
-        let client = client_with(&ca, dir);
+        let client = mtls_client(&ca, dir);
         for (method, path, body) in &endpoints {
             let result = call(&client, method, path, body);
             match code {
@@ -244,7 +222,7 @@ fn every_admin_endpoint_refuses_host_revoked_expired_foreign_and_missing_certifi
 
     // The valid admin certificate gets through every endpoint (the table is
     // not refusing for some other reason), each action audited with it.
-    let client = client_with(&ca, Some(&admin));
+    let client = mtls_client(&ca, Some(&admin));
     let expected = [200, 201, 201, 200, 200, 200, 200, 200, 404];
     for ((method, path, body), status) in endpoints.iter().zip(expected) {
         let reply = call(&client, method, path, body).unwrap();
@@ -323,7 +301,7 @@ fn a_spawner_creates_the_psk_remotely_and_the_host_bootstraps_from_the_bundle_al
     let copy = write_file(work.path(), "copy.bundle", read(&bundle));
 
     // Listing PSKs, remotely: hostnames and expiry, never the secret or hash.
-    let reply = call(&client_with(&ca, Some(&admin)), "GET", "/v1/admin/psks", "").unwrap();
+    let reply = call(&mtls_client(&ca, Some(&admin)), "GET", "/v1/admin/psks", "").unwrap();
     assert_eq!(reply.status.as_u16(), 200);
     assert!(contains(&reply.body, WEB), "{reply:?}");
     for form in secret_forms(&psk).into_iter().chain(hash_forms(&psk)) {

@@ -339,6 +339,35 @@ fn a_spawner_creates_the_psk_remotely_and_the_host_bootstraps_from_the_bundle_al
     assert_eq!(again.status.code(), Some(4), "{again:?}");
     assert!(copy.exists(), "a failed bootstrap keeps the bundle");
 
+    // Locally, a bundle needs the URL hosts reach the CA at; asked first,
+    // so no PSK is created without its bundle.
+    let local_bundle = work.path().join("local.bundle");
+    let out = run(ca
+        .cli()
+        .args(["psk", "add", "app.example.internal", "--bundle"])
+        .arg(&local_bundle));
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(!local_bundle.exists());
+    assert!(!run_ok(ca.cli().args(["psk", "list"])).contains("app.example"));
+    let out = run_ok(
+        ca.cli()
+            .args(["psk", "add", "app.example.internal", "--json"])
+            .args([
+                "--server-url",
+                "https://ca.example.internal:8443",
+                "--bundle",
+            ])
+            .arg(&local_bundle),
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["server_url"], "https://ca.example.internal:8443");
+    assert!(v.get("psk").is_none(), "{out}");
+    assert_eq!(mode(&local_bundle), 0o600);
+    let b: serde_json::Value = serde_json::from_slice(&read(&local_bundle)).unwrap();
+    assert_eq!(b["server"], "https://ca.example.internal:8443");
+    assert_eq!(b["fingerprint"], ca.fingerprint.as_str());
+    ca.remember_secret(b["psk"].as_str().unwrap());
+
     // Remote and local print the same bytes.
     run_ok(
         ca.cli()

@@ -35,10 +35,15 @@ while [ $# -gt 0 ]; do
         *) [ -z "$host" ] || usage; host="$1"; shift ;;
     esac
 done
-[ -n "$server" ] && [ -n "$admin_cert" ] && [ -n "$host" ] || usage
+if [ -z "$server" ] || [ -z "$admin_cert" ] || [ -z "$host" ]; then usage; fi
 
 ca_server="${CA_SERVER_BIN:-ca-server}"
 ca_client="${CA_CLIENT_PATH:-ca-client}"
+# Both go into the YAML unquoted: plain path characters only.
+if [[ ! "$client_dir" =~ ^/[A-Za-z0-9._/-]+$ ]] || [[ ! "$ca_client" =~ ^[A-Za-z0-9._/-]+$ ]]; then
+    echo "spawn-host.sh: --client-dir and CA_CLIENT_PATH must be plain paths" >&2
+    exit 2
+fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 bundle="$work/bundle.json"

@@ -1,7 +1,7 @@
 //! The admin API under `/v1/admin/`: the CLI's `psk`, `cert`, `revoke` and
 //! `audit` verbs for a remote spawner, over mTLS with an admin certificate.
 //!
-//! Every request under the prefix, known route or not, first passes
+//! Every request under the prefix, known route and method or not, first passes
 //! [`require_admin`] (throttle, then the certificate against the store: see
 //! `admin/auth.rs`); only then is it routed, so an unauthenticated caller
 //! learns nothing, not even which endpoints exist. Handlers run the same
@@ -34,10 +34,11 @@ use axum::routing::{any, delete, get, post};
 use axum::{Extension, Json, Router};
 use serde::de::DeserializeOwned;
 use std::net::SocketAddr;
+use tower::Layer;
 
-/// The admin routes, nested under `/v1/admin`, all behind [`require_admin`].
+/// The admin routes under `/v1/admin`, behind [`require_admin`].
 pub fn routes(state: AppState) -> Router<AppState> {
-    let admin = Router::new()
+    let api = Router::new()
         .route("/psks", get(psk_list).post(psk_add))
         .route("/psks/batch", post(psk_batch))
         .route("/psks/{hostname}", delete(psk_remove))
@@ -47,8 +48,13 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/audit", get(audit))
         .route("/", any(|| async { ApiError::not_found() }))
         .fallback(|| async { ApiError::not_found() })
-        .layer(middleware::from_fn_with_state(state, require_admin));
-    Router::new().nest("/v1/admin", admin)
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .with_state(state.clone());
+    // Around the whole router, not each route: the certificate is checked
+    // before routing, so a wrong method on a known path (405) says nothing
+    // to a caller without an admin certificate either.
+    let guarded = middleware::from_fn_with_state(state, require_admin).layer(api);
+    Router::new().nest_service("/v1/admin", guarded)
 }
 
 /// Lets a request in only with a valid admin certificate; the identity goes

@@ -124,7 +124,7 @@ fn every_admin_endpoint_refuses_host_revoked_expired_foreign_and_missing_certifi
     assert_eq!(ok.status.as_u16(), 200, "{ok:?}");
 
     // Valid requests, so that only the certificate can be the reason.
-    let endpoints: [(&str, String, String); 9] = [
+    let endpoints: [(&str, String, String); 10] = [
         ("GET", "/v1/admin/psks".into(), String::new()),
         (
             "POST",
@@ -158,6 +158,7 @@ fn every_admin_endpoint_refuses_host_revoked_expired_foreign_and_missing_certifi
             String::new(),
         ),
         ("GET", "/v1/admin/no-such-endpoint".into(), String::new()),
+        ("PUT", "/v1/admin/psks".into(), String::new()),
     ];
     let callers: [(&str, Option<&Path>, Option<&str>); 5] = [
         ("no certificate", None, Some("admin_certificate_required")),
@@ -223,13 +224,15 @@ fn every_admin_endpoint_refuses_host_revoked_expired_foreign_and_missing_certifi
     // The valid admin certificate gets through every endpoint (the table is
     // not refusing for some other reason), each action audited with it.
     let client = mtls_client(&ca, Some(&admin));
-    let expected = [200, 201, 201, 200, 200, 200, 200, 200, 404];
+    let expected = [200, 201, 201, 200, 200, 200, 200, 200, 404, 405];
     for ((method, path, body), status) in endpoints.iter().zip(expected) {
         let reply = call(&client, method, path, body).unwrap();
         assert_eq!(reply.status.as_u16(), status, "{method} {path}: {reply:?}");
         let created = serde_json::from_slice::<serde_json::Value>(&reply.body).unwrap();
-        if status == 404 {
-            assert_eq!(created["error"], "not_found");
+        match status {
+            404 => assert_eq!(created["error"], "not_found"),
+            405 => assert_eq!(created["error"], "method_not_allowed"),
+            _ => {}
         }
         if let Some(psk) = created.get("psk").and_then(|p| p.as_str()) {
             ca.remember_secret(psk);
@@ -510,6 +513,16 @@ fn spawn_host_sh_produces_cloud_init_that_bootstraps_the_host() {
     assert!(cert.contains("IP Address:10.0.0.7"), "{cert}");
     assert!(!run_ok(ca.cli().args(["psk", "list"])).contains(WEB));
 
+    // A directory that would break the YAML: a usage error, nothing created.
+    let out = run(Command::new("bash")
+        .arg(&script)
+        .args(["--server", &ca.url, "--admin-cert"])
+        .arg(&admin)
+        .args(["--client-dir", "/etc/x: y", "db.example.internal"])
+        .env("CA_SERVER_BIN", bin("ca-server")));
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+
     // A refused admin certificate: exit 1, no user-data on stdout.
     run_ok(ca.cli().args(["revoke", "--host", "admin:spawner"]));
     let out = run(Command::new("bash")
@@ -524,5 +537,6 @@ fn spawn_host_sh_produces_cloud_init_that_bootstraps_the_host() {
         String::from_utf8_lossy(&out.stderr).contains("certificate_revoked"),
         "{out:?}"
     );
+    assert!(!run_ok(ca.cli().args(["psk", "list"])).contains("db.example"));
     ca.assert_no_secret_leaks();
 }

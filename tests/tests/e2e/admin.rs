@@ -123,6 +123,17 @@ fn every_admin_endpoint_refuses_host_revoked_expired_foreign_and_missing_certifi
     .unwrap();
     assert_eq!(ok.status.as_u16(), 200, "{ok:?}");
 
+    // Nor can an admin certificate act as a host: /v1/renew does not know it.
+    let reply = block_on(mtls_client(&ca, Some(&admin)).send(
+        http::Method::POST,
+        "/v1/renew",
+        Some("application/pkcs10"),
+        bytes::Bytes::from_static(b"not read"),
+    ))
+    .unwrap();
+    assert_eq!(reply.status.as_u16(), 403, "{reply:?}");
+    assert_eq!(error_code(&reply), "certificate_unknown");
+
     // Valid requests, so that only the certificate can be the reason.
     let endpoints: [(&str, String, String); 10] = [
         ("GET", "/v1/admin/psks".into(), String::new()),

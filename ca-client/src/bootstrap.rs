@@ -10,7 +10,7 @@
 //!    429 and 5xx until a deadline.
 //! 4. The answer is verified (our key, chains to the pinned root, names the
 //!    host) and `ca.pem`, `chain.pem`, `cert.pem`, `key.pem` are written
-//!    atomically; the PSK file is deleted last.
+//!    atomically; the PSK file (or the spawner bundle it came in) is deleted last.
 
 use crate::fsutil::{self, KEY_MODE, PUBLIC_MODE};
 use crate::https::{HttpsClient, Reply, TransportError};
@@ -81,7 +81,11 @@ pub struct BootstrapOptions {
     pub server: String,
     pub fingerprint: String,
     pub hostname: String,
+    /// The PSK file, deleted after success.
     pub psk_file: PathBuf,
+    /// `psk_file` is a spawner bundle (`--bundle`, [`crate::bundle`]): the
+    /// PSK is its `psk` field. It is deleted after success all the same.
+    pub psk_in_bundle: bool,
     pub dir: PathBuf,
     pub key_type: KeyType,
     /// Use this existing key instead of generating one.
@@ -121,7 +125,11 @@ pub async fn bootstrap(opts: &BootstrapOptions) -> Result<BootstrapOutcome, Boot
     })?;
     let expected =
         trust::parse_fingerprint(&opts.fingerprint).map_err(|e| anyhow!("--fingerprint: {e:#}"))?;
-    let psk = read_psk(&opts.psk_file)?;
+    let psk = if opts.psk_in_bundle {
+        crate::bundle::Bundle::read(&opts.psk_file)?.psk
+    } else {
+        read_psk(&opts.psk_file)?
+    };
     fsutil::create_private_dir(&opts.dir)?;
 
     let key = load_or_create_key(opts)?;

@@ -4,6 +4,7 @@
 #![deny(unsafe_code)]
 
 pub mod bootstrap;
+pub mod bundle;
 pub mod clidocs;
 pub mod crl;
 pub mod failure;

@@ -3,6 +3,7 @@
 //! 7 the service refused installed files (rolled back), 8 CRL refused.
 
 use ca_client::bootstrap::{self, BootstrapOptions, exit};
+use ca_client::bundle::Bundle;
 use ca_client::crl::{self, CrlOptions, Source};
 use ca_client::failure::Failure;
 use ca_client::install::record::{self, InstallFlags};
@@ -139,21 +140,28 @@ impl InstallArgs {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "With --bundle FILE (from `ca-server psk add HOST --bundle FILE`) nothing else is needed: \
+the server, fingerprint, hostname, PSK and allowed names come from the bundle, which is deleted after success."
+)]
 struct BootstrapArgs {
-    /// CA server URL, e.g. https://ca.example.internal:8443
-    #[arg(long, env = "CA_SERVER")]
-    server: String,
+    /// CA server URL, e.g. https://ca.example.internal:8443 [with --bundle: the bundle's]
+    #[arg(long, env = "CA_SERVER", required_unless_present = "bundle")]
+    server: Option<String>,
     /// Root fingerprint, sha256:<hex> (as `ca-server init` prints it).
-    #[arg(long, env = "CA_FINGERPRINT")]
-    fingerprint: String,
+    #[arg(long, env = "CA_FINGERPRINT", required_unless_present = "bundle")]
+    fingerprint: Option<String>,
     /// This host's name (must match the PSK's hostname).
-    #[arg(long)]
-    hostname: String,
+    #[arg(long, required_unless_present = "bundle")]
+    hostname: Option<String>,
     /// File holding the PSK; deleted after success.
-    #[arg(long)]
-    psk_file: PathBuf,
+    #[arg(long, required_unless_present = "bundle", conflicts_with = "bundle")]
+    psk_file: Option<PathBuf>,
+    /// A spawner bundle (JSON: server, fingerprint, hostname, PSK); deleted after success.
+    #[arg(long, value_name = "FILE")]
+    bundle: Option<PathBuf>,
     /// Directory for the key and certificates.
-    #[arg(long)]
+    #[arg(long, env = "CA_CLIENT_DIR", default_value = "/etc/ca-client")]
     dir: PathBuf,
     /// Type of key to generate.
     #[arg(long, value_enum, default_value = "p256")]
@@ -162,6 +170,7 @@ struct BootstrapArgs {
     #[arg(long)]
     key: Option<PathBuf>,
     /// Extra name to request (must be allowed for the PSK); repeatable.
+    /// [with --bundle: the names the bundle allows]
     #[arg(long = "san")]
     sans: Vec<String>,
     /// Keep retrying for this long before giving up.
@@ -175,20 +184,60 @@ struct BootstrapArgs {
     json: bool,
 }
 
-impl From<&BootstrapArgs> for BootstrapOptions {
-    fn from(a: &BootstrapArgs) -> BootstrapOptions {
-        BootstrapOptions {
-            server: a.server.clone(),
-            fingerprint: a.fingerprint.clone(),
-            hostname: a.hostname.clone(),
-            psk_file: a.psk_file.clone(),
-            dir: a.dir.clone(),
-            key_type: a.key_type,
-            key_file: a.key.clone(),
-            extra_sans: a.sans.clone(),
-            deadline: a.retry_for.into(),
-            request_timeout: a.timeout.into(),
+impl BootstrapArgs {
+    /// The options from the flags, or from the bundle (flags that are also
+    /// given must agree with it; `--server` may point elsewhere, the pinned
+    /// fingerprint keeps that safe).
+    fn options(&self) -> Result<BootstrapOptions, (i32, String)> {
+        let mut opts = BootstrapOptions {
+            server: self.server.clone().unwrap_or_default(),
+            fingerprint: self.fingerprint.clone().unwrap_or_default(),
+            hostname: self.hostname.clone().unwrap_or_default(),
+            psk_file: self.psk_file.clone().unwrap_or_default(),
+            psk_in_bundle: false,
+            dir: self.dir.clone(),
+            key_type: self.key_type,
+            key_file: self.key.clone(),
+            extra_sans: self.sans.clone(),
+            deadline: self.retry_for.into(),
+            request_timeout: self.timeout.into(),
+        };
+        let Some(path) = &self.bundle else {
+            return Ok(opts);
+        };
+        let bundle = Bundle::read(path).map_err(|e| (exit::ERROR, format!("{e:#}")))?;
+        if let Some(given) = &self.hostname
+            && *given != bundle.hostname
+        {
+            return Err((
+                exit::USAGE,
+                format!(
+                    "--hostname {given} differs from the bundle's {}",
+                    bundle.hostname
+                ),
+            ));
         }
+        if let Some(given) = &self.fingerprint {
+            let same = ca_client::trust::parse_fingerprint(given).ok()
+                == ca_client::trust::parse_fingerprint(&bundle.fingerprint).ok();
+            if !same {
+                return Err((
+                    exit::USAGE,
+                    "--fingerprint differs from the bundle's".to_owned(),
+                ));
+            }
+        }
+        if self.server.is_none() {
+            opts.server = bundle.server.clone();
+        }
+        opts.fingerprint = bundle.fingerprint.clone();
+        opts.hostname = bundle.hostname.clone();
+        opts.psk_file = path.clone();
+        opts.psk_in_bundle = true;
+        if self.sans.is_empty() {
+            opts.extra_sans = bundle.sans.clone();
+        }
+        Ok(opts)
     }
 }
 
@@ -223,7 +272,13 @@ async fn run(cli: Cli) -> i32 {
     match cli.command {
         Command::Bootstrap(args) => {
             let json = args.json;
-            let opts = BootstrapOptions::from(&args);
+            let opts = match args.options() {
+                Ok(opts) => opts,
+                Err((code, message)) => {
+                    eprintln!("error: {message}");
+                    return code;
+                }
+            };
             match bootstrap::bootstrap(&opts).await {
                 Ok(out) => {
                     if json {

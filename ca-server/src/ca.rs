@@ -348,23 +348,10 @@ impl Signer {
     /// Signs a leaf. Every field is decided here from the profile; the CSR
     /// contributes only the public key.
     pub fn sign_leaf(&self, req: &LeafRequest<'_>) -> Result<SignedLeaf> {
-        let spki = rcgen::SubjectPublicKeyInfo::from_der(req.spki_der)
-            .context("reading the subject public key")?;
-        // rcgen re-encodes the key from its algorithm; make sure it is the same key encoding.
-        if spki.subject_public_key_info() != req.spki_der {
-            bail!("subject public key uses an encoding that cannot be reproduced exactly");
-        }
-        let serial = random_serial(&self.rng)?;
-        let not_before = req.now - BACKDATE.as_secs() as i64;
-        let not_after = (req.now + req.validity.as_secs() as i64).min(self.intermediate_not_after);
-
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, req.profile.hostname.as_str());
         params.distinguished_name = dn;
-        params.serial_number = Some(SerialNumber::from_slice(&serial));
-        params.not_before = to_time(not_before)?;
-        params.not_after = to_time(not_after)?;
         params.subject_alt_names = req
             .profile
             .sans
@@ -376,7 +363,6 @@ impl Signer {
                 })
             })
             .collect::<std::result::Result<_, rcgen::Error>>()?;
-        params.is_ca = IsCa::ExplicitNoCa; // basicConstraints CA:FALSE and the SKI
         params.key_usages = if req.key.is_rsa() {
             vec![
                 KeyUsagePurpose::DigitalSignature,
@@ -389,6 +375,33 @@ impl Signer {
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
+        self.sign_end_entity(params, req.spki_der, req.now, req.validity)
+    }
+
+    /// Signs an end-entity certificate whose profile fields (subject, names,
+    /// key and extended key usages) are already in `params`: sets what every
+    /// leaf shares (random serial, backdated validity capped by the
+    /// intermediate's, AKI, CRL distribution point) and signs `spki_der`.
+    pub(crate) fn sign_end_entity(
+        &self,
+        mut params: CertificateParams,
+        spki_der: &[u8],
+        now: i64,
+        validity: Duration,
+    ) -> Result<SignedLeaf> {
+        let spki = rcgen::SubjectPublicKeyInfo::from_der(spki_der)
+            .context("reading the subject public key")?;
+        // rcgen re-encodes the key from its algorithm; make sure it is the same key encoding.
+        if spki.subject_public_key_info() != spki_der {
+            bail!("subject public key uses an encoding that cannot be reproduced exactly");
+        }
+        let serial = random_serial(&self.rng)?;
+        let not_before = now - BACKDATE.as_secs() as i64;
+        let not_after = (now + validity.as_secs() as i64).min(self.intermediate_not_after);
+        params.serial_number = Some(SerialNumber::from_slice(&serial));
+        params.not_before = to_time(not_before)?;
+        params.not_after = to_time(not_after)?;
+        params.is_ca = IsCa::ExplicitNoCa; // basicConstraints CA:FALSE and the SKI
         params.use_authority_key_identifier_extension = true;
         if let Some(url) = &self.crl_url {
             params.crl_distribution_points = vec![CrlDistributionPoint {

@@ -6,17 +6,20 @@
 //! Exit codes: 0 success, 1 error, 2 usage error (a bad configuration file
 //! too), 3 not found, 4 `doctor` found only warnings.
 
+use crate::admin::output as admin_output;
+use crate::admin::{
+    Admin, AdminError, AuditQuery, CertQuery, PskAddRequest, PskAdded, PskBatchRequest, RemoteArgs,
+};
 use crate::ca::{self, CaPaths};
 use crate::clock::{Clock, SystemClock};
 use crate::revocation::{self, CrlArgs, CrlValidityArgs, RevokeArgs};
 use crate::serve::{self, ServeOptions};
 use crate::server::Limits;
-use crate::store::{AuditEvent, AuditFilter, CertRecord, Store};
+use crate::store::{AuditEvent, Store};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use policy::Psk;
 use policy::hostname::escape_for_display;
-use policy::{AllowedName, Psk};
-use ring::rand::SecureRandom;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -59,12 +62,13 @@ pub enum Command {
     },
     /// Serve the HTTPS API (initialises the data dir on first start).
     Serve(ServeArgs),
-    /// Manage pre-shared keys.
-    #[command(subcommand)]
-    Psk(PskCommand),
-    /// List and inspect certificates.
-    #[command(subcommand)]
-    Cert(CertCommand),
+    /// Manage pre-shared keys (here, or on a remote server with --server URL --admin-cert DIR).
+    Psk(PskArgs),
+    /// List and inspect certificates (here, or remotely with --server URL --admin-cert DIR).
+    Cert(CertArgs),
+    /// Issue admin certificates for the admin API (remote psk, cert, revoke, audit).
+    #[command(subcommand, name = "admin-cert")]
+    AdminCert(crate::admin::cert::AdminCertCommand),
     /// Revoke a certificate by serial, or every unexpired certificate of a
     /// host, and publish the new CRL.
     Revoke(RevokeArgs),
@@ -91,6 +95,8 @@ pub enum Command {
         /// Print JSON lines instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
     /// Check or show the configuration.
     #[command(subcommand)]
@@ -175,6 +181,24 @@ pub struct ServeArgs {
     pub throttle: crate::throttle::ThrottleArgs,
 }
 
+/// `psk`: the verb, and where it runs.
+#[derive(Debug, clap::Args)]
+pub struct PskArgs {
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+    #[command(subcommand)]
+    pub command: PskCommand,
+}
+
+/// `cert`: the verb, and where it runs.
+#[derive(Debug, clap::Args)]
+pub struct CertArgs {
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+    #[command(subcommand)]
+    pub command: CertCommand,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum PskCommand {
     /// Create (or replace) the PSK of HOST and print it on stdout.
@@ -193,9 +217,15 @@ pub enum PskCommand {
         /// Print JSON with the server URL, root fingerprint and expiry.
         #[arg(long)]
         json: bool,
-        /// Server URL to put in the JSON hints.
+        /// Server URL to put in the JSON hints and the bundle [default:
+        /// remotely, the server's public URL].
         #[arg(long, env = "CA_PUBLIC_URL")]
         server_url: Option<String>,
+        /// Write a spawner bundle (server URL, root fingerprint, hostname,
+        /// PSK; JSON, mode 0600) to FILE for `ca-client bootstrap --bundle`,
+        /// instead of printing the PSK.
+        #[arg(long, value_name = "FILE")]
+        bundle: Option<PathBuf>,
     },
     /// Create (or replace) a PSK for every hostname read from stdin (one per
     /// line) in one transaction; prints `HOST<TAB>PSK` lines.
@@ -331,7 +361,9 @@ pub fn main() -> i32 {
                 };
             }
             eprintln!("error: {e:#}");
-            if e.downcast_ref::<NotFound>().is_some() {
+            if e.downcast_ref::<NotFound>().is_some()
+                || matches!(e.downcast_ref(), Some(AdminError::NotFound(_)))
+            {
                 EXIT_NOT_FOUND
             } else if e.downcast_ref::<UsageError>().is_some() {
                 2
@@ -448,11 +480,10 @@ async fn run(cli: Cli) -> Result<()> {
             })
             .await
         }
-        Command::Psk(cmd) => psk(cmd, &cli.data_dir, &url, &clock).await,
-        Command::Cert(cmd) => cert(cmd, &url, &clock).await,
-        Command::Revoke(args) => {
-            revocation::revoke(args, &cli.data_dir, &url, std::sync::Arc::new(clock)).await
-        }
+        Command::Psk(args) => psk(args, &cli.data_dir, &url).await,
+        Command::Cert(args) => cert(args, &cli.data_dir, &url).await,
+        Command::AdminCert(cmd) => crate::admin::cert::run(cmd, &cli.data_dir, &url, &clock).await,
+        Command::Revoke(args) => revocation::revoke(args, &cli.data_dir, &url).await,
         Command::Crl(args) => {
             revocation::crl(args, &cli.data_dir, &url, std::sync::Arc::new(clock)).await
         }
@@ -465,18 +496,16 @@ async fn run(cli: Cli) -> Result<()> {
             event,
             limit,
             json,
+            remote,
         } => {
-            let store = Store::open(&url).await?;
-            let since = clock.now() - std::time::Duration::from(since).as_secs() as i64;
-            let filter = AuditFilter { host, event };
-            for row in store.audit_query(since, limit, &filter).await? {
-                if json {
-                    println!("{}", serde_json::to_string(&row)?);
-                } else {
-                    println!("{}", format_audit(&row));
-                }
-            }
-            Ok(())
+            let admin = Admin::open(&remote, &cli.data_dir, &url).await?;
+            let q = AuditQuery {
+                since_secs: std::time::Duration::from(since).as_secs(),
+                host,
+                event,
+                limit,
+            };
+            admin_output::audit(&admin.audit(&q).await?, json)
         }
         Command::Config(_) => unreachable!("handled before the runtime starts"),
         Command::Doctor(_) => unreachable!("handled before the runtime starts"),
@@ -503,42 +532,14 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// One audit row as an escaped, single line.
-fn format_audit(a: &AuditEvent) -> String {
-    let opt = |s: &Option<String>| {
-        s.as_deref()
-            .map(escape_for_display)
-            .unwrap_or_else(|| "-".into())
-    };
-    let repeats = match a.last_at {
-        Some(last) if a.count > 1 => format!(" count={} last={}", a.count, rfc3339(last)),
-        _ => String::new(),
-    };
-    format!(
-        "{} {} outcome={} host={} serial={} reason={} peer={} actor={}{repeats}",
-        rfc3339(a.at),
-        a.event,
-        a.outcome,
-        opt(&a.hostname),
-        a.serial.as_deref().unwrap_or("-"),
-        opt(&a.reason),
-        opt(&a.peer),
-        opt(&a.actor),
-    )
-}
-
 /// Unix seconds as RFC 3339 UTC.
 pub fn rfc3339(t: i64) -> String {
     ca_client::timefmt::rfc3339(t)
 }
 
-async fn psk(
-    cmd: PskCommand,
-    data_dir: &std::path::Path,
-    url: &str,
-    clock: &SystemClock,
-) -> Result<()> {
-    match cmd {
+async fn psk(args: PskArgs, data_dir: &std::path::Path, url: &str) -> Result<()> {
+    let admin = Admin::open(&args.remote, data_dir, url).await?;
+    match args.command {
         PskCommand::Add {
             host,
             ttl,
@@ -546,194 +547,104 @@ async fn psk(
             psk_stdin,
             json,
             server_url,
+            bundle,
         } => {
-            policy::hostname::validate(&host)
-                .with_context(|| format!("hostname {}", escape_for_display(&host)))?;
-            let allowed = sans
-                .iter()
-                .map(|s| {
-                    AllowedName::parse(s)
-                        .with_context(|| format!("--san {}", escape_for_display(s)))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let ttl: std::time::Duration = ttl.into();
-            if ttl.is_zero() {
-                bail!("--ttl must be positive");
+            // Checked before the PSK exists, so a bundle is never short of it.
+            if bundle.is_some() && server_url.is_none() && matches!(admin, Admin::Local { .. }) {
+                return Err(UsageError(
+                    "--bundle needs the URL hosts reach the CA at: --server-url URL (or CA_PUBLIC_URL)"
+                        .into(),
+                )
+                .into());
             }
-            let psk = if psk_stdin {
+            let mut req = PskAddRequest {
+                hostname: host,
+                ttl_secs: std::time::Duration::from(ttl).as_secs(),
+                sans,
+                psk: None,
+            };
+            if psk_stdin {
                 let mut buf = zeroize::Zeroizing::new(String::new());
                 std::io::stdin()
                     .read_to_string(&mut buf)
                     .context("reading the PSK from stdin")?;
-                Psk::new_supplied(buf.trim().to_owned()).context("the PSK on stdin")?
-            } else {
-                generate_psk()?
-            };
-            let now = clock.now();
-            let expires_at = now + ttl.as_secs() as i64;
-            let store = Store::open(url).await?;
-            store
-                .put_psk(
-                    &host,
-                    &psk.hash(),
-                    &allowed,
-                    now,
-                    expires_at,
-                    &AuditEvent {
-                        at: now,
-                        event: "psk_added".into(),
-                        hostname: Some(host.clone()),
-                        outcome: "ok".into(),
-                        reason: Some(format!(
-                            "ttl {}s; extra names {}",
-                            ttl.as_secs(),
-                            allowed.len()
-                        )),
-                        actor: Some(actor()),
-                        ..Default::default()
-                    },
-                )
-                .await?;
-            if json {
-                let paths = CaPaths::new(data_dir);
-                let fingerprint = ca::read_cert_der(&paths.root_cert)
-                    .ok()
-                    .map(|d| ca::fingerprint(&d));
-                let out = serde_json::json!({
-                    "hostname": host,
-                    "psk": psk.expose(),
-                    "expires_at": rfc3339(expires_at),
-                    "allowed_sans": sans,
-                    "fingerprint": fingerprint,
-                    "server_url": server_url,
-                });
-                println!("{out}");
-            } else {
-                println!("{}", psk.expose());
+                req.psk = Some(buf.trim().to_owned());
             }
-            Ok(())
+            let mut added = admin.psk_add(req).await?;
+            if server_url.is_some() {
+                added.server_url = server_url;
+            }
+            match bundle {
+                Some(path) => write_bundle(&added, &path, json),
+                None => admin_output::psk_added(&added, json),
+            }
         }
         PskCommand::Batch { ttl, sans } => {
-            let (allowed, ttl) = parse_grant(&sans, ttl)?;
             let mut input = String::new();
             std::io::stdin()
                 .read_to_string(&mut input)
                 .context("reading hostnames from stdin")?;
-            let hosts: Vec<&str> = input
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .collect();
-            let mut psks = Vec::with_capacity(hosts.len());
-            let mut entries = Vec::with_capacity(hosts.len());
-            for host in &hosts {
-                validate_host(host)?;
-                let psk = generate_psk()?;
-                entries.push((host.to_string(), psk.hash()));
-                psks.push(psk);
-            }
-            let now = clock.now();
-            let store = Store::open(url).await?;
-            let audit = AuditEvent {
-                at: now,
-                event: "psk_added".into(),
-                outcome: "ok".into(),
-                reason: Some(format!(
-                    "batch; ttl {}s; extra names {}",
-                    ttl.as_secs(),
-                    allowed.len()
-                )),
-                actor: Some(actor()),
-                ..Default::default()
+            let req = PskBatchRequest {
+                hostnames: input
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+                ttl_secs: std::time::Duration::from(ttl).as_secs(),
+                sans,
             };
-            store
-                .put_psks(&entries, &allowed, now, now + ttl.as_secs() as i64, &audit)
-                .await?;
-            let mut out = String::with_capacity(hosts.len() * 64);
-            for (host, psk) in hosts.iter().zip(&psks) {
-                out.push_str(host);
-                out.push('\t');
-                out.push_str(psk.expose());
-                out.push('\n');
-            }
-            print!("{out}");
+            admin_output::psk_batch(&admin.psk_batch(&req).await?);
             Ok(())
         }
         PskCommand::List { json } => {
-            let store = Store::open(url).await?;
-            let now = clock.now();
-            for p in store.list_psks().await? {
-                if json {
-                    println!("{}", serde_json::to_string(&p)?);
-                } else {
-                    let state = if p.expires_at <= now {
-                        " (expired)"
-                    } else {
-                        ""
-                    };
-                    println!(
-                        "{} expires={}{} sans={}",
-                        escape_for_display(&p.hostname),
-                        rfc3339(p.expires_at),
-                        state,
-                        if p.allowed_sans.is_empty() {
-                            "-".into()
-                        } else {
-                            p.allowed_sans.join(",")
-                        }
-                    );
-                }
-            }
-            Ok(())
+            admin_output::psk_list(&admin.psk_list().await?, SystemClock.now(), json)
         }
         PskCommand::Remove { host } => {
-            let store = Store::open(url).await?;
-            let audit = AuditEvent {
-                at: clock.now(),
-                event: "psk_removed".into(),
-                hostname: Some(host.clone()),
-                outcome: "ok".into(),
-                actor: Some(actor()),
-                ..Default::default()
-            };
-            if store.remove_psk(&host, &audit).await? {
-                eprintln!("removed the PSK of {}", escape_for_display(&host));
-                Ok(())
-            } else {
-                Err(NotFound(format!("no PSK for {}", escape_for_display(&host))).into())
-            }
+            admin.psk_remove(&host).await?;
+            eprintln!("removed the PSK of {}", escape_for_display(&host));
+            Ok(())
         }
     }
 }
 
-fn validate_host(host: &str) -> Result<()> {
-    policy::hostname::validate(host)
-        .with_context(|| format!("hostname {}", escape_for_display(host)))
-}
-
-/// The extra names and lifetime a spawner grants with a PSK.
-fn parse_grant(
-    sans: &[String],
-    ttl: humantime::Duration,
-) -> Result<(Vec<AllowedName>, std::time::Duration)> {
-    let allowed = sans
-        .iter()
-        .map(|s| AllowedName::parse(s).with_context(|| format!("--san {}", escape_for_display(s))))
-        .collect::<Result<Vec<_>>>()?;
-    let ttl: std::time::Duration = ttl.into();
-    if ttl.is_zero() {
-        bail!("--ttl must be positive");
+/// `psk add --bundle FILE`: the PSK goes into the bundle (0600) only.
+fn write_bundle(added: &PskAdded, path: &std::path::Path, json: bool) -> Result<()> {
+    let (Some(server), Some(fingerprint)) = (&added.server_url, &added.fingerprint) else {
+        bail!(
+            "the PSK of {} was created, but the bundle needs the server URL (--server-url) \
+             and the root fingerprint; run psk add again with them",
+            escape_for_display(&added.hostname)
+        );
+    };
+    let bundle = ca_client::bundle::Bundle {
+        server: server.clone(),
+        fingerprint: fingerprint.clone(),
+        hostname: added.hostname.clone(),
+        psk: Psk::new(added.psk.clone())?,
+        sans: added.allowed_sans.clone(),
+        expires_at: added.expires_at.clone(),
+    };
+    bundle.write(path)?;
+    if json {
+        let out = serde_json::json!({
+            "hostname": added.hostname,
+            "bundle": path,
+            "expires_at": added.expires_at,
+            "allowed_sans": added.allowed_sans,
+            "fingerprint": fingerprint,
+            "server_url": server,
+        });
+        println!("{out}");
+    } else {
+        eprintln!(
+            "wrote the bootstrap bundle for {} to {} (expires {})",
+            escape_for_display(&added.hostname),
+            path.display(),
+            added.expires_at
+        );
     }
-    Ok((allowed, ttl))
-}
-
-/// 32 bytes from the OS CSPRNG as a base64url PSK.
-fn generate_psk() -> Result<Psk> {
-    let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
-    ring::rand::SystemRandom::new()
-        .fill(&mut bytes[..])
-        .map_err(|_| anyhow::anyhow!("CSPRNG failure"))?;
-    Ok(Psk::from_random(&bytes))
+    Ok(())
 }
 
 /// Normalises a serial as operators type it: any case, colons optional,
@@ -760,116 +671,22 @@ pub fn normalize_serial(s: &str) -> Option<String> {
     Some(out)
 }
 
-fn cert_status(c: &CertRecord, now: i64) -> &'static str {
-    if c.revoked_at.is_some() {
-        "revoked"
-    } else if c.superseded_by.is_some() {
-        "superseded"
-    } else if c.not_after <= now {
-        "expired"
-    } else {
-        "valid"
-    }
-}
-
-/// What `cert list` adds after the status: the revocation, or the successor.
-fn status_detail(c: &CertRecord) -> String {
-    match (c.revoked_at, &c.superseded_by) {
-        (Some(at), _) => format!(
-            " revoked_at={} reason={}",
-            rfc3339(at),
-            c.revocation_reason.as_deref().unwrap_or("unspecified")
-        ),
-        (None, Some(next)) => format!(" superseded_by={next}"),
-        (None, None) => String::new(),
-    }
-}
-
-fn cert_json(c: &CertRecord, now: i64, with_pem: bool) -> serde_json::Value {
-    let mut v = serde_json::json!({
-        "serial": c.serial,
-        "hostname": c.hostname,
-        "kind": c.kind,
-        "status": cert_status(c, now),
-        "not_before": rfc3339(c.not_before),
-        "not_after": rfc3339(c.not_after),
-        "issued_at": rfc3339(c.issued_at),
-        "revoked_at": c.revoked_at.map(rfc3339),
-        "revocation_reason": c.revocation_reason,
-        "superseded_by": c.superseded_by,
-        "public_key_sha256": hex::encode(&c.public_key_sha256),
-    });
-    if with_pem {
-        v["pem"] = pem::encode(&pem::Pem::new("CERTIFICATE", c.der.clone())).into();
-    }
-    v
-}
-
-async fn cert(cmd: CertCommand, url: &str, clock: &SystemClock) -> Result<()> {
-    let store = Store::open(url).await?;
-    let now = clock.now();
-    match cmd {
+async fn cert(args: CertArgs, data_dir: &std::path::Path, url: &str) -> Result<()> {
+    let admin = Admin::open(&args.remote, data_dir, url).await?;
+    match args.command {
         CertCommand::List {
             expiring,
             host,
             json,
         } => {
-            let window =
-                expiring.map(|d| (now, now + std::time::Duration::from(d).as_secs() as i64));
-            for c in store.list_certs(host.as_deref(), window).await? {
-                if json {
-                    println!("{}", cert_json(&c, now, false));
-                } else {
-                    println!(
-                        "{} {} {} not_after={} kind={}{}",
-                        c.serial,
-                        cert_status(&c, now),
-                        escape_for_display(&c.hostname),
-                        rfc3339(c.not_after),
-                        c.kind,
-                        status_detail(&c)
-                    );
-                }
-            }
-            Ok(())
+            let q = CertQuery {
+                host,
+                expiring_secs: expiring.map(|d| std::time::Duration::from(d).as_secs()),
+            };
+            admin_output::cert_list(&admin.cert_list(&q).await?, json)
         }
         CertCommand::Show { target, json } => {
-            let found = match normalize_serial(&target) {
-                Some(serial) => store.get_cert(&serial).await?,
-                None => None,
-            };
-            let found = match found {
-                Some(c) => Some(c),
-                None => store
-                    .list_certs(Some(&target), None)
-                    .await?
-                    .into_iter()
-                    .next(),
-            };
-            let Some(c) = found else {
-                return Err(NotFound(format!(
-                    "no certificate with serial or hostname {}",
-                    escape_for_display(&target)
-                ))
-                .into());
-            };
-            if json {
-                println!("{}", cert_json(&c, now, true));
-            } else {
-                let v = cert_json(&c, now, true);
-                for (k, val) in v.as_object().expect("object") {
-                    if k != "pem" {
-                        println!(
-                            "{k}: {}",
-                            val.as_str()
-                                .map(str::to_owned)
-                                .unwrap_or_else(|| val.to_string())
-                        );
-                    }
-                }
-                print!("{}", v["pem"].as_str().unwrap_or(""));
-            }
-            Ok(())
+            admin_output::cert_show(&admin.cert_show(&target).await?, json)
         }
     }
 }

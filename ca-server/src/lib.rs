@@ -8,6 +8,7 @@
 //! [`client_verifier`] are the HTTPS edge; [`cli`] and [`serve`] are the binary.
 #![deny(unsafe_code)]
 
+pub mod admin;
 pub mod authority;
 pub mod ca;
 pub mod cli;

@@ -9,13 +9,13 @@
 //! available (an admin host with only the database URL), the servers see the
 //! bumped sequence and sign it themselves.
 
+use crate::admin::{Admin, RemoteArgs, RevokeRequest};
 use crate::ca::{CaPaths, Signer};
-use crate::cli::{NotFound, actor, normalize_serial, rfc3339};
+use crate::cli::rfc3339;
 use crate::clock::Clock;
 use crate::crl::{CrlConfig, CrlService};
-use crate::store::{CertRecord, Revocation, RevokeOutcome, Store};
-use anyhow::{Context, Result, bail};
-use policy::hostname::escape_for_display;
+use crate::store::Store;
+use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -89,6 +89,8 @@ pub struct RevokeArgs {
     pub json: bool,
     #[command(flatten)]
     pub validity: CrlValidityArgs,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -105,122 +107,17 @@ pub struct CrlArgs {
     pub validity: CrlValidityArgs,
 }
 
-/// `ca-server revoke`.
-pub async fn revoke(
-    args: RevokeArgs,
-    data_dir: &Path,
-    url: &str,
-    clock: Arc<dyn Clock>,
-) -> Result<()> {
-    let store = Store::open(url).await?;
-    let actor = actor();
-    let how = Revocation {
-        reason: args.reason.as_str(),
-        now: clock.now(),
-        actor: &actor,
+/// `ca-server revoke`: here (publishing the CRL at once when this data dir
+/// holds the intermediate key), or on a remote server with `--server`.
+pub async fn revoke(args: RevokeArgs, data_dir: &Path, url: &str) -> Result<()> {
+    let admin = Admin::open(&args.remote, data_dir, url).await?;
+    let req = RevokeRequest {
+        serial: args.serial,
+        host: args.host,
+        reason: Some(args.reason.as_str().to_owned()),
     };
-    let (revoked, already) = match (&args.serial, &args.host) {
-        (Some(serial), _) => {
-            let Some(normal) = normalize_serial(serial) else {
-                bail!(
-                    "{} is not a serial (hex digits, colons optional)",
-                    escape_for_display(serial)
-                );
-            };
-            match store.revoke_serial(&normal, &how).await? {
-                None => {
-                    return Err(NotFound(format!(
-                        "no certificate with serial {}",
-                        escape_for_display(serial)
-                    ))
-                    .into());
-                }
-                Some(RevokeOutcome::Revoked(c)) => (vec![c], vec![]),
-                Some(RevokeOutcome::AlreadyRevoked(c)) => (vec![], vec![c]),
-            }
-        }
-        (None, Some(host)) => {
-            let revoked = store.revoke_host(host, &how).await?;
-            if revoked.is_empty() && store.list_certs(Some(host), None).await?.is_empty() {
-                return Err(NotFound(format!(
-                    "no certificate for host {}",
-                    escape_for_display(host)
-                ))
-                .into());
-            }
-            (revoked, vec![])
-        }
-        (None, None) => unreachable!("clap requires SERIAL or --host"),
-    };
-
-    // Publish at once when this data dir can sign; the servers do otherwise.
-    let published = if revoked.is_empty() {
-        None
-    } else {
-        match crl_service(data_dir, &store, clock, args.validity.config()) {
-            Ok(service) => match service.regenerate().await {
-                Ok(set) => Some(set),
-                Err(e) => {
-                    eprintln!(
-                        "warning: the revocation is recorded, but signing the CRL failed ({e:#}); \
-                         the running servers will sign it"
-                    );
-                    None
-                }
-            },
-            Err(e) => {
-                eprintln!(
-                    "note: cannot sign here ({e:#}); the running servers publish the new CRL within seconds"
-                );
-                None
-            }
-        }
-    };
-
-    if args.json {
-        let row = |c: &CertRecord| {
-            serde_json::json!({
-                "serial": c.serial,
-                "hostname": c.hostname,
-                "revoked_at": c.revoked_at.map(rfc3339),
-                "reason": c.revocation_reason,
-            })
-        };
-        let out = serde_json::json!({
-            "revoked": revoked.iter().map(row).collect::<Vec<_>>(),
-            "already_revoked": already.iter().map(row).collect::<Vec<_>>(),
-            "crl_number": published.as_ref().map(|s| s.generation()),
-        });
-        println!("{out}");
-    } else {
-        for c in &revoked {
-            println!(
-                "revoked {} {} reason={}",
-                c.serial,
-                escape_for_display(&c.hostname),
-                how.reason
-            );
-        }
-        for c in &already {
-            println!(
-                "already revoked {} {} at {} reason={}; nothing changed",
-                c.serial,
-                escape_for_display(&c.hostname),
-                c.revoked_at.map(rfc3339).unwrap_or_default(),
-                c.revocation_reason.as_deref().unwrap_or("unspecified")
-            );
-        }
-        if revoked.is_empty() && already.is_empty() {
-            println!("nothing to revoke: every certificate of that host is revoked or expired");
-        }
-        if let Some(set) = &published {
-            eprintln!(
-                "published CRL number {} ({} certificates listed)",
-                set.generation(),
-                set.revoked
-            );
-        }
-    }
+    let report = admin.revoke(&req, args.validity.config()).await?;
+    crate::admin::output::revoke(&report, args.json);
     Ok(())
 }
 
@@ -262,7 +159,7 @@ pub async fn crl(args: CrlArgs, data_dir: &Path, url: &str, clock: Arc<dyn Clock
 }
 
 /// A CRL service signing with this data dir's intermediate.
-fn crl_service(
+pub(crate) fn crl_service(
     data_dir: &Path,
     store: &Store,
     clock: Arc<dyn Clock>,

@@ -210,6 +210,7 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
         store: store.clone(),
         crl: crl.clone(),
         body_timeout: opts.limits.body_timeout,
+        public_url: public_url.clone(),
     });
 
     tracing::info!(

@@ -33,6 +33,30 @@ pub fn bootstrap(ca: &mut CaServer, host: &str, work: &Path, label: &str) -> Hos
     }
 }
 
+/// A pinned HTTPS client for `ca` presenting the `chain.pem` and `key.pem`
+/// in `dir` (a host's directory, or an admin certificate's) as its client
+/// certificate, or none.
+pub fn mtls_client(ca: &CaServer, dir: Option<&Path>) -> ca_client::https::HttpsClient {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let root = pem::parse(crate::read(&ca.root_pem()))
+        .unwrap()
+        .into_contents();
+    let auth = dir.map(|d| {
+        let chain = pem::parse_many(crate::read(&d.join("chain.pem")))
+            .unwrap()
+            .into_iter()
+            .map(|b| CertificateDer::from(b.into_contents()))
+            .collect();
+        let key = ca_client::keys::HostKey::load(&d.join("key.pem")).unwrap();
+        (
+            chain,
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.pkcs8_der().to_vec())),
+        )
+    });
+    let config = ca_client::trust::pinned_client_config(&root, auth).unwrap();
+    ca_client::https::HttpsClient::new(&ca.url, config).unwrap()
+}
+
 /// `ca-client VERB --server URL --dir DIR` (`renew`, `crl`) for `ca`'s URL.
 pub fn ca_client_verb(verb: &str, ca: &CaServer, dir: &Path) -> Command {
     let mut cmd = ca_client();

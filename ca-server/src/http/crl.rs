@@ -171,6 +171,7 @@ mod tests {
             store: f.store.clone(),
             crl: crl.clone(),
             body_timeout: Duration::from_secs(10),
+            public_url: "https://localhost:8443".into(),
         });
         let (status, der) = get(&app, "/v1/crl").await;
         assert_eq!(status, StatusCode::OK);

@@ -3,6 +3,8 @@
 //! name the problem and never carry a secret.
 
 use super::body::BodyError;
+use crate::admin::AdminError;
+use crate::admin::auth::AdminAuthError;
 use crate::authority::SignError;
 use crate::store::StoreError;
 use axum::Json;
@@ -106,6 +108,17 @@ impl ApiError {
         resp
     }
 
+    /// 429 with `Retry-After`: the address failed too often (throttle.rs).
+    pub fn too_many_failures(retry: std::time::Duration) -> ApiError {
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_failures",
+            "too many failed requests from this address; retry later",
+        );
+        e.retry_after = Some(crate::throttle::retry_after_secs(retry));
+        e
+    }
+
     pub fn store_unavailable() -> ApiError {
         ApiError::unavailable(
             "store_unavailable",
@@ -162,15 +175,7 @@ impl From<SignError> for ApiError {
                 };
                 ApiError::new(status, r.code(), r.client_message())
             }
-            SignError::Throttled(retry) => {
-                let mut e = ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too_many_failures",
-                    "too many failed requests from this address; retry later",
-                );
-                e.retry_after = Some(crate::throttle::retry_after_secs(retry));
-                e
-            }
+            SignError::Throttled(retry) => ApiError::too_many_failures(retry),
             SignError::Store(StoreError::Corrupt(detail)) => {
                 tracing::error!(%detail, "store holds an unreadable row");
                 ApiError::new(
@@ -192,6 +197,43 @@ impl From<SignError> for ApiError {
                 );
                 e.retry_after = Some(5);
                 e
+            }
+        }
+    }
+}
+
+/// Admin API: every refusal of the caller's certificate is a 403 with its
+/// own code (`admin/auth.rs`), as for `/v1/renew`.
+impl From<AdminAuthError> for ApiError {
+    fn from(e: AdminAuthError) -> ApiError {
+        match e {
+            AdminAuthError::Refused(r) => {
+                ApiError::new(StatusCode::FORBIDDEN, r.code(), r.to_string())
+            }
+            AdminAuthError::Throttled(retry) => ApiError::too_many_failures(retry),
+            AdminAuthError::Store(e) => SignError::Store(e).into(),
+        }
+    }
+}
+
+/// Admin API: what an operation (`admin::Ops`) refused or failed at.
+impl From<AdminError> for ApiError {
+    fn from(e: AdminError) -> ApiError {
+        match e {
+            AdminError::Invalid(message) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+            }
+            AdminError::NotFound(message) => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+            }
+            AdminError::Store(e) => SignError::Store(e).into(),
+            AdminError::Internal(e) => {
+                tracing::error!(error = %format!("{e:#}"), "admin operation failed");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                )
             }
         }
     }

@@ -1,6 +1,7 @@
 //! The HTTPS API's routes and handlers. Handlers decode, call the authority,
 //! and render; status codes are chosen only in [`error`].
 
+pub mod admin;
 pub mod body;
 pub mod crl;
 pub mod error;
@@ -45,6 +46,8 @@ pub struct AppState {
     pub store: Store,
     pub crl: Arc<CrlService>,
     pub body_timeout: Duration,
+    /// The URL hosts reach this server at (the admin API's `psk add` names it).
+    pub public_url: String,
 }
 
 /// The router: every route of the API and the JSON fallbacks.
@@ -57,6 +60,7 @@ pub fn router(state: AppState) -> Router {
         .merge(puppet::routes())
         .merge(renew::routes())
         .merge(metrics::routes())
+        .merge(admin::routes(state.clone()))
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(middleware::from_fn(log_request))

@@ -75,7 +75,7 @@ impl From<sqlx::Error> for StoreError {
 pub type StoreResult<T> = std::result::Result<T, StoreError>;
 
 /// A live PSK as listed to operators: never the secret, never its hash.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct PskInfo {
     pub hostname: String,
     pub allowed_sans: Vec<String>,
@@ -102,7 +102,7 @@ pub struct CertRecord {
 }
 
 /// An audit row.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct AuditEvent {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<i64>,

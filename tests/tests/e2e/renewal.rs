@@ -10,7 +10,6 @@ use ca_tests::fleet::{HandshakeLoop, Host, assert_switched, bootstrap, ca_client
 use ca_tests::services::norm_serial;
 use ca_tests::trio::Trio;
 use ca_tests::*;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -235,21 +234,7 @@ fn copy_dir(from: &Path, to: &Path) {
 
 /// A client for `/v1/renew` presenting `host`'s certificate and key (or none).
 fn mtls_client(ca: &CaServer, host: Option<&Host>) -> HttpsClient {
-    let root = pem::parse(read(&ca.root_pem())).unwrap().into_contents();
-    let auth = host.map(|h| {
-        let chain = pem::parse_many(read(&h.dir.join("chain.pem")))
-            .unwrap()
-            .into_iter()
-            .map(|b| CertificateDer::from(b.into_contents()))
-            .collect();
-        let key = HostKey::load(&h.dir.join("key.pem")).unwrap();
-        (
-            chain,
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.pkcs8_der().to_vec())),
-        )
-    });
-    let config = ca_client::trust::pinned_client_config(&root, auth).unwrap();
-    HttpsClient::new(&ca.url, config).unwrap()
+    ca_tests::fleet::mtls_client(ca, host.map(|h| h.dir.as_path()))
 }
 
 fn post_renew(client: &HttpsClient, body: &[u8]) -> Result<Reply, TransportError> {

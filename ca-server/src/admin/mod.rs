@@ -1,0 +1,706 @@
+//! The admin verbs (`psk`, `cert`, `revoke`, `audit`) as one set of
+//! operations on the store ([`Ops`]), run by the local CLI and by the admin
+//! API's handlers (`http/admin.rs`) alike, with their inputs and answers as
+//! wire types. The CLI reaches them either directly ([`Admin::Local`]) or
+//! over mTLS with an admin certificate ([`Admin::Remote`], `remote.rs`), and
+//! prints the same answers the same way (`output.rs`), so local and remote
+//! output are identical.
+//!
+//! Admin certificates themselves (`cert.rs`) and the authentication of
+//! admin requests (`auth.rs`) live beside them.
+
+pub mod auth;
+pub mod cert;
+pub mod output;
+pub mod remote;
+
+use crate::cli::{normalize_serial, rfc3339};
+use crate::crl::CrlService;
+use crate::revocation::Reason;
+use crate::store::{
+    AuditEvent, AuditFilter, CertRecord, PskInfo, Revocation, RevokeOutcome, Store, StoreError,
+};
+use policy::hostname::escape_for_display;
+use policy::{AllowedName, Psk};
+use ring::rand::SecureRandom;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use zeroize::Zeroize;
+
+/// Why an admin operation failed (mapped to HTTP in `http/error.rs`, to
+/// exit codes in the CLI).
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The request is not acceptable as given (400 `bad_request`, exit 1).
+    #[error("{0}")]
+    Invalid(String),
+    /// What it names does not exist (404 `not_found`, exit 3).
+    #[error("{0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0:#}")]
+    Internal(anyhow::Error),
+}
+
+fn invalid(e: impl std::fmt::Display) -> AdminError {
+    AdminError::Invalid(e.to_string())
+}
+
+/// `psk add`: create or replace the PSK of a host.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PskAddRequest {
+    pub hostname: String,
+    /// Lifetime in seconds.
+    pub ttl_secs: u64,
+    /// Extra names (DNS or IP) the certificate may carry.
+    #[serde(default)]
+    pub sans: Vec<String>,
+    /// A PSK the spawner chose (`--psk-stdin`); generated when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub psk: Option<String>,
+}
+
+impl Drop for PskAddRequest {
+    fn drop(&mut self) {
+        self.psk.zeroize();
+    }
+}
+
+/// The answer to `psk add`: the PSK, once. Fields in the order of the
+/// `--json` output (alphabetical, as it always was).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PskAdded {
+    pub allowed_sans: Vec<String>,
+    pub expires_at: String,
+    /// The root fingerprint to pin.
+    pub fingerprint: Option<String>,
+    pub hostname: String,
+    pub psk: String,
+    /// Where hosts reach the CA (the server's public URL, or `--server-url`).
+    pub server_url: Option<String>,
+}
+
+impl Drop for PskAdded {
+    fn drop(&mut self) {
+        self.psk.zeroize();
+    }
+}
+
+/// `psk batch`: one PSK per hostname, in one transaction.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PskBatchRequest {
+    pub hostnames: Vec<String>,
+    pub ttl_secs: u64,
+    #[serde(default)]
+    pub sans: Vec<String>,
+}
+
+/// One line of the `psk batch` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PskIssued {
+    pub hostname: String,
+    pub psk: String,
+}
+
+impl Drop for PskIssued {
+    fn drop(&mut self) {
+        self.psk.zeroize();
+    }
+}
+
+/// `cert list` filters.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertQuery {
+    pub host: Option<String>,
+    /// Only certificates valid now that expire within this many seconds.
+    pub expiring_secs: Option<u64>,
+}
+
+/// A certificate as `cert list` and `cert show` print it (never the PSK
+/// hash of its row). Fields in the `--json` output's (alphabetical) order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CertView {
+    pub hostname: String,
+    pub issued_at: String,
+    pub kind: String,
+    pub not_after: String,
+    pub not_before: String,
+    /// The certificate, for `cert show` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pem: Option<String>,
+    pub public_key_sha256: String,
+    pub revocation_reason: Option<String>,
+    pub revoked_at: Option<String>,
+    pub serial: String,
+    /// `valid`, `expired`, `revoked` or `superseded`, at the time of the answer.
+    pub status: String,
+    pub superseded_by: Option<String>,
+}
+
+impl CertView {
+    fn new(c: &CertRecord, now: i64, with_pem: bool) -> CertView {
+        let status = if c.revoked_at.is_some() {
+            "revoked"
+        } else if c.superseded_by.is_some() {
+            "superseded"
+        } else if c.not_after <= now {
+            "expired"
+        } else {
+            "valid"
+        };
+        CertView {
+            hostname: c.hostname.clone(),
+            issued_at: rfc3339(c.issued_at),
+            kind: c.kind.clone(),
+            not_after: rfc3339(c.not_after),
+            not_before: rfc3339(c.not_before),
+            pem: with_pem.then(|| pem::encode(&pem::Pem::new("CERTIFICATE", c.der.clone()))),
+            public_key_sha256: hex::encode(&c.public_key_sha256),
+            revocation_reason: c.revocation_reason.clone(),
+            revoked_at: c.revoked_at.map(rfc3339),
+            serial: c.serial.clone(),
+            status: status.into(),
+            superseded_by: c.superseded_by.clone(),
+        }
+    }
+}
+
+/// `revoke SERIAL | --host HOST [--reason R]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeRequest {
+    pub serial: Option<String>,
+    pub host: Option<String>,
+    /// An RFC 5280 reason name as `--reason` takes it; `unspecified` if absent.
+    pub reason: Option<String>,
+}
+
+/// One revoked certificate in a [`RevokeReport`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RevokedCert {
+    pub hostname: String,
+    pub reason: Option<String>,
+    pub revoked_at: Option<String>,
+    pub serial: String,
+}
+
+impl From<&CertRecord> for RevokedCert {
+    fn from(c: &CertRecord) -> RevokedCert {
+        RevokedCert {
+            hostname: c.hostname.clone(),
+            reason: c.revocation_reason.clone(),
+            revoked_at: c.revoked_at.map(rfc3339),
+            serial: c.serial.clone(),
+        }
+    }
+}
+
+/// What `revoke` did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RevokeReport {
+    pub already_revoked: Vec<RevokedCert>,
+    /// The CRL published for it, if it was signed at once.
+    pub crl_number: Option<i64>,
+    /// How many certificates that CRL lists.
+    pub crl_listed: Option<usize>,
+    /// Why no CRL was published at once, for the operator.
+    pub note: Option<String>,
+    /// The reason given (what `revoke` prints for the newly revoked).
+    pub reason: String,
+    pub revoked: Vec<RevokedCert>,
+}
+
+/// `audit` filters (defaults as the CLI's: the last hour, 1000 rows).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// How far back, in seconds.
+    #[serde(default = "AuditQuery::default_since")]
+    pub since_secs: u64,
+    pub host: Option<String>,
+    pub event: Option<String>,
+    #[serde(default = "AuditQuery::default_limit")]
+    pub limit: i64,
+}
+
+impl AuditQuery {
+    fn default_since() -> u64 {
+        3600
+    }
+    fn default_limit() -> i64 {
+        1000
+    }
+}
+
+/// How a revocation's CRL gets published: by the server's own CRL service,
+/// or (CLI) by signing with the data dir's intermediate when it is there.
+#[derive(Debug, Clone)]
+pub enum Publisher {
+    Service(Arc<CrlService>),
+    DataDir {
+        dir: std::path::PathBuf,
+        config: crate::crl::CrlConfig,
+        clock: Arc<dyn crate::clock::Clock>,
+    },
+}
+
+/// What the answer to `psk add` names besides the PSK.
+#[derive(Debug, Clone, Default)]
+pub struct Hints {
+    pub fingerprint: Option<String>,
+    pub server_url: Option<String>,
+}
+
+/// The admin operations, on one store, for one actor at one moment.
+#[derive(Debug, Clone)]
+pub struct Ops<'a> {
+    pub store: &'a Store,
+    pub now: i64,
+    /// Who acts (audit `actor`): `cli:<user>(uid N)` or `admin:<subject> serial=...`.
+    pub actor: String,
+    /// The client address of a remote admin (audit `peer`).
+    pub peer: Option<String>,
+}
+
+impl Ops<'_> {
+    fn audit_event(
+        &self,
+        event: &str,
+        hostname: Option<String>,
+        reason: Option<String>,
+    ) -> AuditEvent {
+        AuditEvent {
+            at: self.now,
+            event: event.into(),
+            hostname,
+            outcome: "ok".into(),
+            reason,
+            peer: self.peer.clone(),
+            actor: Some(self.actor.clone()),
+            ..Default::default()
+        }
+    }
+
+    /// Records that a remote admin read something (reads change nothing, but
+    /// every admin action is audited).
+    pub async fn audit_read(&self, what: &str) -> Result<(), AdminError> {
+        self.store
+            .audit(&self.audit_event("admin_read", None, Some(what.to_owned())))
+            .await?;
+        Ok(())
+    }
+
+    /// Creates or replaces the PSK of a host.
+    pub async fn psk_add(
+        &self,
+        mut req: PskAddRequest,
+        hints: &Hints,
+    ) -> Result<PskAdded, AdminError> {
+        validate_host(&req.hostname)?;
+        let (allowed, ttl) = parse_grant(&req.sans, req.ttl_secs)?;
+        let psk = match req.psk.take() {
+            Some(supplied) => Psk::new_supplied(supplied)
+                .map_err(|e| AdminError::Invalid(format!("the PSK on stdin: {e}")))?,
+            None => generate_psk()?,
+        };
+        let expires_at = self.now + ttl as i64;
+        let audit = self.audit_event(
+            "psk_added",
+            Some(req.hostname.clone()),
+            Some(format!("ttl {ttl}s; extra names {}", allowed.len())),
+        );
+        self.store
+            .put_psk(
+                &req.hostname,
+                &psk.hash(),
+                &allowed,
+                self.now,
+                expires_at,
+                &audit,
+            )
+            .await?;
+        Ok(PskAdded {
+            allowed_sans: req.sans.clone(),
+            expires_at: rfc3339(expires_at),
+            fingerprint: hints.fingerprint.clone(),
+            hostname: req.hostname.clone(),
+            psk: psk.expose().to_owned(),
+            server_url: hints.server_url.clone(),
+        })
+    }
+
+    /// A PSK for each hostname, in one transaction.
+    pub async fn psk_batch(&self, req: &PskBatchRequest) -> Result<Vec<PskIssued>, AdminError> {
+        let (allowed, ttl) = parse_grant(&req.sans, req.ttl_secs)?;
+        let mut entries = Vec::with_capacity(req.hostnames.len());
+        let mut issued = Vec::with_capacity(req.hostnames.len());
+        for host in &req.hostnames {
+            validate_host(host)?;
+            let psk = generate_psk()?;
+            entries.push((host.clone(), psk.hash()));
+            issued.push(PskIssued {
+                hostname: host.clone(),
+                psk: psk.expose().to_owned(),
+            });
+        }
+        let audit = self.audit_event(
+            "psk_added",
+            None,
+            Some(format!("batch; ttl {ttl}s; extra names {}", allowed.len())),
+        );
+        self.store
+            .put_psks(&entries, &allowed, self.now, self.now + ttl as i64, &audit)
+            .await?;
+        Ok(issued)
+    }
+
+    pub async fn psk_list(&self) -> Result<Vec<PskInfo>, AdminError> {
+        Ok(self.store.list_psks().await?)
+    }
+
+    pub async fn psk_remove(&self, host: &str) -> Result<(), AdminError> {
+        let audit = self.audit_event("psk_removed", Some(host.to_owned()), None);
+        if self.store.remove_psk(host, &audit).await? {
+            Ok(())
+        } else {
+            Err(AdminError::NotFound(format!(
+                "no PSK for {}",
+                escape_for_display(host)
+            )))
+        }
+    }
+
+    pub async fn cert_list(&self, q: &CertQuery) -> Result<Vec<CertView>, AdminError> {
+        let window = q.expiring_secs.map(|s| {
+            (
+                self.now,
+                self.now.saturating_add(s.min(i64::MAX as u64) as i64),
+            )
+        });
+        Ok(self
+            .store
+            .list_certs(q.host.as_deref(), window)
+            .await?
+            .iter()
+            .map(|c| CertView::new(c, self.now, false))
+            .collect())
+    }
+
+    /// One certificate by serial, or the newest of a host.
+    pub async fn cert_show(&self, target: &str) -> Result<CertView, AdminError> {
+        let found = match normalize_serial(target) {
+            Some(serial) => self.store.get_cert(&serial).await?,
+            None => None,
+        };
+        let found = match found {
+            Some(c) => Some(c),
+            None => self
+                .store
+                .list_certs(Some(target), None)
+                .await?
+                .into_iter()
+                .next(),
+        };
+        found
+            .map(|c| CertView::new(&c, self.now, true))
+            .ok_or_else(|| {
+                AdminError::NotFound(format!(
+                    "no certificate with serial or hostname {}",
+                    escape_for_display(target)
+                ))
+            })
+    }
+
+    /// Records a revocation, then publishes the new CRL if `publisher` can.
+    pub async fn revoke(
+        &self,
+        req: &RevokeRequest,
+        publisher: &Publisher,
+    ) -> Result<RevokeReport, AdminError> {
+        let reason = match req.reason.as_deref() {
+            None => Reason::Unspecified,
+            Some(r) => <Reason as clap::ValueEnum>::from_str(r, false).map_err(|_| {
+                AdminError::Invalid(format!(
+                    "unknown revocation reason {}",
+                    escape_for_display(r)
+                ))
+            })?,
+        };
+        let how = Revocation {
+            reason: reason.as_str(),
+            now: self.now,
+            actor: &self.actor,
+        };
+        let (revoked, already) = match (&req.serial, &req.host) {
+            (Some(serial), None) => {
+                let Some(normal) = normalize_serial(serial) else {
+                    return Err(AdminError::Invalid(format!(
+                        "{} is not a serial (hex digits, colons optional)",
+                        escape_for_display(serial)
+                    )));
+                };
+                match self.store.revoke_serial(&normal, &how).await? {
+                    None => {
+                        return Err(AdminError::NotFound(format!(
+                            "no certificate with serial {}",
+                            escape_for_display(serial)
+                        )));
+                    }
+                    Some(RevokeOutcome::Revoked(c)) => (vec![c], vec![]),
+                    Some(RevokeOutcome::AlreadyRevoked(c)) => (vec![], vec![c]),
+                }
+            }
+            (None, Some(host)) => {
+                let revoked = self.store.revoke_host(host, &how).await?;
+                if revoked.is_empty() && self.store.list_certs(Some(host), None).await?.is_empty() {
+                    return Err(AdminError::NotFound(format!(
+                        "no certificate for host {}",
+                        escape_for_display(host)
+                    )));
+                }
+                (revoked, vec![])
+            }
+            _ => return Err(invalid("name a serial or a host (not both)")),
+        };
+        let mut report = RevokeReport {
+            already_revoked: already.iter().map(RevokedCert::from).collect(),
+            crl_number: None,
+            crl_listed: None,
+            note: None,
+            reason: reason.as_str().to_owned(),
+            revoked: revoked.iter().map(RevokedCert::from).collect(),
+        };
+        if !revoked.is_empty() {
+            match publish(self.store, publisher).await {
+                Ok(set) => {
+                    report.crl_number = Some(set.generation());
+                    report.crl_listed = Some(set.revoked);
+                }
+                Err(note) => report.note = Some(note),
+            }
+        }
+        Ok(report)
+    }
+
+    pub async fn audit(&self, q: &AuditQuery) -> Result<Vec<AuditEvent>, AdminError> {
+        let since = self.now - q.since_secs.min(i64::MAX as u64) as i64;
+        let filter = AuditFilter {
+            host: q.host.clone(),
+            event: q.event.clone(),
+        };
+        Ok(self.store.audit_query(since, q.limit, &filter).await?)
+    }
+}
+
+/// Signs and publishes the CRL after a revocation; on failure, the note for
+/// the operator (the revocation itself is recorded either way, and running
+/// servers sign it within seconds).
+async fn publish(store: &Store, publisher: &Publisher) -> Result<Arc<crate::crl::CrlSet>, String> {
+    match publisher {
+        Publisher::Service(service) => service.regenerate().await.map_err(|e| {
+            tracing::warn!(error = %format!("{e:#}"), "signing the CRL after a revocation failed");
+            "the revocation is recorded, but signing the CRL failed; the servers retry within seconds".to_owned()
+        }),
+        Publisher::DataDir { dir, config, clock } => {
+            let service = match crate::revocation::crl_service(dir, store, clock.clone(), *config) {
+                Ok(s) => s,
+                Err(e) => {
+                    return Err(format!(
+                        "note: cannot sign here ({e:#}); the running servers publish the new CRL within seconds"
+                    ));
+                }
+            };
+            service.regenerate().await.map_err(|e| {
+                format!(
+                    "warning: the revocation is recorded, but signing the CRL failed ({e:#}); \
+                     the running servers will sign it"
+                )
+            })
+        }
+    }
+}
+
+fn validate_host(host: &str) -> Result<(), AdminError> {
+    policy::hostname::validate(host)
+        .map_err(|e| AdminError::Invalid(format!("hostname {}: {e}", escape_for_display(host))))
+}
+
+/// The extra names and lifetime (seconds) a spawner grants with a PSK.
+fn parse_grant(sans: &[String], ttl_secs: u64) -> Result<(Vec<AllowedName>, u64), AdminError> {
+    let allowed = sans
+        .iter()
+        .map(|s| {
+            AllowedName::parse(s)
+                .map_err(|e| AdminError::Invalid(format!("--san {}: {e}", escape_for_display(s))))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if ttl_secs == 0 {
+        return Err(invalid("--ttl must be positive"));
+    }
+    // Bounded so that `now + ttl` stays far from overflowing.
+    if ttl_secs > 100 * 365 * 86_400 {
+        return Err(invalid("--ttl is over 100 years"));
+    }
+    Ok((allowed, ttl_secs))
+}
+
+/// 32 bytes from the OS CSPRNG as a base64url PSK.
+fn generate_psk() -> Result<Psk, AdminError> {
+    let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes[..])
+        .map_err(|_| AdminError::Internal(anyhow::anyhow!("CSPRNG failure")))?;
+    Ok(Psk::from_random(&bytes))
+}
+
+/// Where the CLI's admin verbs run: on the store here, or on a remote
+/// server's admin API.
+#[derive(Debug)]
+pub enum Admin {
+    Local {
+        store: Store,
+        data_dir: std::path::PathBuf,
+    },
+    Remote(remote::Remote),
+}
+
+/// `--server URL --admin-cert DIR` on `psk`, `cert`, `revoke` and `audit`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RemoteArgs {
+    /// Run on the ca-server at URL through its admin API (mTLS) instead of
+    /// on the local store. Needs --admin-cert.
+    #[arg(
+        long = "server",
+        env = "CA_ADMIN_SERVER",
+        value_name = "URL",
+        global = true,
+        requires = "admin_cert"
+    )]
+    pub server: Option<String>,
+    /// The directory `admin-cert issue` wrote (key.pem, chain.pem, and
+    /// ca.pem: the root the server must chain to).
+    #[arg(
+        long,
+        env = "CA_ADMIN_CERT",
+        value_name = "DIR",
+        global = true,
+        requires = "server"
+    )]
+    pub admin_cert: Option<std::path::PathBuf>,
+}
+
+impl Admin {
+    /// The remote server when `--server` is given, else the local store.
+    pub async fn open(
+        remote: &RemoteArgs,
+        data_dir: &std::path::Path,
+        url: &str,
+    ) -> anyhow::Result<Admin> {
+        match (&remote.server, &remote.admin_cert) {
+            (Some(server), Some(dir)) => Ok(Admin::Remote(remote::Remote::load(server, dir)?)),
+            _ => Ok(Admin::Local {
+                store: Store::open(url).await?,
+                data_dir: data_dir.to_owned(),
+            }),
+        }
+    }
+
+    fn local_ops(store: &Store) -> Ops<'_> {
+        Ops {
+            store,
+            now: crate::clock::Clock::now(&crate::clock::SystemClock),
+            actor: crate::cli::actor(),
+            peer: None,
+        }
+    }
+
+    pub async fn psk_add(&self, req: PskAddRequest) -> Result<PskAdded, AdminError> {
+        match self {
+            Admin::Local { store, data_dir } => {
+                let root = crate::ca::CaPaths::new(data_dir).root_cert;
+                let hints = Hints {
+                    fingerprint: crate::ca::read_cert_der(&root)
+                        .ok()
+                        .map(|d| crate::ca::fingerprint(&d)),
+                    server_url: None,
+                };
+                Admin::local_ops(store).psk_add(req, &hints).await
+            }
+            Admin::Remote(r) => {
+                let added = r.psk_add(&req).await?;
+                if added.fingerprint.as_deref() != Some(r.fingerprint.as_str()) {
+                    return Err(AdminError::Internal(anyhow::anyhow!(
+                        "the CA named another root fingerprint than the pinned ca.pem"
+                    )));
+                }
+                Ok(added)
+            }
+        }
+    }
+
+    pub async fn psk_batch(&self, req: &PskBatchRequest) -> Result<Vec<PskIssued>, AdminError> {
+        match self {
+            Admin::Local { store, .. } => Admin::local_ops(store).psk_batch(req).await,
+            Admin::Remote(r) => r.psk_batch(req).await,
+        }
+    }
+
+    pub async fn psk_list(&self) -> Result<Vec<PskInfo>, AdminError> {
+        match self {
+            Admin::Local { store, .. } => Admin::local_ops(store).psk_list().await,
+            Admin::Remote(r) => r.psk_list().await,
+        }
+    }
+
+    pub async fn psk_remove(&self, host: &str) -> Result<(), AdminError> {
+        match self {
+            Admin::Local { store, .. } => Admin::local_ops(store).psk_remove(host).await,
+            Admin::Remote(r) => r.psk_remove(host).await,
+        }
+    }
+
+    pub async fn cert_list(&self, q: &CertQuery) -> Result<Vec<CertView>, AdminError> {
+        match self {
+            Admin::Local { store, .. } => Admin::local_ops(store).cert_list(q).await,
+            Admin::Remote(r) => r.cert_list(q).await,
+        }
+    }
+
+    pub async fn cert_show(&self, target: &str) -> Result<CertView, AdminError> {
+        match self {
+            Admin::Local { store, .. } => Admin::local_ops(store).cert_show(target).await,
+            Admin::Remote(r) => r.cert_show(target).await,
+        }
+    }
+
+    /// Locally, the CRL is signed with the data dir's intermediate (if it is
+    /// there) using `crl`'s lifetimes; remotely, by the server.
+    pub async fn revoke(
+        &self,
+        req: &RevokeRequest,
+        crl: crate::crl::CrlConfig,
+    ) -> Result<RevokeReport, AdminError> {
+        match self {
+            Admin::Local { store, data_dir } => {
+                let publisher = Publisher::DataDir {
+                    dir: data_dir.clone(),
+                    config: crl,
+                    clock: Arc::new(crate::clock::SystemClock),
+                };
+                Admin::local_ops(store).revoke(req, &publisher).await
+            }
+            Admin::Remote(r) => r.revoke(req).await,
+        }
+    }
+
+    pub async fn audit(&self, q: &AuditQuery) -> Result<Vec<AuditEvent>, AdminError> {
+        match self {
+            Admin::Local { store, .. } => Admin::local_ops(store).audit(q).await,
+            Admin::Remote(r) => r.audit(q).await,
+        }
+    }
+}

@@ -167,6 +167,68 @@ if want postgres; then
   kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
 fi
 
+if want scale && [ -z "$QUICK" ]; then
+  # A store that has run for a long time: 1,000,000 certificates (with their
+  # audit rows) and 100,000 live PSKs, against a fresh store in the same run.
+  echo "==> scale: fresh store vs 1,000,000 certificates and 100,000 live PSKs (SQLite)"
+  need_pkg sqlite3
+  S=$WORK/scale
+  "$BIN/ca-server" --data-dir "$S" init --name Bench >/dev/null
+  FP=$("$BIN/ca-server" --data-dir "$S" init 2>/dev/null)
+  # One real certificate whose DER every synthetic row carries.
+  PSK=$("$BIN/ca-server" --data-dir "$S" psk add seed.scale.internal)
+  printf %s "$PSK" > "$WORK/seed.psk"
+  start_ca "$S"
+  "$BIN/ca-client" bootstrap --server "$SERVER_URL" --fingerprint "$FP" --hostname seed.scale.internal \
+    --psk-file "$WORK/seed.psk" --dir "$WORK/seed" >/dev/null
+  for c in 8 64; do
+    loadgen "scale fresh c=$c keepalive" --server "$SERVER_URL" --root "$S/root.crt" --target ours \
+      --requests "$N_KA" --concurrency "$c" --mode keepalive --ca-server "$BIN/ca-server" \
+      --data-dir "$S" --server-pid "$SERVER_PID" --csr-cache "$WORK/csrs-keepalive-$c.json"
+  done
+  kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
+  t0=$(now_ms)
+  sqlite3 "$S/ca.db" <<'SQL'
+PRAGMA journal_mode = WAL;
+BEGIN;
+WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000000)
+INSERT INTO certificates (serial, hostname, kind, public_key_sha256, psk_hash, psk_expires_at,
+                          not_before, not_after, der, issued_at)
+SELECT printf('7f%030x', i), 'h' || i || '.old.scale.internal', 'host', randomblob(32), randomblob(32),
+       unixepoch() + 3600, unixepoch() - 60, unixepoch() + 86400 * (1 + i % 60),
+       (SELECT der FROM certificates WHERE hostname = 'seed.scale.internal'), unixepoch() - (i % 86400)
+FROM n;
+WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000000)
+INSERT INTO audit (at, event, hostname, serial, outcome, peer)
+SELECT unixepoch() - (i % 86400), 'sign', 'h' || i || '.old.scale.internal', printf('7f%030x', i), 'issued', '127.0.0.1'
+FROM n;
+COMMIT;
+SQL
+  seq 1 100000 | sed 's/.*/p&.live.scale.internal/' \
+    | "$BIN/ca-server" --data-dir "$S" --log warn psk batch --ttl 24h >/dev/null
+  echo "filled the store in $(( $(now_ms) - t0 )) ms: $(sqlite3 "$S/ca.db" 'SELECT count(*) FROM certificates') certificates, $(sqlite3 "$S/ca.db" 'SELECT count(*) FROM psks') PSKs, $(du -h "$S/ca.db" | cut -f1)"
+  start_ca "$S"
+  echo "cold start with 1 M certificates: ${COLD_START_MS} ms"
+  echo "{\"label\":\"cold start sqlite 1M certs\",\"ms\":$COLD_START_MS}" >> "$OUT"
+  for c in 8 64; do
+    loadgen "scale 1M c=$c keepalive" --server "$SERVER_URL" --root "$S/root.crt" --target ours \
+      --requests "$N_KA" --concurrency "$c" --mode keepalive --ca-server "$BIN/ca-server" \
+      --data-dir "$S" --server-pid "$SERVER_PID" --csr-cache "$WORK/csrs-keepalive-$c.json"
+  done
+  kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
+
+  echo "==> CRL with 100,000 revoked entries"
+  sqlite3 "$S/ca.db" "UPDATE certificates SET revoked_at = unixepoch(), revocation_reason = 'keyCompromise'
+                      WHERE serial IN (SELECT serial FROM certificates WHERE hostname LIKE '%.old.scale.internal' LIMIT 100000);
+                      UPDATE crl_state SET revocation_seq = revocation_seq + 1;"
+  t0=$(now_ms)
+  "$BIN/ca-server" --data-dir "$S" --log warn crl --sign --out "$WORK/crl.pem"
+  CRL_MS=$(( $(now_ms) - t0 ))
+  ENTRIES=$(openssl crl -in "$WORK/crl.pem" -noout -text | grep -c "Serial Number:")
+  echo "ca-server crl --sign (process start, store read, intermediate + Puppet + root CRLs signed and published): ${CRL_MS} ms, $ENTRIES entries in the first CRL's text"
+  echo "{\"label\":\"crl 100k revoked\",\"ms\":$CRL_MS,\"entries\":$ENTRIES}" >> "$OUT"
+fi
+
 echo
 echo "==> summary (certificates/s; ratios ours/cfssl at the same concurrency and mode)"
 python3 - "$OUT" <<'PY'
@@ -179,7 +241,12 @@ for r in rows:
 for label in sorted(latest):
     r = latest[label]
     print(f'{label:<26} {r["certs_per_s"]:>8.0f}/s  p50 {r["p50_ms"]:6.2f}  p99 {r["p99_ms"]:7.2f} ms  errors {r["errors"]}  '
-          f'cpu {r.get("server_cpu_ms_per_cert") or 0:.3f} ms/cert  rss {r.get("server_peak_rss_mib") or 0:.1f} MiB')
+          f'cpu {r.get("server_cpu_ms_per_cert") or 0:.3f} ms/cert  rss {r.get("server_peak_rss_mib") or 0:.1f} MiB  '
+          f'anon {r.get("server_peak_rss_anon_mib") or 0:.1f} MiB')
+for c in (8, 64):
+    a, b = latest.get(f"scale fresh c={c} keepalive"), latest.get(f"scale 1M c={c} keepalive")
+    if a and b:
+        print(f'scale c={c}: 1M certificates + 100k PSKs at {b["certs_per_s"]/a["certs_per_s"]:.2f}x the fresh store')
 for label, r in sorted(latest.items()):
     if not label.startswith("sqlite "):
         continue

@@ -217,16 +217,41 @@ fn proc_usage(pid: u32) -> Option<(f64, u64)> {
     let fields: Vec<&str> = after.split_whitespace().collect();
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
+    let hwm = status_kib(pid, "VmHWM:")?;
+    // Clock ticks are 100 per second on Linux x86_64.
+    Some(((utime + stime) / 100.0, hwm))
+}
+
+/// One `/proc/PID/status` field in KiB.
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let hwm = status
+    status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
+        .find(|l| l.starts_with(field))?
         .split_whitespace()
         .nth(1)?
         .parse()
-        .ok()?;
-    // Clock ticks are 100 per second on Linux x86_64.
-    Some(((utime + stime) / 100.0, hwm))
+        .ok()
+}
+
+/// Samples the server's anonymous RSS (heap, stacks: what the process
+/// itself holds) every 20 ms until `stop`; returns the peak in KiB. VmHWM
+/// also counts file pages mapped from the store (SQLite's mmap), which are
+/// page cache the kernel reclaims, so both are reported.
+fn sample_anon_peak(
+    pid: u32,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut peak = 0;
+        loop {
+            peak = peak.max(status_kib(pid, "RssAnon:").unwrap_or(0));
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                return peak;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
 }
 
 #[derive(Debug, Default)]
@@ -384,6 +409,10 @@ fn main() -> Result<()> {
     );
 
     let before = a.server_pid.and_then(proc_usage);
+    let stop_sampling = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let anon_sampler = a
+        .server_pid
+        .map(|pid| sample_anon_peak(pid, stop_sampling.clone()));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -391,6 +420,8 @@ fn main() -> Result<()> {
     let mut outcome = rt.block_on(drive(&a, client, Arc::new(csrs)));
     let wall = start.elapsed().as_secs_f64();
     let after = a.server_pid.and_then(proc_usage);
+    stop_sampling.store(true, std::sync::atomic::Ordering::Relaxed);
+    let anon_peak_kib = anon_sampler.and_then(|h| h.join().ok());
     outcome.latencies_us.sort_unstable();
     let l = &outcome.latencies_us;
 
@@ -437,12 +468,13 @@ fn main() -> Result<()> {
         "max_ms": l.last().map(|v| *v as f64 / 1000.0).unwrap_or(0.0),
         "server_cpu_ms_per_cert": cpu.map(|c| c * 1000.0),
         "server_peak_rss_mib": after.map(|(_, kib)| kib as f64 / 1024.0),
+        "server_peak_rss_anon_mib": anon_peak_kib.map(|kib| kib as f64 / 1024.0),
         "recorded": recorded,
         "psks_left": psks_left,
         "verified": recorded.map(|r| r == outcome.ok && psks_left == Some(a.requests - outcome.ok)),
     });
     println!(
-        "{:<28} {:>5} {:>9} {:>6} {:>6} {:>9} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8}",
+        "{:<28} {:>5} {:>9} {:>6} {:>6} {:>9} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8}",
         "label",
         "conc",
         "mode",
@@ -454,10 +486,11 @@ fn main() -> Result<()> {
         "p99ms",
         "maxms",
         "cpu ms/c",
-        "rss MiB"
+        "rss MiB",
+        "anon MiB"
     );
     println!(
-        "{:<28} {:>5} {:>9} {:>6} {:>6} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8.1} {:>9} {:>8}",
+        "{:<28} {:>5} {:>9} {:>6} {:>6} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8.1} {:>9} {:>8} {:>8}",
         a.label,
         a.concurrency,
         result["mode"].as_str().unwrap_or(""),
@@ -472,6 +505,9 @@ fn main() -> Result<()> {
             .unwrap_or_else(|| "-".into()),
         after
             .map(|(_, kib)| format!("{:.1}", kib as f64 / 1024.0))
+            .unwrap_or_else(|| "-".into()),
+        anon_peak_kib
+            .map(|kib| format!("{:.1}", kib as f64 / 1024.0))
             .unwrap_or_else(|| "-".into()),
     );
     if let Some(e) = &outcome.first_error {

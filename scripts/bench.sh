@@ -102,6 +102,13 @@ if want sqlite || want cfssl; then
   echo "cold start to first healthy /healthz: ${COLD_START_MS} ms"
   echo "{\"label\":\"cold start sqlite\",\"ms\":$COLD_START_MS}" >> "$OUT"
   run_matrix sqlite "$WORK/sqlite"
+  # A booting host makes one request, but renewals and retries reconnect:
+  # new connections that resume a TLS session (ticket) skip the key exchange.
+  for c in 8 64; do
+    loadgen "sqlite c=$c new-conn resumed" --server "$SERVER_URL" --root "$WORK/sqlite/root.crt" --target ours \
+      --requests "$N_NC" --concurrency "$c" --mode new-conn --tls-resumption --ca-server "$BIN/ca-server" \
+      --data-dir "$WORK/sqlite" --server-pid "$SERVER_PID" --csr-cache "$WORK/csrs-new-conn-$c.json"
+  done
 
   echo "==> one ca-client bootstrap, wall time"
   PSK=$("$BIN/ca-server" --data-dir "$WORK/sqlite" psk add boot.bench.internal)
@@ -146,6 +153,11 @@ JSON
         --target cfssl --requests "$n" --concurrency "$c" --mode "$mode" --server-pid "$CF_PID" \
         --csr-cache "$WORK/csrs-$mode-$c.json"
     done
+  done
+  for c in 8 64; do
+    loadgen "cfssl c=$c new-conn resumed" --server "https://localhost:$port" --root "$WORK/sqlite/root.crt" \
+      --target cfssl --requests "$N_NC" --concurrency "$c" --mode new-conn --tls-resumption \
+      --server-pid "$CF_PID" --csr-cache "$WORK/csrs-new-conn-$c.json"
   done
   kill "$CF_PID" 2>/dev/null || true
 fi

@@ -2,7 +2,9 @@
 //! before deciding. Under load those reads are many small round trips (on
 //! SQLite each one is a hand-off to the connection's worker thread and
 //! back), so `serve` starts a reader task that answers all lookups waiting
-//! at a moment with one `SELECT ... WHERE hostname IN (...)`.
+//! at a moment with one `SELECT ... WHERE hostname IN (...)`. The
+//! compromised-key check every issuance makes goes the same way, so a
+//! request costs no round trip of its own on another connection.
 //!
 //! Consistency is unchanged: a lookup sees the store as of its batch's
 //! query, exactly as a lone query issued then would, and the issuance
@@ -12,15 +14,28 @@ use super::{Engine, Store, StoreError, StoreResult, psk_entry_from_row};
 use policy::PskEntry;
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, Row};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use tokio::sync::{mpsc, oneshot};
 
 /// Most lookups in one query.
 pub const MAX_BATCH: usize = 256;
 
+/// What a request asks the reader.
+enum Ask {
+    /// The PSK entry of a hostname.
+    Psk(String),
+    /// Whether a public key (SHA-256) was revoked as compromised.
+    KeyCompromised(Vec<u8>),
+}
+
+enum Answer {
+    Psk(Option<PskEntry>),
+    KeyCompromised(bool),
+}
+
 struct Lookup {
-    hostname: String,
-    reply: oneshot::Sender<StoreResult<Option<PskEntry>>>,
+    ask: Ask,
+    reply: oneshot::Sender<StoreResult<Answer>>,
 }
 
 /// Handle to the reader task.
@@ -38,38 +53,57 @@ impl Store {
         }
     }
 
-    pub(super) async fn get_psk_grouped(
-        &self,
-        r: &Reader,
-        hostname: &str,
-    ) -> StoreResult<Option<PskEntry>> {
+    async fn ask(r: &Reader, ask: Ask) -> StoreResult<Answer> {
         let (reply, answer) = oneshot::channel();
-        let lookup = Lookup {
-            hostname: hostname.to_owned(),
-            reply,
-        };
-        if r.tx.send(lookup).await.is_err() {
+        if r.tx.send(Lookup { ask, reply }).await.is_err() {
             return Err(StoreError::Down { for_secs: 0 });
         }
         answer
             .await
             .unwrap_or(Err(StoreError::Down { for_secs: 0 }))
     }
+
+    pub(super) async fn get_psk_grouped(
+        &self,
+        r: &Reader,
+        hostname: &str,
+    ) -> StoreResult<Option<PskEntry>> {
+        match Self::ask(r, Ask::Psk(hostname.to_owned())).await? {
+            Answer::Psk(entry) => Ok(entry),
+            Answer::KeyCompromised(_) => unreachable!("a PSK lookup gets a PSK answer"),
+        }
+    }
+
+    pub(super) async fn key_compromised_grouped(
+        &self,
+        r: &Reader,
+        public_key_sha256: &[u8],
+    ) -> StoreResult<bool> {
+        match Self::ask(r, Ask::KeyCompromised(public_key_sha256.to_vec())).await? {
+            Answer::KeyCompromised(yes) => Ok(yes),
+            Answer::Psk(_) => unreachable!("a key lookup gets a key answer"),
+        }
+    }
+
+    pub(super) fn reader(&self) -> Option<&Reader> {
+        self.reader.get()
+    }
 }
 
 async fn run(store: Store, mut rx: mpsc::Receiver<Lookup>) {
     let mut batch: Vec<Lookup> = Vec::with_capacity(MAX_BATCH);
-    // Its own connection, kept (see the writer).
+    // Its own connection, kept (see the writer). Sharing the writer's would
+    // spare SQLite a cache reset after each commit, but reads would then
+    // wait behind every commit's fsync: measured slower.
     let mut conn: Option<PoolConnection<Any>> = None;
     let mut closing = store.closing.subscribe();
     loop {
-        let first = tokio::select! {
-            next = rx.recv() => match next {
-                Some(first) => first,
-                None => break,
-            },
-            // Returning drops `conn`, back to the pool that is closing.
-            _ = closing.wait_for(|closed| *closed) => break,
+        let next = tokio::select! {
+            next = rx.recv() => next,
+            _ = closing.wait_for(|closed| *closed) => None,
+        };
+        let Some(first) = next else {
+            break; // returning drops `conn`, back to the pool that is closing
         };
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -80,13 +114,19 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Lookup>) {
         }
         let result = lookup_batch(&store, &mut conn, &batch).await;
         if result.is_err() {
-            conn = None;
+            conn = None; // a fresh connection for the next batch
         }
         match result {
             Ok(found) => {
                 // Several lookups of one name each get the entry.
                 for l in batch.drain(..) {
-                    let _ = l.reply.send(Ok(found.get(&l.hostname).cloned()));
+                    let answer = match &l.ask {
+                        Ask::Psk(host) => Answer::Psk(found.psks.get(host).cloned()),
+                        Ask::KeyCompromised(key) => {
+                            Answer::KeyCompromised(found.compromised.contains(key))
+                        }
+                    };
+                    let _ = l.reply.send(Ok(answer));
                 }
             }
             Err(e) => {
@@ -107,37 +147,76 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Lookup>) {
     }
 }
 
-/// One query for every distinct hostname of the batch.
+/// What one batch found.
+struct Found {
+    psks: HashMap<String, PskEntry>,
+    compromised: HashSet<Vec<u8>>,
+}
+
+/// One query for every distinct hostname of the batch, one for its keys.
 async fn lookup_batch(
     store: &Store,
     conn: &mut Option<PoolConnection<Any>>,
     batch: &[Lookup],
-) -> StoreResult<HashMap<String, PskEntry>> {
+) -> StoreResult<Found> {
     store.pool()?; // fails at once while the store is known to be down
     if conn.is_none() {
         *conn = Some(store.conn().await?);
     }
     let conn = conn.as_mut().expect("connected above");
-    let mut names: Vec<&str> = batch.iter().map(|l| l.hostname.as_str()).collect();
+    let mut names: Vec<&str> = Vec::new();
+    let mut keys: Vec<String> = Vec::new();
+    for l in batch {
+        match &l.ask {
+            Ask::Psk(host) => names.push(host),
+            Ask::KeyCompromised(key) => keys.push(hex::encode(key)),
+        }
+    }
     names.sort_unstable();
     names.dedup();
-    // The names travel as one JSON array: one statement shape, one round trip.
-    let sql = match store.engine() {
-        Engine::Sqlite => {
-            "SELECT hostname, psk_hash, allowed_sans, expires_at FROM psks \
-             WHERE hostname IN (SELECT value FROM json_each(?1))"
-        }
-        Engine::Postgres => {
-            "SELECT hostname, psk_hash, allowed_sans, expires_at FROM psks \
-             WHERE hostname IN (SELECT jsonb_array_elements_text($1::jsonb))"
-        }
+    keys.sort_unstable();
+    keys.dedup();
+    let mut found = Found {
+        psks: HashMap::with_capacity(names.len()),
+        compromised: HashSet::new(),
     };
-    let q = sqlx::query(sql).bind(serde_json::to_string(&names).expect("strings serialise"));
-    let rows = q.fetch_all(&mut **conn).await?;
-    let mut found = HashMap::with_capacity(rows.len());
-    for row in &rows {
-        let host: String = row.try_get("hostname")?;
-        found.insert(host, psk_entry_from_row(row)?);
+    // Each list travels as one JSON array: one statement shape, one round trip.
+    if !names.is_empty() {
+        let sql = match store.engine() {
+            Engine::Sqlite => {
+                "SELECT hostname, psk_hash, allowed_sans, expires_at FROM psks \
+                 WHERE hostname IN (SELECT value FROM json_each(?1))"
+            }
+            Engine::Postgres => {
+                "SELECT hostname, psk_hash, allowed_sans, expires_at FROM psks \
+                 WHERE hostname IN (SELECT jsonb_array_elements_text($1::jsonb))"
+            }
+        };
+        let q = sqlx::query(sql).bind(serde_json::to_string(&names).expect("strings serialise"));
+        for row in &q.fetch_all(&mut **conn).await? {
+            let host: String = row.try_get("hostname")?;
+            found.psks.insert(host, psk_entry_from_row(row)?);
+        }
+    }
+    if !keys.is_empty() {
+        // The partial index certificates_compromised_keys answers this.
+        let sql = match store.engine() {
+            Engine::Sqlite => {
+                "SELECT DISTINCT public_key_sha256 FROM certificates \
+                 WHERE revocation_reason = 'keyCompromise' \
+                 AND public_key_sha256 IN (SELECT unhex(value) FROM json_each(?1))"
+            }
+            Engine::Postgres => {
+                "SELECT DISTINCT public_key_sha256 FROM certificates \
+                 WHERE revocation_reason = 'keyCompromise' \
+                 AND public_key_sha256 IN \
+                     (SELECT decode(jsonb_array_elements_text($1::jsonb), 'hex'))"
+            }
+        };
+        let q = sqlx::query(sql).bind(serde_json::to_string(&keys).expect("strings serialise"));
+        for row in &q.fetch_all(&mut **conn).await? {
+            found.compromised.insert(row.try_get("public_key_sha256")?);
+        }
     }
     Ok(found)
 }

@@ -119,6 +119,11 @@ impl Store {
     /// Whether a certificate for this key (SHA-256 of its SubjectPublicKeyInfo)
     /// was revoked as `keyCompromise`: such a key never gets a certificate again.
     pub async fn key_compromised(&self, public_key_sha256: &[u8]) -> StoreResult<bool> {
+        if let Some(reader) = self.reader() {
+            return self
+                .key_compromised_grouped(reader, public_key_sha256)
+                .await;
+        }
         let row = sqlx::query(
             "SELECT serial FROM certificates WHERE public_key_sha256 = $1 \
              AND revocation_reason = 'keyCompromise' LIMIT 1",

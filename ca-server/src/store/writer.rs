@@ -93,13 +93,12 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Job>) {
     let mut conn: Option<PoolConnection<Any>> = None;
     let mut closing = store.closing.subscribe();
     loop {
-        let first = tokio::select! {
-            next = rx.recv() => match next {
-                Some(first) => first,
-                None => break,
-            },
-            // Returning drops `conn`, back to the pool that is closing.
-            _ = closing.wait_for(|closed| *closed) => break,
+        let next = tokio::select! {
+            next = rx.recv() => next,
+            _ = closing.wait_for(|closed| *closed) => None,
+        };
+        let Some(first) = next else {
+            break; // returning drops `conn`, back to the pool that is closing
         };
         batch.push(first);
         while batch.len() < MAX_BATCH {

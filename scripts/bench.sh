@@ -185,6 +185,13 @@ if want scale && [ -z "$QUICK" ]; then
   echo "==> scale: fresh store vs 1,000,000 certificates and 100,000 live PSKs (SQLite)"
   need_pkg sqlite3
   S=$WORK/scale
+  scale_runs() { # label
+    for c in 8 64; do
+      loadgen "scale $1 c=$c keepalive" --server "$SERVER_URL" --root "$S/root.crt" --target ours \
+        --requests "$N_KA" --concurrency "$c" --mode keepalive --ca-server "$BIN/ca-server" \
+        --data-dir "$S" --server-pid "$SERVER_PID" --csr-cache "$WORK/csrs-keepalive-$c.json"
+    done
+  }
   "$BIN/ca-server" --data-dir "$S" init --name Bench >/dev/null
   FP=$("$BIN/ca-server" --data-dir "$S" init 2>/dev/null)
   # One real certificate whose DER every synthetic row carries.
@@ -193,11 +200,7 @@ if want scale && [ -z "$QUICK" ]; then
   start_ca "$S"
   "$BIN/ca-client" bootstrap --server "$SERVER_URL" --fingerprint "$FP" --hostname seed.scale.internal \
     --psk-file "$WORK/seed.psk" --dir "$WORK/seed" >/dev/null
-  for c in 8 64; do
-    loadgen "scale fresh c=$c keepalive" --server "$SERVER_URL" --root "$S/root.crt" --target ours \
-      --requests "$N_KA" --concurrency "$c" --mode keepalive --ca-server "$BIN/ca-server" \
-      --data-dir "$S" --server-pid "$SERVER_PID" --csr-cache "$WORK/csrs-keepalive-$c.json"
-  done
+  scale_runs fresh
   kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
   t0=$(now_ms)
   sqlite3 "$S/ca.db" <<'SQL'
@@ -222,11 +225,7 @@ SQL
   start_ca "$S"
   echo "cold start with 1 M certificates: ${COLD_START_MS} ms"
   echo "{\"label\":\"cold start sqlite 1M certs\",\"ms\":$COLD_START_MS}" >> "$OUT"
-  for c in 8 64; do
-    loadgen "scale 1M c=$c keepalive" --server "$SERVER_URL" --root "$S/root.crt" --target ours \
-      --requests "$N_KA" --concurrency "$c" --mode keepalive --ca-server "$BIN/ca-server" \
-      --data-dir "$S" --server-pid "$SERVER_PID" --csr-cache "$WORK/csrs-keepalive-$c.json"
-  done
+  scale_runs 1M
   kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
 
   echo "==> CRL with 100,000 revoked entries"

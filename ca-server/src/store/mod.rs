@@ -157,6 +157,32 @@ macro_rules! insert_audit_sql {
     };
 }
 
+/// Waits for the next queued item of a batching task and takes every other
+/// one already waiting, up to `max`. `false` once the store is closing (the
+/// task then returns, handing back the connection it keeps) or the queue ends.
+async fn next_batch<T>(
+    rx: &mut tokio::sync::mpsc::Receiver<T>,
+    closing: &mut tokio::sync::watch::Receiver<bool>,
+    batch: &mut Vec<T>,
+    max: usize,
+) -> bool {
+    let next = tokio::select! {
+        next = rx.recv() => next,
+        _ = closing.wait_for(|closed| *closed) => None,
+    };
+    let Some(first) = next else {
+        return false;
+    };
+    batch.push(first);
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(item) => batch.push(item),
+            Err(_) => break,
+        }
+    }
+    true
+}
+
 // After the macros, which they use.
 mod reader;
 mod revoke;

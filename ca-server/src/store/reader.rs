@@ -97,21 +97,8 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Lookup>) {
     // wait behind every commit's fsync: measured slower.
     let mut conn: Option<PoolConnection<Any>> = None;
     let mut closing = store.closing.subscribe();
-    loop {
-        let next = tokio::select! {
-            next = rx.recv() => next,
-            _ = closing.wait_for(|closed| *closed) => None,
-        };
-        let Some(first) = next else {
-            break; // returning drops `conn`, back to the pool that is closing
-        };
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(l) => batch.push(l),
-                Err(_) => break,
-            }
-        }
+    // Returning drops `conn`, back to the pool that is closing.
+    while super::next_batch(&mut rx, &mut closing, &mut batch, MAX_BATCH).await {
         let result = lookup_batch(&store, &mut conn, &batch).await;
         if result.is_err() {
             conn = None; // a fresh connection for the next batch

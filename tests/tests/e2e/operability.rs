@@ -517,16 +517,7 @@ fn probe_passes_against_a_running_server_and_fails_clearly_when_refused() {
         return;
     }
     let server = CaServer::start();
-    let has_revoke = run(server.cli().args(["revoke", "--help"]))
-        .status
-        .success();
-    let args: &[&str] = if has_revoke { &[] } else { &["--no-revoke"] };
-    if !has_revoke {
-        eprintln!(
-            "NOTE: ca-server has no revoke verb yet (issue 4): probing without the revoke step"
-        );
-    }
-    let out = probe(&server, args, &[]);
+    let out = probe(&server, &[], &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -539,9 +530,8 @@ fn probe_passes_against_a_running_server_and_fails_clearly_when_refused() {
     );
     let certs = server.certs_of("ca-probe.invalid");
     assert_eq!(certs.len(), 1);
-    if has_revoke {
-        assert_eq!(certs[0]["status"], "revoked");
-    }
+    // The probe's last step revoked its certificate.
+    assert_eq!(certs[0]["status"], "revoked");
 
     // The probe's PSK goes into another store than the server's: refused.
     let other = tempfile::tempdir().unwrap();

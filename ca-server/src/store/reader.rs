@@ -20,22 +20,12 @@ use tokio::sync::{mpsc, oneshot};
 /// Most lookups in one query.
 pub const MAX_BATCH: usize = 256;
 
-/// What a request asks the reader.
-enum Ask {
+/// A request waiting for the reader, with its reply.
+enum Lookup {
     /// The PSK entry of a hostname.
-    Psk(String),
+    Psk(String, oneshot::Sender<StoreResult<Option<PskEntry>>>),
     /// Whether a public key (SHA-256) was revoked as compromised.
-    KeyCompromised(Vec<u8>),
-}
-
-enum Answer {
-    Psk(Option<PskEntry>),
-    KeyCompromised(bool),
-}
-
-struct Lookup {
-    ask: Ask,
-    reply: oneshot::Sender<StoreResult<Answer>>,
+    KeyCompromised(Vec<u8>, oneshot::Sender<StoreResult<bool>>),
 }
 
 /// Handle to the reader task.
@@ -53,9 +43,12 @@ impl Store {
         }
     }
 
-    async fn ask(r: &Reader, ask: Ask) -> StoreResult<Answer> {
+    async fn ask<T>(
+        r: &Reader,
+        lookup: impl FnOnce(oneshot::Sender<StoreResult<T>>) -> Lookup,
+    ) -> StoreResult<T> {
         let (reply, answer) = oneshot::channel();
-        if r.tx.send(Lookup { ask, reply }).await.is_err() {
+        if r.tx.send(lookup(reply)).await.is_err() {
             return Err(StoreError::Down { for_secs: 0 });
         }
         answer
@@ -68,10 +61,7 @@ impl Store {
         r: &Reader,
         hostname: &str,
     ) -> StoreResult<Option<PskEntry>> {
-        match Self::ask(r, Ask::Psk(hostname.to_owned())).await? {
-            Answer::Psk(entry) => Ok(entry),
-            Answer::KeyCompromised(_) => unreachable!("a PSK lookup gets a PSK answer"),
-        }
+        Self::ask(r, |reply| Lookup::Psk(hostname.to_owned(), reply)).await
     }
 
     pub(super) async fn key_compromised_grouped(
@@ -79,14 +69,10 @@ impl Store {
         r: &Reader,
         public_key_sha256: &[u8],
     ) -> StoreResult<bool> {
-        match Self::ask(r, Ask::KeyCompromised(public_key_sha256.to_vec())).await? {
-            Answer::KeyCompromised(yes) => Ok(yes),
-            Answer::Psk(_) => unreachable!("a key lookup gets a key answer"),
-        }
-    }
-
-    pub(super) fn reader(&self) -> Option<&Reader> {
-        self.reader.get()
+        Self::ask(r, |reply| {
+            Lookup::KeyCompromised(public_key_sha256.to_vec(), reply)
+        })
+        .await
     }
 }
 
@@ -107,13 +93,14 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Lookup>) {
             Ok(found) => {
                 // Several lookups of one name each get the entry.
                 for l in batch.drain(..) {
-                    let answer = match &l.ask {
-                        Ask::Psk(host) => Answer::Psk(found.psks.get(host).cloned()),
-                        Ask::KeyCompromised(key) => {
-                            Answer::KeyCompromised(found.compromised.contains(key))
+                    match l {
+                        Lookup::Psk(host, reply) => {
+                            let _ = reply.send(Ok(found.psks.get(&host).cloned()));
                         }
-                    };
-                    let _ = l.reply.send(Ok(answer));
+                        Lookup::KeyCompromised(key, reply) => {
+                            let _ = reply.send(Ok(found.compromised.contains(&key)));
+                        }
+                    }
                 }
             }
             Err(e) => {
@@ -127,7 +114,10 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Lookup>) {
                     let err = first.take().unwrap_or_else(|| {
                         StoreError::Unavailable(sqlx::Error::Protocol(shown.clone()))
                     });
-                    let _ = l.reply.send(Err(err));
+                    let _ = match l {
+                        Lookup::Psk(_, reply) => reply.send(Err(err)).is_ok(),
+                        Lookup::KeyCompromised(_, reply) => reply.send(Err(err)).is_ok(),
+                    };
                 }
             }
         }
@@ -154,9 +144,9 @@ async fn lookup_batch(
     let mut names: Vec<&str> = Vec::new();
     let mut keys: Vec<String> = Vec::new();
     for l in batch {
-        match &l.ask {
-            Ask::Psk(host) => names.push(host),
-            Ask::KeyCompromised(key) => keys.push(hex::encode(key)),
+        match l {
+            Lookup::Psk(host, _) => names.push(host),
+            Lookup::KeyCompromised(key, _) => keys.push(hex::encode(key)),
         }
     }
     names.sort_unstable();

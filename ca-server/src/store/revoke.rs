@@ -119,7 +119,7 @@ impl Store {
     /// Whether a certificate for this key (SHA-256 of its SubjectPublicKeyInfo)
     /// was revoked as `keyCompromise`: such a key never gets a certificate again.
     pub async fn key_compromised(&self, public_key_sha256: &[u8]) -> StoreResult<bool> {
-        if let Some(reader) = self.reader() {
+        if let Some(reader) = self.reader.get() {
             return self
                 .key_compromised_grouped(reader, public_key_sha256)
                 .await;

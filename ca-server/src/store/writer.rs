@@ -20,7 +20,7 @@ use super::{AuditEvent, CertRecord, Engine, Issuance, Store, StoreError, StoreRe
 use policy::PskHash;
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, Row};
-use std::collections::HashMap;
+use std::collections::HashSet;
 use tokio::sync::{mpsc, oneshot};
 
 /// Most issuances in one transaction. Bounded by bind parameters per
@@ -174,18 +174,14 @@ async fn commit_batch(
         .bind(serde_json::Value::Array(spend).to_string())
         .fetch_all(&mut *tx)
         .await?;
-    let mut spent: HashMap<(String, Vec<u8>), ()> = HashMap::with_capacity(rows.len());
+    let mut spent: HashSet<(String, Vec<u8>)> = HashSet::with_capacity(rows.len());
     for row in rows {
-        spent.insert((row.try_get("hostname")?, row.try_get("psk_hash")?), ());
+        spent.insert((row.try_get("hostname")?, row.try_get("psk_hash")?));
     }
     // The first request for a spent PSK wins it; any other in the batch lost.
     let won: Vec<bool> = batch
         .iter()
-        .map(|job| {
-            spent
-                .remove(&(job.cert.hostname.clone(), job.psk_hash.0.to_vec()))
-                .is_some()
-        })
+        .map(|job| spent.remove(&(job.cert.hostname.clone(), job.psk_hash.0.to_vec())))
         .collect();
     let winners: Vec<&Job> = batch
         .iter()
@@ -251,11 +247,7 @@ async fn insert_certs(
              rr text, sb text)"
         ),
     };
-    sqlx::query(sql)
-        .bind(serde_json::Value::Array(rows).to_string())
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
+    execute_json(tx, sql, rows).await
 }
 
 async fn insert_audits(
@@ -287,6 +279,15 @@ async fn insert_audits(
              serial text, outcome text, reason text, peer text, actor text)"
         }
     };
+    execute_json(tx, sql, rows).await
+}
+
+/// Runs a statement whose rows arrive as one JSON array parameter.
+async fn execute_json(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    sql: &'static str,
+    rows: Vec<serde_json::Value>,
+) -> StoreResult<()> {
     sqlx::query(sql)
         .bind(serde_json::Value::Array(rows).to_string())
         .execute(&mut **tx)

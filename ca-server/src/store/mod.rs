@@ -49,7 +49,7 @@ impl Engine {
 pub enum StoreError {
     /// The database could not be reached or refused the operation.
     #[error("store unavailable: {0}")]
-    Unavailable(#[source] sqlx::Error),
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The availability watcher sees the database down; nothing was tried.
     #[error("store unreachable for {for_secs} s; waiting for it to come back")]
     Down { for_secs: i64 },
@@ -68,7 +68,7 @@ impl From<sqlx::Error> for StoreError {
     /// Every database error passes here, so this is where it is counted.
     fn from(e: sqlx::Error) -> StoreError {
         crate::metrics::metrics().store_error("database");
-        StoreError::Unavailable(e)
+        StoreError::Unavailable(Box::new(e))
     }
 }
 
@@ -184,6 +184,7 @@ async fn next_batch<T>(
 }
 
 // After the macros, which they use.
+mod lane;
 mod reader;
 mod revoke;
 mod writer;
@@ -202,6 +203,11 @@ pub struct Store {
     /// Set by [`Store::close`]: the writer and the reader hand back the
     /// connections they keep, or the pool's close would wait for them forever.
     closing: Arc<tokio::sync::watch::Sender<bool>>,
+    /// The SQLite file, which the writer and reader threads open themselves
+    /// (`None` for PostgreSQL and in-memory SQLite).
+    sqlite_file: Option<PathBuf>,
+    /// Those threads, joined by [`Store::close`].
+    lanes: Arc<std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>>,
 }
 
 impl Store {
@@ -252,6 +258,11 @@ impl Store {
             writer: Arc::default(),
             reader: Arc::default(),
             closing: Arc::new(tokio::sync::watch::Sender::new(false)),
+            sqlite_file: match engine {
+                Engine::Sqlite => sqlite_path(url),
+                Engine::Postgres => None,
+            },
+            lanes: Arc::default(),
         })
     }
 
@@ -262,6 +273,7 @@ impl Store {
     /// Closes every connection (for orderly shutdown).
     pub async fn close(&self) {
         self.closing.send_replace(true);
+        self.join_lanes().await;
         self.pool.close().await;
     }
 
@@ -315,24 +327,35 @@ impl Store {
 
 /// A `psks` row (hostname, psk_hash, allowed_sans, expires_at) as a policy entry.
 fn psk_entry_from_row(row: &AnyRow) -> StoreResult<PskEntry> {
-    {
-        let hash: Vec<u8> = row.try_get("psk_hash")?;
-        let sans_json: String = row.try_get("allowed_sans")?;
-        let sans: Vec<String> = serde_json::from_str(&sans_json)
-            .map_err(|e| StoreError::Corrupt(format!("allowed_sans: {e}")))?;
-        let allowed_sans = sans
-            .iter()
-            .map(|s| AllowedName::parse(s))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| StoreError::Corrupt(format!("allowed_sans: {e}")))?;
-        Ok(PskEntry {
-            hostname: row.try_get("hostname")?,
-            psk_hash: PskHash::from_slice(&hash)
-                .ok_or_else(|| StoreError::Corrupt("psk_hash is not 32 bytes".into()))?,
-            allowed_sans,
-            expires_at: row.try_get("expires_at")?,
-        })
-    }
+    psk_entry(
+        row.try_get("hostname")?,
+        &row.try_get::<Vec<u8>, _>("psk_hash")?,
+        &row.try_get::<String, _>("allowed_sans")?,
+        row.try_get("expires_at")?,
+    )
+}
+
+/// A PSK row's columns as a policy entry.
+fn psk_entry(
+    hostname: String,
+    hash: &[u8],
+    sans_json: &str,
+    expires_at: i64,
+) -> StoreResult<PskEntry> {
+    let sans: Vec<String> = serde_json::from_str(sans_json)
+        .map_err(|e| StoreError::Corrupt(format!("allowed_sans: {e}")))?;
+    let allowed_sans = sans
+        .iter()
+        .map(|s| AllowedName::parse(s))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| StoreError::Corrupt(format!("allowed_sans: {e}")))?;
+    Ok(PskEntry {
+        hostname,
+        psk_hash: PskHash::from_slice(hash)
+            .ok_or_else(|| StoreError::Corrupt("psk_hash is not 32 bytes".into()))?,
+        allowed_sans,
+        expires_at,
+    })
 }
 
 impl Store {

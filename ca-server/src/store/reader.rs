@@ -1,16 +1,17 @@
 //! Batched PSK lookups: every `/v1/sign` reads the PSK entry of its hostname
-//! before deciding. Under load those reads are many small round trips (on
-//! SQLite each one is a hand-off to the connection's worker thread and
-//! back), so `serve` starts a reader task that answers all lookups waiting
-//! at a moment with one `SELECT ... WHERE hostname IN (...)`. The
-//! compromised-key check every issuance makes goes the same way, so a
-//! request costs no round trip of its own on another connection.
+//! before deciding. Under load those reads are many small round trips, so
+//! `serve` starts a reader that answers all lookups waiting at a moment
+//! together: on SQLite a thread of its own (`lane`) runs them as prepared
+//! statements inside one read transaction; on PostgreSQL one
+//! `SELECT ... WHERE hostname IN (...)` answers them. The compromised-key
+//! check every issuance makes goes the same way, so a request costs no
+//! round trip of its own on another connection.
 //!
 //! Consistency is unchanged: a lookup sees the store as of its batch's
 //! query, exactly as a lone query issued then would, and the issuance
 //! transaction re-checks the PSK anyway (`DELETE ... WHERE psk_hash = ...`).
 
-use super::{Engine, Store, StoreError, StoreResult, psk_entry_from_row};
+use super::{Engine, Store, StoreError, StoreResult, lane, psk_entry, psk_entry_from_row};
 use policy::PskEntry;
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, Row};
@@ -38,8 +39,26 @@ impl Store {
     /// Starts batching PSK lookups (see the module doc). Call once, from `serve`.
     pub fn start_batched_reads(&self) {
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
-        if self.reader.set(Reader { tx }).is_ok() {
-            tokio::spawn(run(self.clone(), rx));
+        match (self.engine, &self.sqlite_file) {
+            (Engine::Sqlite, Some(path)) => {
+                if self.reader.set(Reader { tx }).is_ok() {
+                    let path = path.clone();
+                    lane::spawn("store-reader", self, path, rx, MAX_BATCH, |lane, batch| {
+                        let result = lookup_batch_sqlite(lane, batch);
+                        if result.is_err() {
+                            lane.reset();
+                        }
+                        answer(batch, result);
+                    });
+                }
+            }
+            // An in-memory database per connection: lookups stay on the pool.
+            (Engine::Sqlite, None) => {}
+            (Engine::Postgres, _) => {
+                if self.reader.set(Reader { tx }).is_ok() {
+                    tokio::spawn(run(self.clone(), rx));
+                }
+            }
         }
     }
 
@@ -76,11 +95,10 @@ impl Store {
     }
 }
 
+/// The PostgreSQL reader task.
 async fn run(store: Store, mut rx: mpsc::Receiver<Lookup>) {
     let mut batch: Vec<Lookup> = Vec::with_capacity(MAX_BATCH);
-    // Its own connection, kept (see the writer). Sharing the writer's would
-    // spare SQLite a cache reset after each commit, but reads would then
-    // wait behind every commit's fsync: measured slower.
+    // Its own connection, kept (see the writer).
     let mut conn: Option<PoolConnection<Any>> = None;
     let mut closing = store.closing.subscribe();
     // Returning drops `conn`, back to the pool that is closing.
@@ -89,36 +107,41 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Lookup>) {
         if result.is_err() {
             conn = None; // a fresh connection for the next batch
         }
-        match result {
-            Ok(found) => {
-                // Several lookups of one name each get the entry.
-                for l in batch.drain(..) {
-                    match l {
-                        Lookup::Psk(host, reply) => {
-                            let _ = reply.send(Ok(found.psks.get(&host).cloned()));
-                        }
-                        Lookup::KeyCompromised(key, reply) => {
-                            let _ = reply.send(Ok(found.compromised.contains(&key)));
-                        }
+        answer(&mut batch, result);
+    }
+}
+
+/// Answers every lookup of a batch.
+fn answer(batch: &mut Vec<Lookup>, result: StoreResult<Found>) {
+    match result {
+        Ok(found) => {
+            // Several lookups of one name each get the entry.
+            for l in batch.drain(..) {
+                match l {
+                    Lookup::Psk(host, reply) => {
+                        let _ = reply.send(Ok(found.psks.get(&host).cloned()));
+                    }
+                    Lookup::KeyCompromised(key, reply) => {
+                        let _ = reply.send(Ok(found.compromised.contains(&key)));
                     }
                 }
             }
-            Err(e) => {
-                // The cause (store down, a corrupt row) is shared by the
-                // batch: the first caller gets the error itself, the others
-                // its message, mapped the same way (503) by the HTTP layer.
-                let shown = e.to_string();
-                tracing::debug!(error = %shown, size = batch.len(), "batched PSK lookup failed");
-                let mut first = Some(e);
-                for l in batch.drain(..) {
-                    let err = first.take().unwrap_or_else(|| {
-                        StoreError::Unavailable(sqlx::Error::Protocol(shown.clone()))
-                    });
-                    let _ = match l {
-                        Lookup::Psk(_, reply) => reply.send(Err(err)).is_ok(),
-                        Lookup::KeyCompromised(_, reply) => reply.send(Err(err)).is_ok(),
-                    };
-                }
+        }
+        Err(e) => {
+            // The cause (store down, a corrupt row) is shared by the
+            // batch: the first caller gets the error itself, the others
+            // its message, mapped the same way (503) by the HTTP layer.
+            let shown = e.to_string();
+            tracing::debug!(error = %shown, size = batch.len(), "batched PSK lookup failed");
+            let mut first = Some(e);
+            for l in batch.drain(..) {
+                let err = first
+                    .take()
+                    .unwrap_or_else(|| StoreError::Unavailable(shown.clone().into()));
+                let _ = match l {
+                    Lookup::Psk(_, reply) => reply.send(Err(err)).is_ok(),
+                    Lookup::KeyCompromised(_, reply) => reply.send(Err(err)).is_ok(),
+                };
             }
         }
     }
@@ -130,7 +153,65 @@ struct Found {
     compromised: HashSet<Vec<u8>>,
 }
 
-/// One query for every distinct hostname of the batch, one for its keys.
+/// The distinct hostnames and public keys a batch asks about.
+fn wanted(batch: &[Lookup]) -> (Vec<&str>, Vec<&[u8]>) {
+    let mut names: Vec<&str> = Vec::new();
+    let mut keys: Vec<&[u8]> = Vec::new();
+    for l in batch {
+        match l {
+            Lookup::Psk(host, _) => names.push(host),
+            Lookup::KeyCompromised(key, _) => keys.push(key),
+        }
+    }
+    names.sort_unstable();
+    names.dedup();
+    keys.sort_unstable();
+    keys.dedup();
+    (names, keys)
+}
+
+/// The lookups of a batch on the SQLite lane, in one read transaction (one
+/// snapshot, one shared lock for all of them).
+fn lookup_batch_sqlite(lane: &mut lane::Lane, batch: &[Lookup]) -> StoreResult<Found> {
+    use rusqlite::OptionalExtension;
+    let (names, keys) = wanted(batch);
+    let mut found = Found {
+        psks: HashMap::with_capacity(names.len()),
+        compromised: HashSet::new(),
+    };
+    let tx = lane.conn()?.transaction()?;
+    {
+        let mut psk = tx.prepare_cached(
+            "SELECT psk_hash, allowed_sans, expires_at FROM psks WHERE hostname = ?1",
+        )?;
+        for name in names {
+            let row = psk
+                .query_row([name], |r| {
+                    Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?, r.get(2)?))
+                })
+                .optional()?;
+            if let Some((hash, sans, expires_at)) = row {
+                let entry = psk_entry(name.to_owned(), &hash, &sans, expires_at)?;
+                found.psks.insert(name.to_owned(), entry);
+            }
+        }
+        // The partial index certificates_compromised_keys answers this.
+        let mut compromised = tx.prepare_cached(
+            "SELECT 1 FROM certificates WHERE revocation_reason = 'keyCompromise' \
+             AND public_key_sha256 = ?1",
+        )?;
+        for key in keys {
+            if compromised.exists([key])? {
+                found.compromised.insert(key.to_vec());
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(found)
+}
+
+/// The lookups of a batch on PostgreSQL: one query for every distinct
+/// hostname, one for the keys.
 async fn lookup_batch(
     store: &Store,
     conn: &mut Option<PoolConnection<Any>>,
@@ -141,34 +222,16 @@ async fn lookup_batch(
         *conn = Some(store.conn().await?);
     }
     let conn = conn.as_mut().expect("connected above");
-    let mut names: Vec<&str> = Vec::new();
-    let mut keys: Vec<String> = Vec::new();
-    for l in batch {
-        match l {
-            Lookup::Psk(host, _) => names.push(host),
-            Lookup::KeyCompromised(key, _) => keys.push(hex::encode(key)),
-        }
-    }
-    names.sort_unstable();
-    names.dedup();
-    keys.sort_unstable();
-    keys.dedup();
+    let (names, keys) = wanted(batch);
+    let keys: Vec<String> = keys.into_iter().map(hex::encode).collect();
     let mut found = Found {
         psks: HashMap::with_capacity(names.len()),
         compromised: HashSet::new(),
     };
     // Each list travels as one JSON array: one statement shape, one round trip.
     if !names.is_empty() {
-        let sql = match store.engine() {
-            Engine::Sqlite => {
-                "SELECT hostname, psk_hash, allowed_sans, expires_at FROM psks \
-                 WHERE hostname IN (SELECT value FROM json_each(?1))"
-            }
-            Engine::Postgres => {
-                "SELECT hostname, psk_hash, allowed_sans, expires_at FROM psks \
-                 WHERE hostname IN (SELECT jsonb_array_elements_text($1::jsonb))"
-            }
-        };
+        let sql = "SELECT hostname, psk_hash, allowed_sans, expires_at FROM psks \
+                   WHERE hostname IN (SELECT jsonb_array_elements_text($1::jsonb))";
         let q = sqlx::query(sql).bind(serde_json::to_string(&names).expect("strings serialise"));
         for row in &q.fetch_all(&mut **conn).await? {
             let host: String = row.try_get("hostname")?;
@@ -177,19 +240,10 @@ async fn lookup_batch(
     }
     if !keys.is_empty() {
         // The partial index certificates_compromised_keys answers this.
-        let sql = match store.engine() {
-            Engine::Sqlite => {
-                "SELECT DISTINCT public_key_sha256 FROM certificates \
-                 WHERE revocation_reason = 'keyCompromise' \
-                 AND public_key_sha256 IN (SELECT unhex(value) FROM json_each(?1))"
-            }
-            Engine::Postgres => {
-                "SELECT DISTINCT public_key_sha256 FROM certificates \
-                 WHERE revocation_reason = 'keyCompromise' \
-                 AND public_key_sha256 IN \
-                     (SELECT decode(jsonb_array_elements_text($1::jsonb), 'hex'))"
-            }
-        };
+        let sql = "SELECT DISTINCT public_key_sha256 FROM certificates \
+                   WHERE revocation_reason = 'keyCompromise' \
+                   AND public_key_sha256 IN \
+                       (SELECT decode(jsonb_array_elements_text($1::jsonb), 'hex'))";
         let q = sqlx::query(sql).bind(serde_json::to_string(&keys).expect("strings serialise"));
         for row in &q.fetch_all(&mut **conn).await? {
             found.compromised.insert(row.try_get("public_key_sha256")?);

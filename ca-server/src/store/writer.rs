@@ -1,5 +1,5 @@
-//! Group commit: one writer task per server that records the issuances of
-//! every request waiting at that moment in a single transaction.
+//! Group commit: one writer per server that records the issuances of every
+//! request waiting at that moment in a single transaction.
 //!
 //! Why: each certificate's record must be durable before the certificate is
 //! handed out, and a durable commit costs an fsync (SQLite `synchronous=FULL`,
@@ -7,16 +7,19 @@
 //! disk's fsync rate; one commit per batch does not. Requests are answered
 //! only after the commit that holds their row, so nothing leaves unrecorded.
 //!
-//! A batch is three statements whatever its size: one `DELETE ... RETURNING`
-//! spends the PSKs still live, one multi-row INSERT records their
-//! certificates, one their audit rows. Requests whose PSK did not come back
-//! (spent by a concurrent request, replaced, expired) get `PskGone`, exactly
-//! as in the one-transaction path; of two requests for the same PSK in one
-//! batch only the first wins. If a batch fails as a whole, each of its
-//! requests is retried in a transaction of its own, so one bad row cannot
-//! fail its neighbours.
+//! On SQLite the writer is a thread of its own (`lane`) that runs, per job,
+//! a prepared `DELETE` of the PSK and, if a row went, the certificate's and
+//! the audit row's INSERTs. On PostgreSQL, where each statement is a network
+//! round trip, a batch is three statements whatever its size: one
+//! `DELETE ... RETURNING` spends the PSKs still live, one multi-row INSERT
+//! records their certificates, one their audit rows. Either way, requests
+//! whose PSK was not deleted (spent by a concurrent request, replaced,
+//! expired) get `PskGone`, exactly as in the one-transaction path; of two
+//! requests for the same PSK in one batch only the first wins. If a batch
+//! fails as a whole, each of its requests is retried in a transaction of its
+//! own, so one bad row cannot fail its neighbours.
 
-use super::{AuditEvent, CertRecord, Engine, Issuance, Store, StoreError, StoreResult};
+use super::{AuditEvent, CertRecord, Engine, Issuance, Store, StoreError, StoreResult, lane};
 use policy::PskHash;
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, Row};
@@ -52,11 +55,25 @@ impl std::fmt::Debug for Job {
 
 impl Store {
     /// Starts group commit: from now on [`Store::record_issuance`] goes
-    /// through one writer task. Call once, from `serve`.
+    /// through one writer (a thread of its own on a SQLite file, see
+    /// `lane`; a task on PostgreSQL). Call once, from `serve`.
     pub fn start_group_commit(&self) {
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
-        if self.writer.set(Writer { tx }).is_ok() {
-            tokio::spawn(run(self.clone(), rx));
+        match (self.engine, &self.sqlite_file) {
+            (Engine::Sqlite, Some(path)) => {
+                if self.writer.set(Writer { tx }).is_ok() {
+                    let path = path.clone();
+                    lane::spawn("store-writer", self, path, rx, MAX_BATCH, run_sqlite);
+                }
+            }
+            // Each connection to an in-memory database is a database of its
+            // own: issuances stay on the pool's one-transaction path.
+            (Engine::Sqlite, None) => {}
+            (Engine::Postgres, _) => {
+                if self.writer.set(Writer { tx }).is_ok() {
+                    tokio::spawn(run(self.clone(), rx));
+                }
+            }
         }
     }
 
@@ -86,10 +103,123 @@ impl Store {
     }
 }
 
+/// What a request learns from a batch it was in.
+fn outcome(won: bool) -> StoreResult<()> {
+    if won {
+        Ok(())
+    } else {
+        Err(StoreError::PskGone)
+    }
+}
+
+/// Answers every job of a batch: from the batch's commit, or, if the batch
+/// failed as a whole, from a transaction of its own each (`retry`), so one
+/// bad row cannot fail its neighbours.
+fn answer(
+    batch: &mut Vec<Job>,
+    result: StoreResult<Vec<bool>>,
+    mut retry: impl FnMut(&Job) -> StoreResult<()>,
+) {
+    match result {
+        Ok(won) => {
+            for (job, won) in batch.drain(..).zip(won) {
+                let _ = job.reply.send(outcome(won));
+            }
+        }
+        Err(e) if batch.len() == 1 => {
+            let job = batch.pop().expect("one job");
+            let _ = job.reply.send(Err(e));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, size = batch.len(), "group commit failed; recording one by one");
+            for job in batch.drain(..) {
+                let result = retry(&job);
+                let _ = job.reply.send(result);
+            }
+        }
+    }
+}
+
+/// The SQLite writer: each batch on the lane's own connection.
+fn run_sqlite(lane: &mut lane::Lane, batch: &mut Vec<Job>) {
+    let result = commit_batch_sqlite(lane, batch);
+    if result.is_err() {
+        lane.reset();
+    }
+    answer(batch, result, |job| {
+        let result = commit_batch_sqlite(lane, std::slice::from_ref(job));
+        if result.is_err() {
+            lane.reset();
+        }
+        result.and_then(|won| outcome(won[0]))
+    });
+}
+
+/// Records a batch in one transaction; returns, per job, whether it won its
+/// PSK. The statements are prepared once per connection and run per row:
+/// on SQLite a row costs microseconds, the commit's fsync is what a batch
+/// shares.
+fn commit_batch_sqlite(lane: &mut lane::Lane, batch: &[Job]) -> StoreResult<Vec<bool>> {
+    use rusqlite::{TransactionBehavior, params};
+    let conn = lane.conn()?;
+    // IMMEDIATE: the write lock first, so no statement below waits for it.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut won = Vec::with_capacity(batch.len());
+    {
+        let mut spend = tx.prepare_cached(
+            "DELETE FROM psks WHERE hostname = ?1 AND psk_hash = ?2 AND expires_at > ?3",
+        )?;
+        let mut insert_cert = tx.prepare_cached(concat!(
+            "INSERT INTO certificates (",
+            cert_columns!(),
+            ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+        ))?;
+        let mut insert_audit = tx.prepare_cached(
+            "INSERT INTO audit (at, event, hostname, serial, outcome, reason, peer, actor) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        for job in batch {
+            // A PSK spent by an earlier job of this batch is gone: the first wins.
+            let spent =
+                spend.execute(params![job.cert.hostname, &job.psk_hash.0[..], job.now])? == 1;
+            won.push(spent);
+            if !spent {
+                continue;
+            }
+            let c = &job.cert;
+            insert_cert.execute(params![
+                c.serial,
+                c.hostname,
+                c.kind,
+                c.public_key_sha256,
+                c.psk_hash,
+                c.psk_expires_at,
+                c.not_before,
+                c.not_after,
+                c.der,
+                c.issued_at,
+                c.revoked_at,
+                c.revocation_reason,
+                c.superseded_by,
+            ])?;
+            let a = &job.audit;
+            insert_audit.execute(params![
+                a.at, a.event, a.hostname, a.serial, a.outcome, a.reason, a.peer, a.actor,
+            ])?;
+        }
+    }
+    if won.contains(&true) {
+        tx.commit()?;
+    } else {
+        tx.rollback()?;
+    }
+    Ok(won)
+}
+
+/// The PostgreSQL writer task.
 async fn run(store: Store, mut rx: mpsc::Receiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    // The writer keeps its connection: on SQLite its page cache stays valid
-    // (it is the only writer), and no batch waits for the pool.
+    // The writer keeps its connection: no batch waits for the pool.
     let mut conn: Option<PoolConnection<Any>> = None;
     let mut closing = store.closing.subscribe();
     // Returning drops `conn`, back to the pool that is closing.
@@ -98,39 +228,31 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Job>) {
         if result.is_err() {
             conn = None; // a fresh connection for the next batch
         }
-        match result {
-            Ok(won) => {
-                for (job, won) in batch.drain(..).zip(won) {
-                    let _ = job.reply.send(if won {
-                        Ok(())
-                    } else {
-                        Err(StoreError::PskGone)
-                    });
-                }
-            }
-            Err(e) if batch.len() == 1 => {
-                let job = batch.pop().expect("one job");
-                let _ = job.reply.send(Err(e));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, size = batch.len(), "group commit failed; recording one by one");
-                for job in batch.drain(..) {
-                    let result = store
+        // A retry runs in a transaction of its own (on a pooled connection).
+        let mut retried = Vec::new();
+        if result.is_err() && batch.len() > 1 {
+            for job in &batch {
+                retried.push(
+                    store
                         .record_issuance_single(&Issuance {
                             psk_hash: job.psk_hash,
                             now: job.now,
                             cert: &job.cert,
                             audit: &job.audit,
                         })
-                        .await;
-                    let _ = job.reply.send(result);
-                }
+                        .await,
+                );
             }
         }
+        let mut retried = retried.into_iter();
+        answer(&mut batch, result, |_| {
+            retried.next().expect("one retry per job")
+        });
     }
 }
 
-/// Records a batch in one transaction; returns, per job, whether it won its PSK.
+/// Records a batch in one PostgreSQL transaction; returns, per job, whether
+/// it won its PSK.
 async fn commit_batch(
     store: &Store,
     conn: &mut Option<PoolConnection<Any>>,
@@ -142,7 +264,6 @@ async fn commit_batch(
     }
     let conn = conn.as_mut().expect("connected above");
     let mut tx = sqlx::Connection::begin(&mut **conn).await?;
-    let engine = store.engine();
 
     // 1. Spend every PSK that is still live at its request's `now`. The
     // batch travels as one JSON parameter, so each statement has one shape
@@ -157,19 +278,9 @@ async fn commit_batch(
             })
         })
         .collect();
-    let sql = match engine {
-        Engine::Sqlite => {
-            "DELETE FROM psks WHERE hostname IN (SELECT value ->> 'h' FROM json_each(?1)) \
-             AND EXISTS (SELECT 1 FROM json_each(?1) j WHERE j.value ->> 'h' = psks.hostname \
-             AND unhex(j.value ->> 'p') = psks.psk_hash AND psks.expires_at > j.value ->> 'n') \
-             RETURNING hostname, psk_hash"
-        }
-        Engine::Postgres => {
-            "DELETE FROM psks p USING jsonb_to_recordset($1::jsonb) AS j(h text, p text, n bigint) \
-             WHERE p.hostname = j.h AND p.psk_hash = decode(j.p, 'hex') AND p.expires_at > j.n \
-             RETURNING p.hostname, p.psk_hash"
-        }
-    };
+    let sql = "DELETE FROM psks p USING jsonb_to_recordset($1::jsonb) AS j(h text, p text, n bigint) \
+         WHERE p.hostname = j.h AND p.psk_hash = decode(j.p, 'hex') AND p.expires_at > j.n \
+         RETURNING p.hostname, p.psk_hash";
     let rows = sqlx::query(sql)
         .bind(serde_json::Value::Array(spend).to_string())
         .fetch_all(&mut *tx)
@@ -195,18 +306,14 @@ async fn commit_batch(
     }
 
     // 2. and 3. Their certificates and audit rows.
-    insert_certs(&mut tx, engine, &winners).await?;
-    insert_audits(&mut tx, engine, &winners).await?;
+    insert_certs(&mut tx, &winners).await?;
+    insert_audits(&mut tx, &winners).await?;
 
     tx.commit().await?;
     Ok(won)
 }
 
-async fn insert_certs(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    engine: Engine,
-    jobs: &[&Job],
-) -> StoreResult<()> {
+async fn insert_certs(tx: &mut sqlx::Transaction<'_, sqlx::Any>, jobs: &[&Job]) -> StoreResult<()> {
     let rows: Vec<serde_json::Value> = jobs
         .iter()
         .map(|j| {
@@ -228,31 +335,20 @@ async fn insert_certs(
             })
         })
         .collect();
-    let sql = match engine {
-        Engine::Sqlite => concat!(
-            "INSERT INTO certificates (",
-            cert_columns!(),
-            ") SELECT value ->> 'serial', value ->> 'hostname', value ->> 'kind', \
-             unhex(value ->> 'pk'), unhex(value ->> 'ph'), value ->> 'pe', value ->> 'nb', \
-             value ->> 'na', unhex(value ->> 'der'), value ->> 'ia', value ->> 'ra', \
-             value ->> 'rr', value ->> 'sb' FROM json_each(?1)"
-        ),
-        Engine::Postgres => concat!(
-            "INSERT INTO certificates (",
-            cert_columns!(),
-            ") SELECT j.serial, j.hostname, j.kind, decode(j.pk, 'hex'), decode(j.ph, 'hex'), \
+    let sql = concat!(
+        "INSERT INTO certificates (",
+        cert_columns!(),
+        ") SELECT j.serial, j.hostname, j.kind, decode(j.pk, 'hex'), decode(j.ph, 'hex'), \
              j.pe, j.nb, j.na, decode(j.der, 'hex'), j.ia, j.ra, j.rr, j.sb \
              FROM jsonb_to_recordset($1::jsonb) AS j(serial text, hostname text, kind text, \
              pk text, ph text, pe bigint, nb bigint, na bigint, der text, ia bigint, ra bigint, \
              rr text, sb text)"
-        ),
-    };
+    );
     execute_json(tx, sql, rows).await
 }
 
 async fn insert_audits(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    engine: Engine,
     jobs: &[&Job],
 ) -> StoreResult<()> {
     let rows: Vec<serde_json::Value> = jobs
@@ -265,20 +361,10 @@ async fn insert_audits(
             })
         })
         .collect();
-    let sql = match engine {
-        Engine::Sqlite => {
-            "INSERT INTO audit (at, event, hostname, serial, outcome, reason, peer, actor) \
-             SELECT value ->> 'at', value ->> 'event', value ->> 'hostname', value ->> 'serial', \
-             value ->> 'outcome', value ->> 'reason', value ->> 'peer', value ->> 'actor' \
-             FROM json_each(?1) ORDER BY key"
-        }
-        Engine::Postgres => {
-            "INSERT INTO audit (at, event, hostname, serial, outcome, reason, peer, actor) \
-             SELECT j.at, j.event, j.hostname, j.serial, j.outcome, j.reason, j.peer, j.actor \
-             FROM jsonb_to_recordset($1::jsonb) AS j(at bigint, event text, hostname text, \
-             serial text, outcome text, reason text, peer text, actor text)"
-        }
-    };
+    let sql = "INSERT INTO audit (at, event, hostname, serial, outcome, reason, peer, actor) \
+         SELECT j.at, j.event, j.hostname, j.serial, j.outcome, j.reason, j.peer, j.actor \
+         FROM jsonb_to_recordset($1::jsonb) AS j(at bigint, event text, hostname text, \
+         serial text, outcome text, reason text, peer text, actor text)";
     execute_json(tx, sql, rows).await
 }
 

@@ -236,8 +236,8 @@ fn status_kib(pid: u32, field: &str) -> Option<u64> {
 
 /// Samples the server's anonymous RSS (heap, stacks: what the process
 /// itself holds) every 20 ms until `stop`; returns the peak in KiB. VmHWM
-/// also counts file pages mapped from the store (SQLite's mmap), which are
-/// page cache the kernel reclaims, so both are reported.
+/// also counts file pages mapped into the process (the binary's own text),
+/// which are page cache the kernel reclaims, so both are reported.
 fn sample_anon_peak(
     pid: u32,
     stop: Arc<std::sync::atomic::AtomicBool>,

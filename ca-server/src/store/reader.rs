@@ -230,8 +230,10 @@ async fn lookup_batch(
     };
     // Each list travels as one JSON array: one statement shape, one round trip.
     if !names.is_empty() {
+        // `= ANY (ARRAY(...))`, not `IN (SELECT ...)`: an index scan of the
+        // primary key, not a hash join over every live PSK (see the writer).
         let sql = "SELECT hostname, psk_hash, allowed_sans, expires_at FROM psks \
-                   WHERE hostname IN (SELECT jsonb_array_elements_text($1::jsonb))";
+                   WHERE hostname = ANY (ARRAY(SELECT jsonb_array_elements_text($1::jsonb)))";
         let q = sqlx::query(sql).bind(serde_json::to_string(&names).expect("strings serialise"));
         for row in &q.fetch_all(&mut **conn).await? {
             let host: String = row.try_get("hostname")?;

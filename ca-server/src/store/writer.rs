@@ -278,8 +278,13 @@ async fn commit_batch(
             })
         })
         .collect();
+    // The `= ANY (ARRAY(...))` is what the planner can take to the primary
+    // key: a join with the function's rows alone (estimated at 100) made it
+    // hash-join a sequential scan of every live PSK, ~6 ms per batch with
+    // 20,000 of them.
     let sql = "DELETE FROM psks p USING jsonb_to_recordset($1::jsonb) AS j(h text, p text, n bigint) \
-         WHERE p.hostname = j.h AND p.psk_hash = decode(j.p, 'hex') AND p.expires_at > j.n \
+         WHERE p.hostname = ANY (ARRAY(SELECT jsonb_array_elements($1::jsonb) ->> 'h')) \
+         AND p.hostname = j.h AND p.psk_hash = decode(j.p, 'hex') AND p.expires_at > j.n \
          RETURNING p.hostname, p.psk_hash";
     let rows = sqlx::query(sql)
         .bind(serde_json::Value::Array(spend).to_string())

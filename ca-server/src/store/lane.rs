@@ -1,18 +1,23 @@
-//! SQLite's hot path on threads of its own.
+//! SQLite's hot path without sqlx.
 //!
 //! Why: through sqlx every statement is a hand-off to the connection's
 //! worker thread and back, and a batch travelled as one JSON parameter that
 //! SQLite parsed again for each column. The profile of a keep-alive load
-//! showed a third of the server's CPU there. A lane is an OS thread that
-//! owns one plain SQLite connection (rusqlite, on the same libsqlite3 that
-//! sqlx links) and runs a whole batch (the group-commit transaction, or the
-//! lookups of the batched reader) with prepared statements and direct
-//! binds: one wake-up per batch instead of several per statement.
+//! showed a third of the server's CPU there. Here the SQLite connections
+//! are plain ones (rusqlite, on the same libsqlite3 that sqlx links) with
+//! the pool's settings, running prepared statements with direct binds:
 //!
-//! Everything else (migrations, the CLI, revocation, CRLs, PostgreSQL) stays
-//! on sqlx; the lanes only take over the two batching queues on a SQLite
-//! file. Durability is the same: the connection runs `synchronous = FULL`
-//! and answers a request only after the commit that holds its row.
+//! - the group-commit writer is a lane: an OS thread that owns one
+//!   connection and runs each batch's transaction (one wake-up per batch
+//!   instead of several per statement; the commit's fsync never blocks an
+//!   async worker);
+//! - the server's PSK and compromised-key reads run inline on the calling
+//!   thread, on a few kept connections ([`Readers`]).
+//!
+//! Everything else (migrations, the CLI, revocation, CRLs, PostgreSQL)
+//! stays on sqlx. Durability is the same: the writer runs
+//! `synchronous = FULL` and a request is answered only after the commit
+//! that holds its row.
 
 use super::{Store, StoreError, StoreResult};
 use rusqlite::Connection;
@@ -103,9 +108,73 @@ pub(super) fn spawn<T: Send + 'static>(
         .push(thread);
 }
 
+/// The connections the server's SQLite reads run on, inline on the
+/// calling thread: one per thread reading at that moment (at most the
+/// runtime's worker threads), kept for the next read.
+pub(super) struct Readers {
+    store: Store,
+    path: PathBuf,
+    /// Idle connections; `None` once the store is closing.
+    idle: std::sync::Mutex<Option<Vec<Connection>>>,
+}
+
+impl std::fmt::Debug for Readers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Readers")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Readers {
+    pub(super) fn new(store: &Store, path: PathBuf) -> Readers {
+        Readers {
+            store: store.clone(),
+            path,
+            idle: std::sync::Mutex::new(Some(Vec::new())),
+        }
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, Option<Vec<Connection>>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `read` on an idle connection (or a new one). A connection that
+    /// saw an error is dropped, so the next read opens a fresh one.
+    pub(super) fn run<T>(
+        &self,
+        read: impl FnOnce(&Connection) -> StoreResult<T>,
+    ) -> StoreResult<T> {
+        self.store.pool()?; // fails at once while the store is known to be down
+        let taken = match self.idle().as_mut() {
+            Some(idle) => idle.pop(),
+            None => return Err(StoreError::Down { for_secs: 0 }), // closing
+        };
+        let conn = match taken {
+            Some(conn) => conn,
+            None => open(&self.path)?,
+        };
+        let result = read(&conn);
+        if result.is_ok()
+            && let Some(idle) = self.idle().as_mut()
+        {
+            idle.push(conn);
+        }
+        result
+    }
+
+    /// Closes the idle connections; reads from now on fail as `Down`.
+    fn close(&self) {
+        self.idle().take();
+    }
+}
+
 impl Store {
     /// Waits for the lanes to finish their batch and close their connections.
     pub(super) async fn join_lanes(&self) {
+        if let Some(super::reader::Reader::Inline(readers)) = self.reader.get() {
+            readers.close();
+        }
         let threads: Vec<_> =
             std::mem::take(&mut *self.lanes.lock().unwrap_or_else(|e| e.into_inner()));
         if threads.is_empty() {

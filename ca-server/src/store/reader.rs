@@ -1,61 +1,64 @@
-//! Batched PSK lookups: every `/v1/sign` reads the PSK entry of its hostname
-//! before deciding. Under load those reads are many small round trips, so
-//! `serve` starts a reader that answers all lookups waiting at a moment
-//! together: on SQLite a thread of its own (`lane`) runs them as prepared
-//! statements inside one read transaction; on PostgreSQL one
-//! `SELECT ... WHERE hostname IN (...)` answers them. The compromised-key
-//! check every issuance makes goes the same way, so a request costs no
-//! round trip of its own on another connection.
+//! The server's PSK lookups: every `/v1/sign` reads the PSK entry of its
+//! hostname, and whether its key was revoked as compromised, before deciding.
 //!
-//! Consistency is unchanged: a lookup sees the store as of its batch's
-//! query, exactly as a lone query issued then would, and the issuance
-//! transaction re-checks the PSK anyway (`DELETE ... WHERE psk_hash = ...`).
+//! On a SQLite file these reads run inline, on the calling worker thread,
+//! on one of a few plain SQLite connections (`lane::Readers`): a prepared
+//! point query on a cached page costs microseconds, less than handing it to
+//! another thread and being woken for the answer (measured: the batching
+//! reader thread this replaced cost 8–11 % of server CPU plus the wake-ups).
+//! WAL readers never wait for the writer.
+//!
+//! On PostgreSQL, where each query is a network round trip, a task answers
+//! all lookups waiting at a moment together: one
+//! `SELECT ... WHERE hostname = ANY (...)` for the PSKs, one for the keys.
+//!
+//! Consistency is unchanged: a lookup sees the store as of its query (or its
+//! batch's query), exactly as a lone query issued then would, and the
+//! issuance transaction re-checks the PSK anyway
+//! (`DELETE ... WHERE psk_hash = ...`).
 
 use super::{Engine, Store, StoreError, StoreResult, lane, psk_entry, psk_entry_from_row};
 use policy::PskEntry;
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, Row};
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 /// Most lookups in one query.
 pub const MAX_BATCH: usize = 256;
 
 /// A request waiting for the reader, with its reply.
-enum Lookup {
+pub(super) enum Lookup {
     /// The PSK entry of a hostname.
     Psk(String, oneshot::Sender<StoreResult<Option<PskEntry>>>),
     /// Whether a public key (SHA-256) was revoked as compromised.
     KeyCompromised(Vec<u8>, oneshot::Sender<StoreResult<bool>>),
 }
 
-/// Handle to the reader task.
+/// How the server's lookups run.
 #[derive(Debug, Clone)]
-pub(super) struct Reader {
-    tx: mpsc::Sender<Lookup>,
+pub(super) enum Reader {
+    /// PostgreSQL: through the batching task.
+    Batched(mpsc::Sender<Lookup>),
+    /// A SQLite file: inline, on the caller's thread (see the module doc).
+    Inline(Arc<lane::Readers>),
 }
 
 impl Store {
-    /// Starts batching PSK lookups (see the module doc). Call once, from `serve`.
+    /// Starts the server's way of reading PSKs (see the module doc). Call
+    /// once, from `serve`.
     pub fn start_batched_reads(&self) {
-        let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
         match (self.engine, &self.sqlite_file) {
             (Engine::Sqlite, Some(path)) => {
-                if self.reader.set(Reader { tx }).is_ok() {
-                    let path = path.clone();
-                    lane::spawn("store-reader", self, path, rx, MAX_BATCH, |lane, batch| {
-                        let result = lookup_batch_sqlite(lane, batch);
-                        if result.is_err() {
-                            lane.reset();
-                        }
-                        answer(batch, result);
-                    });
-                }
+                let readers = lane::Readers::new(self, path.clone());
+                let _ = self.reader.set(Reader::Inline(Arc::new(readers)));
             }
             // An in-memory database per connection: lookups stay on the pool.
             (Engine::Sqlite, None) => {}
             (Engine::Postgres, _) => {
-                if self.reader.set(Reader { tx }).is_ok() {
+                let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
+                if self.reader.set(Reader::Batched(tx)).is_ok() {
                     tokio::spawn(run(self.clone(), rx));
                 }
             }
@@ -63,11 +66,11 @@ impl Store {
     }
 
     async fn ask<T>(
-        r: &Reader,
+        tx: &mpsc::Sender<Lookup>,
         lookup: impl FnOnce(oneshot::Sender<StoreResult<T>>) -> Lookup,
     ) -> StoreResult<T> {
         let (reply, answer) = oneshot::channel();
-        if r.tx.send(lookup(reply)).await.is_err() {
+        if tx.send(lookup(reply)).await.is_err() {
             return Err(StoreError::Down { for_secs: 0 });
         }
         answer
@@ -80,7 +83,12 @@ impl Store {
         r: &Reader,
         hostname: &str,
     ) -> StoreResult<Option<PskEntry>> {
-        Self::ask(r, |reply| Lookup::Psk(hostname.to_owned(), reply)).await
+        match r {
+            Reader::Batched(tx) => {
+                Self::ask(tx, |reply| Lookup::Psk(hostname.to_owned(), reply)).await
+            }
+            Reader::Inline(readers) => readers.run(|conn| psk_sqlite(conn, hostname)),
+        }
     }
 
     pub(super) async fn key_compromised_grouped(
@@ -88,11 +96,42 @@ impl Store {
         r: &Reader,
         public_key_sha256: &[u8],
     ) -> StoreResult<bool> {
-        Self::ask(r, |reply| {
-            Lookup::KeyCompromised(public_key_sha256.to_vec(), reply)
-        })
-        .await
+        match r {
+            Reader::Batched(tx) => {
+                Self::ask(tx, |reply| {
+                    Lookup::KeyCompromised(public_key_sha256.to_vec(), reply)
+                })
+                .await
+            }
+            Reader::Inline(readers) => {
+                readers.run(|conn| key_compromised_sqlite(conn, public_key_sha256))
+            }
+        }
     }
+}
+
+/// The PSK entry of `hostname`, on a SQLite reader connection.
+fn psk_sqlite(conn: &rusqlite::Connection, hostname: &str) -> StoreResult<Option<PskEntry>> {
+    use rusqlite::OptionalExtension;
+    let row = conn
+        .prepare_cached("SELECT psk_hash, allowed_sans, expires_at FROM psks WHERE hostname = ?1")?
+        .query_row([hostname], |r| {
+            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?, r.get(2)?))
+        })
+        .optional()?;
+    row.map(|(hash, sans, expires_at)| psk_entry(hostname.to_owned(), &hash, &sans, expires_at))
+        .transpose()
+}
+
+/// Whether a public key was revoked as compromised, on a SQLite reader
+/// connection. The partial index certificates_compromised_keys answers it.
+fn key_compromised_sqlite(conn: &rusqlite::Connection, key: &[u8]) -> StoreResult<bool> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT 1 FROM certificates WHERE revocation_reason = 'keyCompromise' \
+             AND public_key_sha256 = ?1",
+        )?
+        .exists([key])?)
 }
 
 /// The PostgreSQL reader task.
@@ -168,46 +207,6 @@ fn wanted(batch: &[Lookup]) -> (Vec<&str>, Vec<&[u8]>) {
     keys.sort_unstable();
     keys.dedup();
     (names, keys)
-}
-
-/// The lookups of a batch on the SQLite lane, in one read transaction (one
-/// snapshot, one shared lock for all of them).
-fn lookup_batch_sqlite(lane: &mut lane::Lane, batch: &[Lookup]) -> StoreResult<Found> {
-    use rusqlite::OptionalExtension;
-    let (names, keys) = wanted(batch);
-    let mut found = Found {
-        psks: HashMap::with_capacity(names.len()),
-        compromised: HashSet::new(),
-    };
-    let tx = lane.conn()?.transaction()?;
-    {
-        let mut psk = tx.prepare_cached(
-            "SELECT psk_hash, allowed_sans, expires_at FROM psks WHERE hostname = ?1",
-        )?;
-        for name in names {
-            let row = psk
-                .query_row([name], |r| {
-                    Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?, r.get(2)?))
-                })
-                .optional()?;
-            if let Some((hash, sans, expires_at)) = row {
-                let entry = psk_entry(name.to_owned(), &hash, &sans, expires_at)?;
-                found.psks.insert(name.to_owned(), entry);
-            }
-        }
-        // The partial index certificates_compromised_keys answers this.
-        let mut compromised = tx.prepare_cached(
-            "SELECT 1 FROM certificates WHERE revocation_reason = 'keyCompromise' \
-             AND public_key_sha256 = ?1",
-        )?;
-        for key in keys {
-            if compromised.exists([key])? {
-                found.compromised.insert(key.to_vec());
-            }
-        }
-    }
-    tx.commit()?;
-    Ok(found)
 }
 
 /// The lookups of a batch on PostgreSQL: one query for every distinct

@@ -22,6 +22,7 @@
 use super::{Store, StoreError, StoreResult};
 use rusqlite::Connection;
 use std::path::PathBuf;
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// One lane's connection, opened on first use and again after an error.
@@ -37,7 +38,7 @@ impl Lane {
         self.store.pool()?; // fails at once while the store is known to be down
         match self.conn {
             Some(ref mut conn) => Ok(conn),
-            None => Ok(self.conn.insert(open(&self.path)?)),
+            None => Ok(self.conn.insert(open(&self.path, WRITE_BUSY_TIMEOUT)?)),
         }
     }
 
@@ -47,15 +48,24 @@ impl Lane {
     }
 }
 
+/// How long the writer waits for SQLite's write lock (as the pool does).
+const WRITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long an inline read waits when SQLite answers "busy", which in WAL
+/// mode is rare (another connection recovering the WAL after a crash). It
+/// blocks a runtime worker meanwhile, so it is kept short: past it the
+/// request gets a 503 (`store_unavailable`) and its client retries.
+const READ_BUSY_TIMEOUT: Duration = Duration::from_millis(250);
+
 /// Opens a connection with the settings the pool's connections get.
-fn open(path: &std::path::Path) -> rusqlite::Result<Connection> {
+fn open(path: &std::path::Path, busy_timeout: Duration) -> rusqlite::Result<Connection> {
     use rusqlite::OpenFlags;
     // The file exists (migrations ran); never create one here.
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.busy_timeout(busy_timeout)?;
     // Each PRAGMA may answer with a row; execute_batch ignores it.
     conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")?;
     Ok(conn)
@@ -152,7 +162,7 @@ impl Readers {
         };
         let conn = match taken {
             Some(conn) => conn,
-            None => open(&self.path)?,
+            None => open(&self.path, READ_BUSY_TIMEOUT)?,
         };
         let result = read(&conn);
         if result.is_ok()

@@ -203,10 +203,10 @@ pub struct Store {
     /// Set by [`Store::close`]: the writer and the reader hand back the
     /// connections they keep, or the pool's close would wait for them forever.
     closing: Arc<tokio::sync::watch::Sender<bool>>,
-    /// The SQLite file, which the writer and reader threads open themselves
-    /// (`None` for PostgreSQL and in-memory SQLite).
+    /// The SQLite file, which the writer thread and the inline readers open
+    /// themselves (`None` for PostgreSQL and in-memory SQLite; see `lane`).
     sqlite_file: Option<PathBuf>,
-    /// Those threads, joined by [`Store::close`].
+    /// The writer thread, joined by [`Store::close`].
     lanes: Arc<std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>>,
 }
 

@@ -112,30 +112,26 @@ fn outcome(won: bool) -> StoreResult<()> {
     }
 }
 
-/// Answers every job of a batch: from the batch's commit, or, if the batch
-/// failed as a whole, from a transaction of its own each (`retry`), so one
-/// bad row cannot fail its neighbours.
-fn answer(
-    batch: &mut Vec<Job>,
-    result: StoreResult<Vec<bool>>,
-    mut retry: impl FnMut(&Job) -> StoreResult<()>,
-) {
+/// Answers every job of a batch from its commit. If the batch failed as a
+/// whole and held several jobs, answers none and returns `true`: each is
+/// then retried in a transaction of its own, so one bad row cannot fail its
+/// neighbours.
+fn answer(batch: &mut Vec<Job>, result: StoreResult<Vec<bool>>) -> bool {
     match result {
         Ok(won) => {
             for (job, won) in batch.drain(..).zip(won) {
                 let _ = job.reply.send(outcome(won));
             }
+            false
         }
         Err(e) if batch.len() == 1 => {
             let job = batch.pop().expect("one job");
             let _ = job.reply.send(Err(e));
+            false
         }
         Err(e) => {
             tracing::warn!(error = %e, size = batch.len(), "group commit failed; recording one by one");
-            for job in batch.drain(..) {
-                let result = retry(&job);
-                let _ = job.reply.send(result);
-            }
+            true
         }
     }
 }
@@ -143,23 +139,30 @@ fn answer(
 /// The SQLite writer: each batch on the lane's own connection.
 fn run_sqlite(lane: &mut lane::Lane, batch: &mut Vec<Job>) {
     let result = commit_batch_sqlite(lane, batch);
+    if answer(batch, result) {
+        for job in batch.drain(..) {
+            let result = commit_batch_sqlite(lane, std::slice::from_ref(&job))
+                .and_then(|won| outcome(won[0]));
+            let _ = job.reply.send(result);
+        }
+    }
+}
+
+/// [`record_batch_sqlite`], with a fresh connection for the next batch
+/// after an error.
+fn commit_batch_sqlite(lane: &mut lane::Lane, batch: &[Job]) -> StoreResult<Vec<bool>> {
+    let result = record_batch_sqlite(lane, batch);
     if result.is_err() {
         lane.reset();
     }
-    answer(batch, result, |job| {
-        let result = commit_batch_sqlite(lane, std::slice::from_ref(job));
-        if result.is_err() {
-            lane.reset();
-        }
-        result.and_then(|won| outcome(won[0]))
-    });
+    result
 }
 
 /// Records a batch in one transaction; returns, per job, whether it won its
 /// PSK. The statements are prepared once per connection and run per row:
 /// on SQLite a row costs microseconds, the commit's fsync is what a batch
 /// shares.
-fn commit_batch_sqlite(lane: &mut lane::Lane, batch: &[Job]) -> StoreResult<Vec<bool>> {
+fn record_batch_sqlite(lane: &mut lane::Lane, batch: &[Job]) -> StoreResult<Vec<bool>> {
     use rusqlite::{TransactionBehavior, params};
     let conn = lane.conn()?;
     // IMMEDIATE: the write lock first, so no statement below waits for it.
@@ -228,26 +231,20 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Job>) {
         if result.is_err() {
             conn = None; // a fresh connection for the next batch
         }
-        // A retry runs in a transaction of its own (on a pooled connection).
-        let mut retried = Vec::new();
-        if result.is_err() && batch.len() > 1 {
-            for job in &batch {
-                retried.push(
-                    store
-                        .record_issuance_single(&Issuance {
-                            psk_hash: job.psk_hash,
-                            now: job.now,
-                            cert: &job.cert,
-                            audit: &job.audit,
-                        })
-                        .await,
-                );
+        if answer(&mut batch, result) {
+            // Each in a transaction of its own, on a pooled connection.
+            for job in batch.drain(..) {
+                let result = store
+                    .record_issuance_single(&Issuance {
+                        psk_hash: job.psk_hash,
+                        now: job.now,
+                        cert: &job.cert,
+                        audit: &job.audit,
+                    })
+                    .await;
+                let _ = job.reply.send(result);
             }
         }
-        let mut retried = retried.into_iter();
-        answer(&mut batch, result, |_| {
-            retried.next().expect("one retry per job")
-        });
     }
 }
 

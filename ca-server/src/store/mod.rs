@@ -232,7 +232,7 @@ impl Store {
                         conn.execute("PRAGMA journal_mode = WAL").await?;
                         conn.execute("PRAGMA synchronous = FULL").await?;
                         conn.execute("PRAGMA busy_timeout = 5000").await?;
-                        // No mmap_size: the hot path's lanes keep their page
+                        // No mmap_size: the hot path keeps its connections and their page
                         // cache, and a memory map only added the mapped file
                         // to the RSS (measured, BENCHMARKS.md).
                     }

@@ -39,7 +39,7 @@ struct Job {
     reply: oneshot::Sender<StoreResult<()>>,
 }
 
-/// Handle to the writer task.
+/// Handle to the writer (a thread on SQLite, a task on PostgreSQL).
 #[derive(Debug, Clone)]
 pub(super) struct Writer {
     tx: mpsc::Sender<Job>,

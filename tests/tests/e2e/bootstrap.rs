@@ -246,16 +246,27 @@ fn psk_add_json_gives_the_spawner_everything_it_needs() {
 }
 
 #[test]
-fn a_supplied_psk_must_carry_128_bits() {
+fn a_supplied_psk_must_carry_128_bits_and_not_be_a_repeat() {
     let server = CaServer::start();
     let mut weak = server.cli();
     weak.args(["psk", "add", "h.example.internal", "--psk-stdin"]);
     let out = pipe_stdin(&mut weak, "deadbeefdeadbeef");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("at least 128"));
+    // Long enough, but one repeated character: refused for its structure.
+    let mut repeated = server.cli();
+    repeated.args(["psk", "add", "h.example.internal", "--psk-stdin"]);
+    let out = pipe_stdin(&mut repeated, &"a".repeat(64));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("low in entropy"), "{stderr}");
+    assert!(
+        !stderr.contains(&"a".repeat(16)),
+        "the secret is echoed: {stderr}"
+    );
     let mut strong = server.cli();
     strong.args(["psk", "add", "h.example.internal", "--psk-stdin"]);
-    let secret = "0123456789abcdef0123456789abcdef";
+    let secret = "3f9c1e07b2d84a6f5e0c9b1d7a2f4e83";
     let out = pipe_stdin(&mut strong, secret);
     assert!(
         out.status.success(),

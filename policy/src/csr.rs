@@ -25,6 +25,7 @@ use x509_parser::oid_registry::{
 use x509_parser::prelude::FromDer;
 use x509_parser::signature_algorithm::RsaSsaPssParams;
 use x509_parser::x509::{AlgorithmIdentifier, SubjectPublicKeyInfo};
+use zeroize::Zeroizing;
 
 /// More requested extensions than any honest client sends.
 pub const MAX_EXTENSIONS: usize = 64;
@@ -151,19 +152,23 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-fn decode_pem(text: &[u8]) -> Result<Vec<u8>, Rejection> {
+/// The DER of the one CSR block. Every decoded buffer is wiped when dropped:
+/// a CSR carries the PSK.
+fn decode_pem(text: &[u8]) -> Result<Zeroizing<Vec<u8>>, Rejection> {
     let blocks = pem::parse_many(text).map_err(|e| Malformed::Pem(e.to_string()))?;
+    let mut blocks: Vec<(String, Zeroizing<Vec<u8>>)> = blocks
+        .into_iter()
+        .map(|b| (b.tag().to_owned(), Zeroizing::new(b.into_contents())))
+        .collect();
     match blocks.len() {
         0 => Err(Malformed::Pem("no PEM block found".into()).into()),
         1 => {
-            let block = blocks.into_iter().next().expect("one block");
-            match block.tag() {
-                "CERTIFICATE REQUEST" | "NEW CERTIFICATE REQUEST"
-                    if block.contents().is_empty() =>
-                {
+            let (tag, contents) = blocks.pop().expect("one block");
+            match tag.as_str() {
+                "CERTIFICATE REQUEST" | "NEW CERTIFICATE REQUEST" if contents.is_empty() => {
                     Err(Malformed::Pem("empty PEM block".into()).into())
                 }
-                "CERTIFICATE REQUEST" | "NEW CERTIFICATE REQUEST" => Ok(block.into_contents()),
+                "CERTIFICATE REQUEST" | "NEW CERTIFICATE REQUEST" => Ok(contents),
                 other => Err(Malformed::PemLabel(other.chars().take(64).collect()).into()),
             }
         }
@@ -296,7 +301,7 @@ const CHALLENGE_PASSWORD_OID_DER: &[u8] = &[
 /// base64url PSK with `_` is then not a valid PrintableString and x509-parser
 /// refuses the whole CSR. Returns a copy with that string's tag changed to
 /// UTF8String (same length, same offsets), or `None` if there is none.
-fn relabel_printable_challenge_password(der: &[u8]) -> Option<Vec<u8>> {
+fn relabel_printable_challenge_password(der: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
     let at = der
         .windows(CHALLENGE_PASSWORD_OID_DER.len())
         .position(|w| w == CHALLENGE_PASSWORD_OID_DER)?;
@@ -314,7 +319,7 @@ fn relabel_printable_challenge_password(der: &[u8]) -> Option<Vec<u8>> {
     if *der.get(value)? != PRINTABLE_STRING {
         return None;
     }
-    let mut copy = der.to_vec();
+    let mut copy = Zeroizing::new(der.to_vec());
     copy[value] = UTF8_STRING;
     Some(copy)
 }
@@ -412,6 +417,17 @@ fn classify_key(spki: &SubjectPublicKeyInfo<'_>) -> Result<KeyKind, Rejection> {
         return Ok(KeyKind::Ed25519);
     }
     if *alg == OID_PKCS1_RSAENCRYPTION {
+        // RFC 3279 2.3.1: the parameters MUST be NULL. The signer (ring via
+        // rcgen) cannot take anything else, so a key that passed here would
+        // fail at signing as a 503 that invites retries.
+        let null_params = spki.algorithm.parameters.as_ref().is_some_and(|p| {
+            p.tag() == x509_parser::der_parser::asn1_rs::Tag::Null && p.data.is_empty()
+        });
+        if !null_params {
+            return Err(Rejection::KeyNotAllowed(
+                "RSA key whose algorithm parameters are not NULL (RFC 3279)".into(),
+            ));
+        }
         let parsed = spki
             .parsed()
             .map_err(|_| Malformed::PublicKey("RSA key does not parse".into()))?;

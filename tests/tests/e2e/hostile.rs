@@ -420,6 +420,10 @@ impl Suite {
             ("RSA 1024", "rsa1024.der"),
             ("RSA 2050 (not a multiple of 8)", "rsa2050.der"),
             ("RSA exponent 3", "rsa-e3.der"),
+            (
+                "RSA key without NULL parameters",
+                "rsa2048-no-null-params.der",
+            ),
             ("P-521", "p521.der"),
             ("secp256k1", "secp256k1.der"),
             ("explicit curve parameters", "explicit-curve.der"),

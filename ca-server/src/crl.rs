@@ -349,6 +349,10 @@ impl CrlService {
 
     /// Signs the CRLs of one snapshot (CPU only).
     fn sign(&self, snapshot: &CrlSnapshot, now: i64) -> Result<CrlSet> {
+        // A replica whose clock is behind the one that published last signs
+        // as of that moment: thisUpdate never goes backwards across replicas
+        // (a relying party may refuse a CRL older than the one it holds).
+        let now = now.max(snapshot.published_at.unwrap_or(i64::MIN));
         let this_update = now - BACKDATE.as_secs() as i64;
         let revoked = snapshot
             .entries
@@ -814,6 +818,36 @@ mod tests {
         assert_eq!(
             server.current().unwrap().generation(),
             resigned.generation()
+        );
+    }
+
+    /// Two replicas, one clock an hour ahead: the one behind signs after it
+    /// and its CRLs' thisUpdate is not earlier than the published one's.
+    #[tokio::test]
+    async fn this_update_never_goes_backwards_across_replicas() {
+        let f = fixture().await;
+        f.clock.set(NOW + 3600);
+        let ahead = f.service().regenerate().await.unwrap();
+        f.clock.set(NOW);
+        let behind = f.service().regenerate().await.unwrap();
+        assert!(behind.generation() > ahead.generation());
+        for (new, old) in [
+            (&behind.intermediate, &ahead.intermediate),
+            (&behind.intermediate_long, &ahead.intermediate_long),
+        ] {
+            assert!(new.this_update >= old.this_update, "{new:?} vs {old:?}");
+            let parsed = parse(&new.der);
+            assert_eq!(parsed.last_update().timestamp(), new.this_update);
+        }
+        assert!(
+            behind.root.as_ref().unwrap().this_update >= ahead.root.as_ref().unwrap().this_update
+        );
+        // With no CRL published yet, the clock alone decides.
+        let g = fixture().await;
+        let first = g.service().regenerate().await.unwrap();
+        assert_eq!(
+            first.intermediate.this_update,
+            NOW - BACKDATE.as_secs() as i64
         );
     }
 

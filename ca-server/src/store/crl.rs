@@ -33,6 +33,9 @@ pub struct CrlSnapshot {
     pub first_number: i64,
     /// The revocation sequence the entries reflect.
     pub revocation_seq: i64,
+    /// When the published generation was signed (its signer's clock): a new
+    /// generation's thisUpdate never goes below it, whatever this clock says.
+    pub published_at: Option<i64>,
     /// Revoked certificates unexpired at the snapshot's time, oldest revocation first.
     pub entries: Vec<RevokedEntry>,
 }
@@ -91,6 +94,12 @@ impl Store {
         .await?;
         let last: i64 = state.try_get("crl_number")?;
         let revocation_seq: i64 = state.try_get("revocation_seq")?;
+        let published_at: Option<i64> =
+            sqlx::query("SELECT generated_at FROM crl_published WHERE id = 1")
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| r.try_get("generated_at"))
+                .transpose()?;
         let rows = sqlx::query(
             "SELECT serial, revoked_at, revocation_reason, not_after FROM certificates \
              WHERE revoked_at IS NOT NULL AND not_after > $1 ORDER BY revoked_at, serial",
@@ -113,6 +122,7 @@ impl Store {
         Ok(CrlSnapshot {
             first_number: last - count + 1,
             revocation_seq,
+            published_at,
             entries,
         })
     }

@@ -347,7 +347,10 @@ pub fn main() -> i32 {
             };
             runtime.block_on(crate::doctor::run(&target, args.json, &SystemClock))
         }
-        _ => runtime.block_on(run(cli)),
+        _ => {
+            let reserved = configured_server_names(parsed.file.as_ref());
+            runtime.block_on(run(cli, &reserved))
+        }
     };
     match result {
         Ok(()) => 0,
@@ -453,7 +456,30 @@ pub(crate) fn actor() -> String {
     )
 }
 
-async fn run(cli: Cli) -> Result<()> {
+/// The CA's own names as this machine's configuration gives them to `serve`
+/// (`CA_HOSTNAMES` / `[serve] hostnames`, else the machine's hostname and
+/// localhost; `CA_PUBLIC_URL` / `[serve] public_url`), for the local
+/// `psk add` and `psk batch` to refuse. The store adds every live server
+/// certificate's name (`admin::Ops::psk_add`).
+fn configured_server_names(file: Option<&crate::config::ConfigFile>) -> policy::ReservedNames {
+    let from_file = |key: &str| -> Vec<String> {
+        file.into_iter()
+            .flat_map(|f| f.serve.iter())
+            .filter(|s| s.key == key)
+            .flat_map(|s| s.values.clone())
+            .collect()
+    };
+    let from_env = |var: &str| std::env::var(var).ok().filter(|v| !v.trim().is_empty());
+    let hostnames: Vec<String> = match from_env("CA_HOSTNAMES") {
+        Some(v) => v.split(',').map(str::to_owned).collect(),
+        None => from_file("hostnames"),
+    };
+    let names = serve::server_names(&hostnames).unwrap_or_default();
+    let public_url = from_env("CA_PUBLIC_URL").or_else(|| from_file("public_url").pop());
+    serve::reserved_names(&names, public_url.as_deref().unwrap_or(""))
+}
+
+async fn run(cli: Cli, reserved: &policy::ReservedNames) -> Result<()> {
     let url = database_url(&cli);
     let clock = SystemClock;
     match cli.command {
@@ -480,7 +506,7 @@ async fn run(cli: Cli) -> Result<()> {
             })
             .await
         }
-        Command::Psk(args) => psk(args, &cli.data_dir, &url).await,
+        Command::Psk(args) => psk(args, &cli.data_dir, &url, reserved).await,
         Command::Cert(args) => cert(args, &cli.data_dir, &url).await,
         Command::AdminCert(cmd) => crate::admin::cert::run(cmd, &cli.data_dir, &url, &clock).await,
         Command::Revoke(args) => revocation::revoke(args, &cli.data_dir, &url).await,
@@ -537,7 +563,12 @@ pub fn rfc3339(t: i64) -> String {
     ca_client::timefmt::rfc3339(t)
 }
 
-async fn psk(args: PskArgs, data_dir: &std::path::Path, url: &str) -> Result<()> {
+async fn psk(
+    args: PskArgs,
+    data_dir: &std::path::Path,
+    url: &str,
+    reserved: &policy::ReservedNames,
+) -> Result<()> {
     let admin = Admin::open(&args.remote, data_dir, url).await?;
     match args.command {
         PskCommand::Add {
@@ -570,7 +601,7 @@ async fn psk(args: PskArgs, data_dir: &std::path::Path, url: &str) -> Result<()>
                     .context("reading the PSK from stdin")?;
                 req.psk = Some(buf.trim().to_owned());
             }
-            let mut added = admin.psk_add(req).await?;
+            let mut added = admin.psk_add(req, reserved).await?;
             if server_url.is_some() {
                 added.server_url = server_url;
             }
@@ -594,7 +625,7 @@ async fn psk(args: PskArgs, data_dir: &std::path::Path, url: &str) -> Result<()>
                 ttl_secs: std::time::Duration::from(ttl).as_secs(),
                 sans,
             };
-            admin_output::psk_batch(&admin.psk_batch(&req).await?);
+            admin_output::psk_batch(&admin.psk_batch(&req, reserved).await?);
             Ok(())
         }
         PskCommand::List { json } => {

@@ -79,6 +79,16 @@ pub fn default_public_url(names: &[AllowedName], listen: SocketAddr) -> String {
     format!("https://{host}:{}", listen.port())
 }
 
+/// The CA's own names: its certificate's and its public URL's host.
+pub fn reserved_names(names: &[AllowedName], public_url: &str) -> policy::ReservedNames {
+    let mut reserved =
+        policy::ReservedNames::from_text(policy::ReservedNames::url_host(public_url));
+    for n in names {
+        reserved.insert(n.clone());
+    }
+    reserved
+}
+
 /// The server's own certificate and key, issued from the intermediate.
 struct ServerCert {
     chain: Vec<CertificateDer<'static>>,
@@ -211,6 +221,7 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
         crl: crl.clone(),
         body_timeout: opts.limits.body_timeout,
         public_url: public_url.clone(),
+        reserved: Arc::new(reserved_names(&names, &public_url)),
     });
 
     tracing::info!(

@@ -20,6 +20,7 @@ pub mod error;
 pub mod hostname;
 pub mod psk;
 pub mod renewal;
+pub mod reserved;
 
 pub use csr::{Csr, KeyKind, RequestedName, SignatureKind};
 pub use decision::{AllowedName, Decision, Profile, PskEntry, decide};
@@ -27,3 +28,4 @@ pub use error::{Malformed, PskFailure, Rejection, RejectionClass, RenewalRefusal
 pub use hostname::HostnameError;
 pub use psk::{Psk, PskHash};
 pub use renewal::{RenewalGrant, decide_renewal};
+pub use reserved::{ReservedName, ReservedNames};

@@ -21,7 +21,7 @@ use crate::store::{
     AuditEvent, AuditFilter, CertRecord, PskInfo, Revocation, RevokeOutcome, Store, StoreError,
 };
 use policy::hostname::escape_for_display;
-use policy::{AllowedName, Psk};
+use policy::{AllowedName, Psk, ReservedNames};
 use ring::rand::SecureRandom;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -47,8 +47,8 @@ fn invalid(e: impl std::fmt::Display) -> AdminError {
     AdminError::Invalid(e.to_string())
 }
 
-/// `psk add`: create or replace the PSK of a host.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// `psk add`: create or replace the PSK of a host. `Debug` never shows the PSK.
+#[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PskAddRequest {
     pub hostname: String,
@@ -62,6 +62,20 @@ pub struct PskAddRequest {
     pub psk: Option<String>,
 }
 
+/// What a redacting `Debug` prints in place of a secret.
+const REDACTED: &str = "<redacted>";
+
+impl std::fmt::Debug for PskAddRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PskAddRequest")
+            .field("hostname", &self.hostname)
+            .field("ttl_secs", &self.ttl_secs)
+            .field("sans", &self.sans)
+            .field("psk", &self.psk.as_ref().map(|_| REDACTED))
+            .finish()
+    }
+}
+
 impl Drop for PskAddRequest {
     fn drop(&mut self) {
         self.psk.zeroize();
@@ -69,8 +83,8 @@ impl Drop for PskAddRequest {
 }
 
 /// The answer to `psk add`: the PSK, once. Fields in the order of the
-/// `--json` output (alphabetical, as it always was).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `--json` output (alphabetical, as it always was). `Debug` never shows the PSK.
+#[derive(Clone, Serialize, Deserialize)]
 pub struct PskAdded {
     pub allowed_sans: Vec<String>,
     pub expires_at: String,
@@ -80,6 +94,19 @@ pub struct PskAdded {
     pub psk: String,
     /// Where hosts reach the CA (the server's public URL, or `--server-url`).
     pub server_url: Option<String>,
+}
+
+impl std::fmt::Debug for PskAdded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PskAdded")
+            .field("allowed_sans", &self.allowed_sans)
+            .field("expires_at", &self.expires_at)
+            .field("fingerprint", &self.fingerprint)
+            .field("hostname", &self.hostname)
+            .field("psk", &REDACTED)
+            .field("server_url", &self.server_url)
+            .finish()
+    }
 }
 
 impl Drop for PskAdded {
@@ -98,11 +125,20 @@ pub struct PskBatchRequest {
     pub sans: Vec<String>,
 }
 
-/// One line of the `psk batch` answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// One line of the `psk batch` answer. `Debug` never shows the PSK.
+#[derive(Clone, Serialize, Deserialize)]
 pub struct PskIssued {
     pub hostname: String,
     pub psk: String,
+}
+
+impl std::fmt::Debug for PskIssued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PskIssued")
+            .field("hostname", &self.hostname)
+            .field("psk", &REDACTED)
+            .finish()
+    }
 }
 
 impl Drop for PskIssued {
@@ -227,7 +263,24 @@ pub struct AuditQuery {
     pub limit: i64,
 }
 
+/// Most audit rows one admin API answer may hold: a remote caller cannot
+/// make the server build an unbounded answer. The local CLI reads its own
+/// database and is bounded only below.
+pub const MAX_REMOTE_AUDIT_ROWS: i64 = 10_000;
+
 impl AuditQuery {
+    /// A limit of at least one row and, when given, at most `max`.
+    pub fn check_limit(&self, max: Option<i64>) -> Result<(), AdminError> {
+        let within = self.limit >= 1 && max.is_none_or(|m| self.limit <= m);
+        if within {
+            return Ok(());
+        }
+        Err(AdminError::Invalid(match max {
+            Some(m) => format!("limit must be between 1 and {m} (got {})", self.limit),
+            None => format!("limit must be at least 1 (got {})", self.limit),
+        }))
+    }
+
     fn default_since() -> u64 {
         3600
     }
@@ -294,14 +347,43 @@ impl Ops<'_> {
         Ok(())
     }
 
-    /// Creates or replaces the PSK of a host.
+    /// Refuses a grant that names one of the CA's own names: those
+    /// `reserved` holds (configuration) or a live server certificate in the
+    /// store carries (any replica's, whatever its configuration says).
+    async fn refuse_reserved(
+        &self,
+        reserved: &ReservedNames,
+        hostname: &str,
+        allowed: &[AllowedName],
+    ) -> Result<(), AdminError> {
+        let refuse = |e: policy::ReservedName| AdminError::Invalid(e.to_string());
+        reserved.check(hostname, allowed).map_err(refuse)?;
+        let dns = std::iter::once(hostname).chain(allowed.iter().filter_map(|n| match n {
+            AllowedName::Dns(d) => Some(d.as_str()),
+            AllowedName::Ip(_) => None,
+        }));
+        for (i, name) in dns.enumerate() {
+            if self.store.is_server_name(name, self.now).await? {
+                return Err(refuse(policy::ReservedName {
+                    name: name.to_owned(),
+                    as_san: i > 0,
+                }));
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates or replaces the PSK of a host; none for the CA's own names.
     pub async fn psk_add(
         &self,
         mut req: PskAddRequest,
         hints: &Hints,
+        reserved: &ReservedNames,
     ) -> Result<PskAdded, AdminError> {
         validate_host(&req.hostname)?;
         let (allowed, ttl) = parse_grant(&req.sans, req.ttl_secs)?;
+        self.refuse_reserved(reserved, &req.hostname, &allowed)
+            .await?;
         let psk = match req.psk.take() {
             Some(supplied) => Psk::new_supplied(supplied)
                 .map_err(|e| AdminError::Invalid(format!("the PSK on stdin: {e}")))?,
@@ -333,13 +415,18 @@ impl Ops<'_> {
         })
     }
 
-    /// A PSK for each hostname, in one transaction.
-    pub async fn psk_batch(&self, req: &PskBatchRequest) -> Result<Vec<PskIssued>, AdminError> {
+    /// A PSK for each hostname, in one transaction; none for the CA's own names.
+    pub async fn psk_batch(
+        &self,
+        req: &PskBatchRequest,
+        reserved: &ReservedNames,
+    ) -> Result<Vec<PskIssued>, AdminError> {
         let (allowed, ttl) = parse_grant(&req.sans, req.ttl_secs)?;
         let mut entries = Vec::with_capacity(req.hostnames.len());
         let mut issued = Vec::with_capacity(req.hostnames.len());
         for host in &req.hostnames {
             validate_host(host)?;
+            self.refuse_reserved(reserved, host, &allowed).await?;
             let psk = generate_psk()?;
             entries.push((host.clone(), psk.hash()));
             issued.push(PskIssued {
@@ -486,7 +573,14 @@ impl Ops<'_> {
         Ok(report)
     }
 
-    pub async fn audit(&self, q: &AuditQuery) -> Result<Vec<AuditEvent>, AdminError> {
+    /// The audit rows `q` asks for; `max_rows` bounds the limit (the admin
+    /// API passes [`MAX_REMOTE_AUDIT_ROWS`]).
+    pub async fn audit(
+        &self,
+        q: &AuditQuery,
+        max_rows: Option<i64>,
+    ) -> Result<Vec<AuditEvent>, AdminError> {
+        q.check_limit(max_rows)?;
         let since = self.now - q.since_secs.min(i64::MAX as u64) as i64;
         let filter = AuditFilter {
             host: q.host.clone(),
@@ -618,7 +712,13 @@ impl Admin {
         }
     }
 
-    pub async fn psk_add(&self, req: PskAddRequest) -> Result<PskAdded, AdminError> {
+    /// `reserved`: the CA's own names from the local configuration (a
+    /// remote server checks its own).
+    pub async fn psk_add(
+        &self,
+        req: PskAddRequest,
+        reserved: &ReservedNames,
+    ) -> Result<PskAdded, AdminError> {
         match self {
             Admin::Local { store, data_dir } => {
                 let root = crate::ca::CaPaths::new(data_dir).root_cert;
@@ -628,7 +728,7 @@ impl Admin {
                         .map(|d| crate::ca::fingerprint(&d)),
                     server_url: None,
                 };
-                Admin::local_ops(store).psk_add(req, &hints).await
+                Admin::local_ops(store).psk_add(req, &hints, reserved).await
             }
             Admin::Remote(r) => {
                 let added = r.psk_add(&req).await?;
@@ -642,9 +742,13 @@ impl Admin {
         }
     }
 
-    pub async fn psk_batch(&self, req: &PskBatchRequest) -> Result<Vec<PskIssued>, AdminError> {
+    pub async fn psk_batch(
+        &self,
+        req: &PskBatchRequest,
+        reserved: &ReservedNames,
+    ) -> Result<Vec<PskIssued>, AdminError> {
         match self {
-            Admin::Local { store, .. } => Admin::local_ops(store).psk_batch(req).await,
+            Admin::Local { store, .. } => Admin::local_ops(store).psk_batch(req, reserved).await,
             Admin::Remote(r) => r.psk_batch(req).await,
         }
     }
@@ -699,8 +803,70 @@ impl Admin {
 
     pub async fn audit(&self, q: &AuditQuery) -> Result<Vec<AuditEvent>, AdminError> {
         match self {
-            Admin::Local { store, .. } => Admin::local_ops(store).audit(q).await,
+            Admin::Local { store, .. } => Admin::local_ops(store).audit(q, None).await,
             Admin::Remote(r) => r.audit(q).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "Zg4iPgx_OFNITw_dRhJ05omhxk-QEymzPbWJbcZubaw";
+
+    #[test]
+    fn wire_types_that_carry_a_psk_never_show_it_in_debug() {
+        let req = PskAddRequest {
+            hostname: "web.example.internal".into(),
+            ttl_secs: 60,
+            sans: vec![],
+            psk: Some(SECRET.into()),
+        };
+        let added = PskAdded {
+            allowed_sans: vec![],
+            expires_at: "2026-12-04T00:00:00Z".into(),
+            fingerprint: None,
+            hostname: "web.example.internal".into(),
+            psk: SECRET.into(),
+            server_url: None,
+        };
+        let issued = PskIssued {
+            hostname: "web.example.internal".into(),
+            psk: SECRET.into(),
+        };
+        for shown in [
+            format!("{req:?}"),
+            format!("{added:?}"),
+            format!("{issued:?}"),
+            format!("{:#?}", vec![issued.clone()]),
+        ] {
+            assert!(!shown.contains(SECRET), "{shown}");
+            assert!(!shown.contains(&SECRET[..12]), "{shown}");
+            assert!(shown.contains("<redacted>"), "{shown}");
+            assert!(shown.contains("web.example.internal"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn the_audit_limit_is_at_least_one_and_bounded_remotely() {
+        let q = |limit| AuditQuery {
+            since_secs: 60,
+            host: None,
+            event: None,
+            limit,
+        };
+        let max = Some(MAX_REMOTE_AUDIT_ROWS);
+        for bad in [-1, 0, i64::MIN, MAX_REMOTE_AUDIT_ROWS + 1] {
+            let err = q(bad).check_limit(max).unwrap_err();
+            assert!(matches!(err, AdminError::Invalid(_)), "{bad}: {err:?}");
+            assert!(err.to_string().contains("between 1 and 10000"), "{err}");
+        }
+        for good in [1, 1000, MAX_REMOTE_AUDIT_ROWS] {
+            q(good).check_limit(max).unwrap();
+        }
+        // Locally only the lower bound holds.
+        q(100_000).check_limit(None).unwrap();
+        assert!(q(-1).check_limit(None).is_err());
     }
 }

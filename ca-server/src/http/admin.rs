@@ -152,7 +152,10 @@ async fn psk_add(
         fingerprint: Some(state.authority.signer.fingerprint.clone()),
         server_url: Some(state.public_url.clone()),
     };
-    let added = caller.ops(&state).psk_add(body, &hints).await?;
+    let added = caller
+        .ops(&state)
+        .psk_add(body, &hints, &state.reserved)
+        .await?;
     Ok((StatusCode::CREATED, Json(&added)).into_response())
 }
 
@@ -163,7 +166,7 @@ async fn psk_batch(
     req: Request,
 ) -> Result<Response, ApiError> {
     let body: PskBatchRequest = json_body(&state, &headers, req).await?;
-    let issued = caller.ops(&state).psk_batch(&body).await?;
+    let issued = caller.ops(&state).psk_batch(&body, &state.reserved).await?;
     Ok((StatusCode::CREATED, Json(&issued)).into_response())
 }
 
@@ -220,7 +223,9 @@ async fn audit(
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
     let ops = caller.ops(&state);
-    let rows = ops.audit(&q).await?;
+    let rows = ops
+        .audit(&q, Some(crate::admin::MAX_REMOTE_AUDIT_ROWS))
+        .await?;
     ops.audit_read(&format!("audit ({} rows)", rows.len()))
         .await?;
     Ok(Json(rows).into_response())

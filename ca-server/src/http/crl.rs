@@ -172,6 +172,7 @@ mod tests {
             crl: crl.clone(),
             body_timeout: Duration::from_secs(10),
             public_url: "https://localhost:8443".into(),
+            reserved: Default::default(),
         });
         let (status, der) = get(&app, "/v1/crl").await;
         assert_eq!(status, StatusCode::OK);

@@ -48,6 +48,8 @@ pub struct AppState {
     pub body_timeout: Duration,
     /// The URL hosts reach this server at (the admin API's `psk add` names it).
     pub public_url: String,
+    /// The CA's own names (server certificate, public URL host): no PSK for them.
+    pub reserved: Arc<policy::ReservedNames>,
 }
 
 /// The router: every route of the API and the JSON fallbacks.

@@ -484,6 +484,20 @@ impl Store {
         Ok(())
     }
 
+    /// Whether `hostname` names a live server certificate of a `serve`
+    /// sharing this store (the CA's own name: reserved, `admin::Ops::psk_add`).
+    pub async fn is_server_name(&self, hostname: &str, now: i64) -> StoreResult<bool> {
+        let row = sqlx::query(
+            "SELECT 1 AS found FROM certificates \
+             WHERE hostname = $1 AND kind = 'server' AND not_after > $2 LIMIT 1",
+        )
+        .bind(hostname)
+        .bind(now)
+        .fetch_optional(&mut *self.conn().await?)
+        .await?;
+        Ok(row.is_some())
+    }
+
     /// Certificates issued for `hostname` against the PSK with `hash` (at most
     /// one in practice): what the idempotent retry looks for.
     pub async fn certs_by_psk(

@@ -551,3 +551,126 @@ fn spawn_host_sh_produces_cloud_init_that_bootstraps_the_host() {
     assert!(!run_ok(ca.cli().args(["psk", "list"])).contains("db.example"));
     ca.assert_no_secret_leaks();
 }
+
+/// The CA's own names (every `--hostname`, the public URL's host) get no
+/// PSK and are no PSK's extra name: through the admin API (the server's
+/// configuration), locally (this machine's configuration, and the live
+/// server certificate in the store). And the admin API bounds `audit`'s
+/// limit (1-10,000) instead of reading "no limit" from a negative one.
+#[test]
+fn the_cas_own_names_get_no_psk_and_the_admin_audit_limit_is_bounded() {
+    const CA_NAME: &str = "ca.example.internal";
+    const PUBLIC: &str = "ca-public.example.internal";
+    let ca = CaServer::start_with(ServerOptions {
+        args: vec![
+            "--hostname".into(),
+            CA_NAME.into(),
+            "--public-url".into(),
+            format!("https://{PUBLIC}:8443"),
+        ],
+        ..Default::default()
+    });
+    let work = tempfile::tempdir().unwrap();
+    let admin = issue_admin(&ca, work.path(), "spawner", &[]);
+    let client = mtls_client(&ca, Some(&admin));
+    let refused = |body: &str, name: &str| {
+        let reply = call(&client, "POST", "/v1/admin/psks", body).unwrap();
+        assert_eq!(reply.status.as_u16(), 400, "{body}: {reply:?}");
+        let (code, message) = reply.api_error().unwrap();
+        assert_eq!(code, "bad_request");
+        assert!(
+            message.contains(name) && message.contains("one of the CA's own names"),
+            "{message}"
+        );
+    };
+    // Remotely: the server's names and its public URL's host, as hostname or --san.
+    refused(r#"{"hostname":"localhost","ttl_secs":60}"#, "localhost");
+    refused(
+        &format!(r#"{{"hostname":"{CA_NAME}","ttl_secs":60}}"#),
+        CA_NAME,
+    );
+    refused(
+        &format!(r#"{{"hostname":"{PUBLIC}","ttl_secs":60}}"#),
+        PUBLIC,
+    );
+    refused(
+        &format!(r#"{{"hostname":"web.example.internal","ttl_secs":60,"sans":["{CA_NAME}"]}}"#),
+        CA_NAME,
+    );
+    let batch = call(
+        &client,
+        "POST",
+        "/v1/admin/psks/batch",
+        &format!(r#"{{"hostnames":["a.example.internal","{PUBLIC}"],"ttl_secs":60}}"#),
+    )
+    .unwrap();
+    assert_eq!(batch.status.as_u16(), 400, "{batch:?}");
+    let fine = call(
+        &client,
+        "POST",
+        "/v1/admin/psks",
+        r#"{"hostname":"web.example.internal","ttl_secs":60,"sans":["www.example.internal"]}"#,
+    )
+    .unwrap();
+    assert!(fine.status.is_success(), "{fine:?}");
+
+    // Locally: the live server certificate's name from the store ...
+    let out = run(ca.cli().args(["psk", "add", "localhost"]));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("one of the CA's own names"),
+        "{out:?}"
+    );
+    // ... and this machine's configuration of `serve`.
+    let out = run(ca
+        .cli()
+        .env("CA_HOSTNAMES", CA_NAME)
+        .args(["psk", "add", CA_NAME]));
+    assert!(!out.status.success(), "{out:?}");
+    let out = run(ca
+        .cli()
+        .env("CA_PUBLIC_URL", format!("https://{PUBLIC}"))
+        .args(["psk", "add", "db.example.internal", "--san", PUBLIC]));
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("an extra name (--san)"),
+        "{out:?}"
+    );
+    let listed = run_ok(ca.cli().args(["psk", "list", "--json"]));
+    for name in [
+        "localhost",
+        CA_NAME,
+        PUBLIC,
+        "a.example.internal",
+        "db.example.internal",
+    ] {
+        assert!(!listed.contains(&format!("\"{name}\"")), "{name}: {listed}");
+    }
+    assert!(listed.contains("web.example.internal"), "{listed}");
+
+    // The audit limit over the admin API.
+    for bad in ["-1", "0", "10001"] {
+        let reply = call(
+            &client,
+            "GET",
+            &format!("/v1/admin/audit?since_secs=3600&limit={bad}"),
+            "",
+        )
+        .unwrap();
+        assert_eq!(reply.status.as_u16(), 400, "limit={bad}: {reply:?}");
+        assert!(
+            reply.api_error().unwrap().1.contains("between 1 and 10000"),
+            "{reply:?}"
+        );
+    }
+    let reply = call(
+        &client,
+        "GET",
+        "/v1/admin/audit?since_secs=3600&limit=10000",
+        "",
+    )
+    .unwrap();
+    assert_eq!(reply.status.as_u16(), 200, "{reply:?}");
+    let out = run(ca.cli().args(["audit", "--limit", "0"]));
+    assert!(!out.status.success(), "{out:?}");
+}

@@ -4,9 +4,10 @@
 //! line to put in a frontend (HAProxy has no include). Check:
 //! `haproxy -c -f CONFIG`; reload: SIGUSR2 to the master-worker master from
 //! the pid file (what Debian's systemd unit sends), or with
-//! `--haproxy-socket PATH` no reload at all: the running process takes the
-//! new files through its runtime API ([`runtime_update`]), so established
-//! connections and their workers stay as they are.
+//! `--haproxy-socket PATH` and an unchanged CRL no reload at all: the
+//! running process takes the new certificate through its runtime API
+//! ([`runtime_update`]), so established connections and their workers stay
+//! as they are.
 
 use super::generation::GenFile;
 use super::material::{self, KeySet, Material};
@@ -106,14 +107,17 @@ pub enum RuntimeUpdate {
     NotRunning,
 }
 
-/// Hands the files now under `current` (the path HAProxy's configuration
-/// names, `DEST/current`) to the running HAProxy through its runtime API on
-/// the `stats socket` at `socket` (`level admin`): `set ssl cert` +
-/// `commit ssl cert` for `haproxy.pem`, and the same for `crl.pem` when
-/// HAProxy knows that CRL file. New handshakes use them at once;
-/// established connections are not touched (no reload, no new workers).
-/// The private key travels only over this local socket, to the process
-/// that would read the same bytes from the file.
+/// Hands the certificate now under `current` (the path HAProxy's
+/// configuration names, `DEST/current/haproxy.pem`) to the running HAProxy
+/// through its runtime API on the `stats socket` at `socket` (`level
+/// admin`): `set ssl cert` + `commit ssl cert`. New handshakes use it at
+/// once; established connections are not touched (no reload, no new
+/// workers). The private key travels only over this local socket, to the
+/// process that would read the same bytes from the file.
+///
+/// Only the certificate: HAProxy 2.6.12 (Debian 12) dies on `commit ssl
+/// crl-file` once a certificate was committed through the API (seen here),
+/// so a changed CRL is left to a reload (see `install`).
 pub fn runtime_update(socket: &Path, current: &str) -> Result<RuntimeUpdate> {
     use anyhow::Context;
     let cert_path = format!("{current}/{COMBINED}");
@@ -129,14 +133,6 @@ pub fn runtime_update(socket: &Path, current: &str) -> Result<RuntimeUpdate> {
         Ok(_) => {}
     }
     set_and_commit(socket, "ssl cert", &cert_path, &pem)?;
-    let crl_path = format!("{current}/{CRL}");
-    if let Ok(crl) = std::fs::read(Path::new(&crl_path)) {
-        let known = runtime_command(socket, b"show ssl crl-file\n")
-            .with_context(|| format!("HAProxy runtime API at {}", socket.display()))?;
-        if known.lines().any(|l| l.trim() == crl_path) {
-            set_and_commit(socket, "ssl crl-file", &crl_path, &crl)?;
-        }
-    }
     Ok(RuntimeUpdate::Updated)
 }
 
@@ -157,13 +153,17 @@ fn set_and_commit(socket: &Path, what: &str, path: &str, pem: &[u8]) -> Result<(
     let api = || format!("HAProxy runtime API at {}", socket.display());
     let answer = runtime_command(socket, &cmd).with_context(api)?;
     drop(cmd);
-    if !answer.contains("Transaction created") && !answer.contains("Transaction updated") {
+    // HAProxy 2.6: "Transaction created for certificate ...!", "transaction
+    // created for CRL ...!" (the case differs), "... updated ..." for a
+    // transaction already open on that path.
+    let lower = answer.to_ascii_lowercase();
+    if !lower.contains("transaction created") && !lower.contains("transaction updated") {
         let _ = runtime_command(socket, format!("abort {what} {path}\n").as_bytes());
         bail!("HAProxy refused `set {what} {path}`: {}", answer.trim_end());
     }
     let answer =
         runtime_command(socket, format!("commit {what} {path}\n").as_bytes()).with_context(api)?;
-    if !answer.contains("Success!") {
+    if !answer.to_ascii_lowercase().contains("success") {
         bail!(
             "HAProxy did not commit `{what} {path}`: {}",
             answer.trim_end()

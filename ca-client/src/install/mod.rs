@@ -229,6 +229,12 @@ pub async fn install(opts: &InstallOptions) -> Result<InstallOutcome, InstallErr
     svc.running_pid(opts)?;
     let dest = Dest::open(&opts.dest)?;
     let previous = dest.current()?;
+    // HAProxy takes only a certificate through its runtime API: a CRL that
+    // differs from the live generation's needs the reload.
+    let crl_changed = opts.service == ServiceKind::Haproxy
+        && previous
+            .as_deref()
+            .is_some_and(|p| std::fs::read(dest.path.join(p).join(haproxy::CRL)).ok() != m.crl_pem);
 
     let mut files = svc.files(&m);
     files.push(GenFile {
@@ -259,6 +265,7 @@ pub async fn install(opts: &InstallOptions) -> Result<InstallOutcome, InstallErr
         svc,
         opts,
         current: current.clone(),
+        crl_changed,
         reloaded: false,
     };
     match step.activate(&m).await {
@@ -313,6 +320,8 @@ struct Steps<'a> {
     opts: &'a InstallOptions,
     /// `DEST/current` as the service's configuration names it.
     current: String,
+    /// The new generation's CRL differs from the one it replaces.
+    crl_changed: bool,
     reloaded: bool,
 }
 
@@ -362,10 +371,11 @@ impl Steps<'_> {
         Ok((done.into(), true))
     }
 
-    /// The HAProxy runtime API socket, when it replaces the reload.
+    /// The HAProxy runtime API socket, when it replaces the reload: for a
+    /// new certificate with the same CRL (a changed CRL is reloaded).
     fn runtime_socket(&self) -> Option<&Path> {
         match self.opts.service {
-            ServiceKind::Haproxy => self.opts.haproxy_socket.as_deref(),
+            ServiceKind::Haproxy if !self.crl_changed => self.opts.haproxy_socket.as_deref(),
             _ => None,
         }
     }

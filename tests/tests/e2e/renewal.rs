@@ -22,10 +22,11 @@ const WEB: &str = "web.example.internal";
 const DB: &str = "db.example.internal";
 const APP: &str = "app.example.internal";
 
-/// `ca-client renew --server URL --dir DIR` plus `args`.
+/// `ca-client renew --server URL --dir DIR --jitter 0` plus `args` (no
+/// random delay before a due renewal in tests).
 fn renew_cmd(ca: &CaServer, dir: &Path, args: &[&str]) -> Command {
     let mut cmd = ca_client_verb("renew", ca, dir);
-    cmd.args(args);
+    cmd.args(["--jitter", "0"]).args(args);
     cmd
 }
 
@@ -480,11 +481,7 @@ fn expired_certificates_renew_within_the_grace_and_not_past_it() {
     // web renews after expiry and nginx serves the new certificate.
     let old_web = work.path().join("web-old");
     copy_dir(&web.dir, &old_web);
-    let out = run_ok(&mut renew_cmd(
-        &ca,
-        &web.dir,
-        &["--jitter", "0", "--install", "nginx"],
-    ));
+    let out = run_ok(&mut renew_cmd(&ca, &web.dir, &["--install", "nginx"]));
     let new_serial = renewed_serial(&out);
     assert!(
         out.contains("nginx at ") && out.contains("new certificate served"),
@@ -535,7 +532,7 @@ fn expired_certificates_renew_within_the_grace_and_not_past_it() {
     assert!(!marker.exists(), "the reload command must not run");
 
     // The superseded (old, expired) certificate cannot renew again.
-    let out = run(&mut renew_cmd(&ca, &old_web, &["--jitter", "0"]));
+    let out = run(&mut renew_cmd(&ca, &old_web, &[]));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(6), "{err}");
     assert!(err.contains("certificate_superseded"), "{err}");
@@ -601,11 +598,7 @@ fn expired_certificates_renew_within_the_grace_and_not_past_it() {
         "{metrics}"
     );
     let before = snapshot(&db.dir);
-    let out = run(&mut renew_cmd(
-        &ca,
-        &db.dir,
-        &["--jitter", "0", "--reload", &reload],
-    ));
+    let out = run(&mut renew_cmd(&ca, &db.dir, &["--reload", &reload]));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(6), "{err}");
     assert!(err.contains("renewal_expired"), "{err}");
@@ -640,7 +633,8 @@ fn haproxy_takes_a_renewal_through_its_runtime_api_without_dropping_connections(
         format!(
             "global\n  log stderr local0 notice\n  stats socket {} mode 600 level admin\n\
              defaults\n  log global\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 30s\n\
-             frontend fe\n  bind 127.0.0.1:{port} ssl crt {current}/haproxy.pem\n\
+             frontend fe\n  bind 127.0.0.1:{port} ssl crt {current}/haproxy.pem \
+             ca-file {current}/ca.pem verify optional crl-file {current}/crl.pem\n\
              http-request return status 200 content-type text/plain string ok\n",
             socket.display()
         ),
@@ -656,6 +650,8 @@ fn haproxy_takes_a_renewal_through_its_runtime_api_without_dropping_connections(
         format!("127.0.0.1:{port}"),
     ];
     let socket_arg = socket.display().to_string();
+    // With a CRL: a renewal leaves it as it is, so the runtime API suffices.
+    run_ok(&mut ca_client_verb("crl", &ca, &web.dir));
     // Recorded without the socket; HAProxy is not running yet.
     let out = run_ok(&mut install("haproxy", &web, &dest, &strs(&flags)));
     assert!(out.contains("(not running)"), "{out}");
@@ -674,8 +670,6 @@ fn haproxy_takes_a_renewal_through_its_runtime_api_without_dropping_connections(
         &web.dir,
         &[
             "--force",
-            "--jitter",
-            "0",
             "--install",
             "haproxy",
             "--haproxy-socket",
@@ -705,7 +699,7 @@ fn haproxy_takes_a_renewal_through_its_runtime_api_without_dropping_connections(
     let out = run_ok(&mut renew_cmd(
         &ca,
         &web.dir,
-        &["--force", "--jitter", "0", "--install", "haproxy"],
+        &["--force", "--install", "haproxy"],
     ));
     assert!(out.contains("updated through the runtime API"), "{out}");
     let third = norm_serial(&renewed_serial(&out));

@@ -440,6 +440,20 @@ fn expired_certificates_renew_within_the_grace_and_not_past_it() {
             ])
             .arg(&admin),
     );
+    // A valid admin certificate (1 h, whatever --validity says) for the remote CLI.
+    let spawner = work.path().join("spawner");
+    run_ok(
+        ca.cli()
+            .args([
+                "admin-cert",
+                "issue",
+                "spawner",
+                "--validity",
+                "1h",
+                "--out",
+            ])
+            .arg(&spawner),
+    );
     // web is installed into a running nginx.
     let port = free_port();
     let dest = work.path().join("nginx/tls");
@@ -588,6 +602,25 @@ fn expired_certificates_renew_within_the_grace_and_not_past_it() {
     // the remedy printed, its directory untouched, no reload.
     ca.opts.args = vec!["--renew-grace".into(), "0".into()];
     ca.restart();
+    // Remotely, --stale splits by the server's own grace (0 here).
+    let remote = run_ok(
+        Command::new(bin("ca-server"))
+            .arg("--data-dir")
+            .arg(work.path().join("no-data-dir"))
+            .args([
+                "cert",
+                "list",
+                "--stale",
+                "--server",
+                &ca.url,
+                "--admin-cert",
+            ])
+            .arg(&spawner),
+    );
+    assert!(
+        remote.contains(DB) && remote.contains("stale=beyond_grace") && remote.lines().count() == 1,
+        "{remote}"
+    );
     let metrics = run_ok(Command::new("curl").args(["-sk", &format!("{}/metrics", ca.url)]));
     assert!(
         metrics.contains("ca_hosts_expired_within_grace 0"),

@@ -292,9 +292,11 @@ pub async fn renew(opts: &RenewOptions) -> Result<RenewOutcome, Failure> {
         StatusCode::CREATED => false,
         StatusCode::OK => true,
         s => {
-            // A final answer: nothing was issued for a key made by this
-            // run, so it goes and the directory is as it was.
-            if fresh_pending {
+            // A refusal (4xx) is final: nothing was issued for a key made
+            // by this run, so it goes and the directory is as it was. After
+            // a 5xx the request may still have been recorded: the key stays
+            // for the retry.
+            if fresh_pending && s.is_client_error() {
                 let _ = std::fs::remove_file(opts.dir.join(PENDING_KEY_FILE));
             }
             let (code, message) = reply

@@ -84,8 +84,9 @@ struct RenewArgs {
     /// a tenth of the life left; none once expired or with --force].
     #[arg(long, value_name = "DURATION")]
     jitter: Option<humantime::Duration>,
-    /// HAProxy: update the running process through its runtime API on this
-    /// stats socket (level admin) instead of reloading it (overrides the recorded install's).
+    /// HAProxy: hand a new certificate to the running process through its
+    /// runtime API on this stats socket (level admin) instead of reloading
+    /// it; a changed CRL still reloads (overrides the recorded install's).
     #[arg(long, value_name = "PATH")]
     haproxy_socket: Option<PathBuf>,
     #[command(flatten)]

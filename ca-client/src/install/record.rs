@@ -64,8 +64,9 @@ pub struct InstallFlags {
     /// HAProxy: the bind address in the snippet.
     #[arg(long, default_value = ":443")]
     pub bind: String,
-    /// HAProxy: update the running process through its runtime API on this
-    /// `stats socket` (`level admin`) instead of reloading it.
+    /// HAProxy: hand a new certificate to the running process through its
+    /// runtime API on this `stats socket` (`level admin`) instead of
+    /// reloading it; a changed CRL still reloads.
     #[arg(long, value_name = "PATH")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub haproxy_socket: Option<PathBuf>,

@@ -9,7 +9,7 @@ use ca_client::failure::Failure;
 use ca_client::install::record::{self, InstallFlags};
 use ca_client::install::{self, InstallOptions, ServiceKind};
 use ca_client::keys::KeyType;
-use ca_client::renew::{self, RenewOptions, RenewOutcome, Threshold};
+use ca_client::renew::{self, Jitter, RenewOptions, RenewOutcome, Threshold};
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -51,7 +51,9 @@ enum Command {
 }
 
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Exit 0 also when not due (it says so). See docs/revocation.md.")]
+#[command(
+    after_help = "Exit 0 also when not due (it says so); exit 6 when the CA refuses, e.g. renewal_expired (expired beyond the CA's --renew-grace: a new PSK and bootstrap are needed). See docs/revocation.md."
+)]
 struct RenewArgs {
     /// CA server URL, e.g. https://ca.example.internal:8443
     #[arg(long, env = "CA_SERVER")]
@@ -77,6 +79,16 @@ struct RenewArgs {
     /// Run this command (sh -c) after renewing, e.g. to reload a service that reads --dir.
     #[arg(long, value_name = "CMD")]
     reload: Option<String>,
+    /// When due, first wait a random delay of up to this long (0: none)
+    /// [default: a tenth of the renewal window, at most 1h; never more than
+    /// a tenth of the life left; none once expired or with --force].
+    #[arg(long, value_name = "DURATION")]
+    jitter: Option<humantime::Duration>,
+    /// HAProxy: hand a new certificate to the running process through its
+    /// runtime API on this stats socket (level admin) instead of reloading
+    /// it; a changed CRL still reloads (overrides the recorded install's).
+    #[arg(long, value_name = "PATH")]
+    haproxy_socket: Option<PathBuf>,
     #[command(flatten)]
     request: RequestArgs,
 }
@@ -347,6 +359,10 @@ async fn run_renew(args: &RenewArgs) -> i32 {
         reload: args.reload.clone(),
         deadline: args.request.retry_for.into(),
         request_timeout: args.request.timeout.into(),
+        jitter: args
+            .jitter
+            .map_or(Jitter::Default, |d| Jitter::Max(d.into())),
+        haproxy_socket: args.haproxy_socket.clone(),
     };
     let out = match renew::renew(&opts).await {
         Ok(out) => out,

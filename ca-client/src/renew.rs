@@ -5,7 +5,11 @@
 //! 1. Finish a renewal a crash interrupted (`cert.pem` already holds the key
 //!    in `pending-key.pem`), then read the current set from `--dir`.
 //! 2. Not due (more than `--when-remaining` of its lifetime left): say so,
-//!    exit 0, change nothing. Expired: say it cannot renew (exit 6).
+//!    exit 0, change nothing. Due: wait a random `--jitter` first, so a
+//!    fleet's timers do not arrive together ([`jitter_bound`]). Expired: try
+//!    at once; the server renews it within its `--renew-grace` and refuses
+//!    it past that (403 `renewal_expired`, exit 6, the remedy printed,
+//!    nothing on disk changed).
 //! 3. A new key (unless `--reuse-key`) is saved as `pending-key.pem` before
 //!    anything is sent, so a retry after a lost answer sends the same key
 //!    and gets the certificate already issued.
@@ -98,6 +102,90 @@ pub struct RenewOptions {
     pub reload: Option<String>,
     pub deadline: Duration,
     pub request_timeout: Duration,
+    /// The random delay before a due renewal.
+    pub jitter: Jitter,
+    /// HAProxy: the runtime API socket for the re-install (overrides the recorded one).
+    pub haproxy_socket: Option<PathBuf>,
+}
+
+/// `--jitter`: the bound of the random delay before a due renewal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Jitter {
+    /// A tenth of the renewal window, at most [`DEFAULT_JITTER_CAP`].
+    Default,
+    /// At most this long (0: no delay).
+    Max(Duration),
+}
+
+/// The default jitter never exceeds this: a timer run is not held for hours.
+pub const DEFAULT_JITTER_CAP: Duration = Duration::from_secs(3600);
+
+/// The most a due renewal is delayed. The renewal window is the span in
+/// which the certificate is due (`--when-remaining`: that share of the
+/// lifetime, or that duration); the default is a tenth of it, capped at
+/// [`DEFAULT_JITTER_CAP`]. Either bound is also held to a tenth of the life
+/// left, so the delay cannot carry a certificate to its expiry; an expired
+/// certificate is not delayed at all (the grace is the server's, and it
+/// runs out).
+pub fn jitter_bound(
+    jitter: Jitter,
+    when: Threshold,
+    not_before: i64,
+    not_after: i64,
+    now: i64,
+) -> Duration {
+    let left = not_after - now;
+    if left <= 0 {
+        return Duration::ZERO;
+    }
+    let bound = match jitter {
+        Jitter::Max(d) => d,
+        Jitter::Default => {
+            let lifetime = (not_after - not_before).max(1) as u64;
+            let window = match when {
+                Threshold::Percent(p) => Duration::from_secs(lifetime * u64::from(p) / 100),
+                Threshold::Left(d) => d.min(Duration::from_secs(lifetime)),
+            };
+            (window / 10).min(DEFAULT_JITTER_CAP)
+        }
+    };
+    bound.min(Duration::from_secs(left as u64 / 10))
+}
+
+/// A uniformly random delay in `[0, bound]` (whole seconds).
+fn random_delay(bound: Duration) -> Duration {
+    let secs = bound.as_secs();
+    if secs == 0 {
+        return Duration::ZERO;
+    }
+    let mut bytes = [0u8; 8];
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).is_err() {
+        return Duration::ZERO;
+    }
+    Duration::from_secs(u64::from_le_bytes(bytes) % (secs + 1))
+}
+
+/// The delay before this run renews: zero unless the certificate in `dir`
+/// is due and unexpired (and the run is not `--force`). Read without the
+/// directory lock (read-only); the locked run decides again afterwards.
+fn jitter_delay(opts: &RenewOptions) -> Duration {
+    if opts.force || opts.jitter == Jitter::Max(Duration::ZERO) {
+        return Duration::ZERO;
+    }
+    let Ok(current) = load_current(&opts.dir) else {
+        return Duration::ZERO;
+    };
+    let now = unix_now();
+    if !opts.when.due(current.not_before, current.not_after, now) {
+        return Duration::ZERO;
+    }
+    random_delay(jitter_bound(
+        opts.jitter,
+        opts.when,
+        current.not_before,
+        current.not_after,
+        now,
+    ))
 }
 
 /// What a renewal did.
@@ -137,21 +225,26 @@ struct Current {
 
 /// Runs `ca-client renew`.
 pub async fn renew(opts: &RenewOptions) -> Result<RenewOutcome, Failure> {
+    let delay = jitter_delay(opts);
+    if !delay.is_zero() {
+        tracing::info!(
+            delay = %humantime::format_duration(delay),
+            "due: waiting a random delay before renewing (--jitter)"
+        );
+        tokio::time::sleep(delay).await;
+    }
     let _lock = fsutil::lock_dir(&opts.dir)?;
     finish_interrupted(&opts.dir)?;
     let current = load_current(&opts.dir)?;
     let now = unix_now();
     if now >= current.not_after {
-        return Err(Failure::new(
-            exit::REFUSED,
-            anyhow!(
-                "the certificate for {} (serial {}) expired at {}: an expired certificate cannot renew; \
-                 bootstrap again with a new PSK from the spawner",
-                current.hostname,
-                current.serial,
-                rfc3339(current.not_after)
-            ),
-        ));
+        // The client cannot know the CA's renewal grace: it asks, and the
+        // CA renews or answers renewal_expired.
+        tracing::warn!(
+            serial = %current.serial,
+            not_after = %rfc3339(current.not_after),
+            "the certificate has expired; asking the CA to renew it within its renewal grace"
+        );
     }
     if !opts.force && !opts.when.due(current.not_before, current.not_after, now) {
         let lifetime = (current.not_after - current.not_before).max(1);
@@ -164,8 +257,8 @@ pub async fn renew(opts: &RenewOptions) -> Result<RenewOutcome, Failure> {
         });
     }
 
-    let key = if opts.reuse_key {
-        HostKey::from_pem(&current.key.pem())?
+    let (key, fresh_pending) = if opts.reuse_key {
+        (HostKey::from_pem(&current.key.pem())?, false)
     } else {
         pending_key(&opts.dir, opts.key_type, &current)?
     };
@@ -199,13 +292,25 @@ pub async fn renew(opts: &RenewOptions) -> Result<RenewOutcome, Failure> {
         StatusCode::CREATED => false,
         StatusCode::OK => true,
         s => {
+            // A refusal (4xx) is final: nothing was issued for a key made
+            // by this run, so it goes and the directory is as it was. After
+            // a 5xx the request may still have been recorded: the key stays
+            // for the retry.
+            if fresh_pending && s.is_client_error() {
+                let _ = std::fs::remove_file(opts.dir.join(PENDING_KEY_FILE));
+            }
             let (code, message) = reply
                 .api_error()
                 .unwrap_or_else(|| (s.as_u16().to_string(), String::new()));
-            let hint = if s == StatusCode::FORBIDDEN {
-                " (a revoked, expired or replaced certificate cannot renew: bootstrap again with a new PSK from the spawner)"
-            } else {
-                ""
+            let hint = match (s, code.as_str()) {
+                (StatusCode::FORBIDDEN, "renewal_expired") => format!(
+                    "\n{host} cannot renew any more: on the spawner, `ca-server psk add {host}`, \
+                     then `ca-client bootstrap --hostname {host} --dir {dir} ...` with the new PSK",
+                    host = current.hostname,
+                    dir = opts.dir.display()
+                ),
+                (StatusCode::FORBIDDEN, _) => " (a revoked, expired or replaced certificate cannot renew: bootstrap again with a new PSK from the spawner)".into(),
+                _ => String::new(),
             };
             return Err(Failure::new(
                 exit::REFUSED,
@@ -217,7 +322,13 @@ pub async fn renew(opts: &RenewOptions) -> Result<RenewOutcome, Failure> {
     bootstrap::write_material(&opts.dir, &key, &pinned, &reply.body, &issued.leaf_pem)?;
     tracing::info!(old = %current.serial, new = %issued.serial, "renewed");
 
-    let services = record::reinstall(&opts.dir, &opts.install, record::Only::All).await?;
+    let services = record::reinstall_with(
+        &opts.dir,
+        &opts.install,
+        record::Only::All,
+        opts.haproxy_socket.as_deref(),
+    )
+    .await?;
     let reloaded = match &opts.reload {
         Some(cmd) => {
             run_reload(cmd)?;
@@ -263,19 +374,19 @@ fn finish_interrupted(dir: &Path) -> Result<()> {
 
 /// The key to renew with: the pending key of an attempt whose answer was
 /// lost (the server returns what it issued for it), or a new one saved as
-/// pending before it is used.
-fn pending_key(dir: &Path, kind: KeyType, current: &Current) -> Result<HostKey> {
+/// pending before it is used (then `true`: this run made it).
+fn pending_key(dir: &Path, kind: KeyType, current: &Current) -> Result<(HostKey, bool)> {
     let pending = dir.join(PENDING_KEY_FILE);
     if pending.exists() {
         let key = HostKey::load(&pending)?;
         if key.spki_der() != current.key.spki_der() {
             tracing::info!("reusing the key of an earlier renewal attempt");
-            return Ok(key);
+            return Ok((key, false));
         }
     }
     let key = HostKey::generate(kind)?;
     fsutil::write_atomic(&pending, key.pem().as_bytes(), KEY_MODE)?;
-    Ok(key)
+    Ok((key, true))
 }
 
 /// Reads key, certificate, chain and CA; the key must be the certificate's.
@@ -357,5 +468,58 @@ mod tests {
             assert!(bad.parse::<Threshold>().is_err(), "{bad}");
         }
         assert_eq!(pct.to_string(), "33%");
+    }
+
+    #[test]
+    fn jitter_stays_inside_the_window_and_never_delays_an_expired_certificate() {
+        let day = 86_400;
+        let pct = Threshold::Percent(33);
+        let secs = Duration::from_secs;
+        // 30-day certificate at 33%: a 9.9-day window; a tenth is capped at an hour.
+        assert_eq!(
+            jitter_bound(Jitter::Default, pct, 0, 30 * day, 21 * day),
+            DEFAULT_JITTER_CAP
+        );
+        // A 2-hour certificate at 50%: window 1 h, a tenth is 6 min.
+        assert_eq!(
+            jitter_bound(Jitter::Default, Threshold::Percent(50), 0, 7_200, 3_600),
+            secs(360)
+        );
+        // A duration threshold is the window itself (capped by the lifetime).
+        assert_eq!(
+            jitter_bound(
+                Jitter::Default,
+                Threshold::Left(secs(1_000)),
+                0,
+                7_200,
+                6_500
+            ),
+            secs(70),
+            "a tenth of the 700 s left wins over a tenth of the window"
+        );
+        // Whatever the bound, never more than a tenth of the life left...
+        assert_eq!(
+            jitter_bound(
+                Jitter::Max(secs(day as u64)),
+                pct,
+                0,
+                30 * day,
+                30 * day - 600
+            ),
+            secs(60)
+        );
+        assert_eq!(
+            jitter_bound(Jitter::Max(secs(30)), pct, 0, 30 * day, 25 * day),
+            secs(30)
+        );
+        // ...and nothing once expired, default or explicit.
+        for j in [Jitter::Default, Jitter::Max(secs(3_600))] {
+            assert_eq!(jitter_bound(j, pct, 0, 30 * day, 30 * day), Duration::ZERO);
+            assert_eq!(jitter_bound(j, pct, 0, 30 * day, 31 * day), Duration::ZERO);
+        }
+        for _ in 0..100 {
+            assert!(random_delay(secs(5)) <= secs(5));
+        }
+        assert_eq!(random_delay(Duration::ZERO), Duration::ZERO);
     }
 }

@@ -53,6 +53,9 @@ pub struct Authority {
     pub signer: Arc<Signer>,
     pub clock: Arc<dyn Clock>,
     pub validity: Duration,
+    /// How long after expiry a host's current certificate may still renew
+    /// (`serve --renew-grace`), in seconds; 0: never after expiry.
+    pub renew_grace: i64,
     /// PSK failures per client address.
     pub throttle: Throttle,
     /// Aggregated audit rows for refusals.

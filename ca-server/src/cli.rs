@@ -170,6 +170,11 @@ pub struct ServeArgs {
     /// Lifetime of issued certificates.
     #[arg(long, env = "CA_VALIDITY", default_value = "30d")]
     pub validity: humantime::Duration,
+    /// How long after expiry a host's current certificate may still renew
+    /// at /v1/renew (0: never after expiry). Admin endpoints never accept
+    /// an expired certificate.
+    #[arg(long, env = "CA_RENEW_GRACE", default_value = "14d")]
+    pub renew_grace: humantime::Duration,
     /// CA name used if the data dir is initialised by this start.
     #[arg(long, env = "CA_NAME", default_value = "Fleet")]
     pub name: String,
@@ -256,6 +261,15 @@ pub enum CertCommand {
         /// Only this host's certificates.
         #[arg(long)]
         host: Option<String>,
+        /// Only stale hosts: whose current certificate expired without a
+        /// renewal, each marked stale=within_grace (it can still renew) or
+        /// stale=beyond_grace (it needs a new PSK: `psk add HOST`).
+        #[arg(long, conflicts_with = "expiring")]
+        stale: bool,
+        /// The renewal grace for --stale [default: remotely the server's
+        /// --renew-grace, locally 14d].
+        #[arg(long, env = "CA_RENEW_GRACE")]
+        renew_grace: Option<humantime::Duration>,
         #[arg(long)]
         json: bool,
     },
@@ -499,6 +513,7 @@ async fn run(cli: Cli, reserved: &policy::ReservedNames) -> Result<()> {
                 hostnames: args.hostnames,
                 public_url: args.public_url,
                 validity: args.validity.into(),
+                renew_grace: args.renew_grace.into(),
                 name: args.name,
                 limits: Limits::try_from(&args.limits)?,
                 throttle: (&args.throttle).into(),
@@ -708,11 +723,15 @@ async fn cert(args: CertArgs, data_dir: &std::path::Path, url: &str) -> Result<(
         CertCommand::List {
             expiring,
             host,
+            stale,
+            renew_grace,
             json,
         } => {
             let q = CertQuery {
                 host,
                 expiring_secs: expiring.map(|d| std::time::Duration::from(d).as_secs()),
+                stale,
+                renew_grace_secs: renew_grace.map(|d| std::time::Duration::from(d).as_secs()),
             };
             admin_output::cert_list(&admin.cert_list(&q).await?, json)
         }

@@ -4,8 +4,9 @@
 //!
 //! One difference from rustls' own verifier: an expired certificate whose
 //! chain was genuine (it verifies at its own `notAfter`) still completes the
-//! handshake, so that the API can answer it with a precise JSON 403
-//! (`certificate_expired`) instead of an opaque TLS alert. Revocation is not
+//! handshake, so that `/v1/renew` can renew it within the renewal grace or
+//! answer a precise JSON 403 (`renewal_expired`; the admin API:
+//! `certificate_expired`) instead of an opaque TLS alert. Revocation is not
 //! judged here at all: handlers that act on a client certificate look it up
 //! in the store (`Authority::authenticate_client`), which knows a revocation
 //! the moment it is recorded, before any CRL, and is the authority on
@@ -154,7 +155,7 @@ mod tests {
 
         let ours = leaf(&f.signer, NOW, 3600);
         verifier.verify_client_cert(&ours, &int, at(NOW)).unwrap();
-        // Expired: still through (the API answers 403 certificate_expired).
+        // Expired: still through (the API decides: renewal grace, or a 403).
         verifier
             .verify_client_cert(&ours, &int, at(NOW + 7200))
             .unwrap();

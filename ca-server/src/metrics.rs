@@ -90,6 +90,8 @@ pub struct Metrics {
     store_errors: Family<KindLabel, Counter>,
     live_psks: Gauge,
     expiring: Family<WithinLabel, Gauge>,
+    expired_within_grace: Gauge,
+    expired_beyond_grace: Gauge,
     root_expiry: Gauge,
     intermediate_expiry: Gauge,
     crl_expiry: Gauge,
@@ -125,6 +127,8 @@ impl Metrics {
             store_errors: Family::default(),
             live_psks: Gauge::default(),
             expiring: Family::default(),
+            expired_within_grace: Gauge::default(),
+            expired_beyond_grace: Gauge::default(),
             root_expiry: Gauge::default(),
             intermediate_expiry: Gauge::default(),
             crl_expiry: Gauge::default(),
@@ -167,6 +171,18 @@ impl Metrics {
                 &m.store_up,
             ),
             ("psks_live", "PSKs not yet used or expired", &m.live_psks),
+            (
+                "hosts_expired_within_grace",
+                "Hosts whose current certificate expired without renewal, less than \
+                 the renewal grace ago (they can still renew)",
+                &m.expired_within_grace,
+            ),
+            (
+                "hosts_expired_beyond_grace",
+                "Hosts whose current certificate expired without renewal longer than \
+                 the renewal grace ago (they need a new PSK; `cert list --stale`)",
+                &m.expired_beyond_grace,
+            ),
             (
                 "crl_revoked",
                 "Certificates listed on the current CRL",
@@ -286,7 +302,7 @@ impl Metrics {
                 .as_ref()
                 .is_some_and(|(at, _)| at.elapsed() < STORE_STATS_TTL);
             if !fresh {
-                match source.store.stats(now).await {
+                match source.store.stats(now, source.renew_grace).await {
                     Ok(stats) => *cache = Some((Instant::now(), stats)),
                     // Keep the last values; the error is counted by the store.
                     Err(e) => tracing::warn!(error = %e, "metrics: reading store counts failed"),
@@ -300,6 +316,8 @@ impl Metrics {
                 self.expiring
                     .get_or_create(&WithinLabel { within: "30d" })
                     .set(stats.expiring_30d);
+                self.expired_within_grace.set(stats.expired_within_grace);
+                self.expired_beyond_grace.set(stats.expired_beyond_grace);
             }
         }
         self.intermediate_expiry
@@ -332,6 +350,8 @@ pub struct ScrapeSource<'a> {
     pub signer: &'a Signer,
     pub crl: &'a CrlService,
     pub clock: &'a dyn Clock,
+    /// `serve --renew-grace`, seconds.
+    pub renew_grace: i64,
 }
 
 #[cfg(test)]

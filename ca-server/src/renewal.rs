@@ -5,9 +5,15 @@
 //! PSK: authenticate (the presented certificate, byte for byte, is a host
 //! certificate in the store), parse the CSR (`policy::csr::parse`: the same
 //! allow-lists and self-signature check), decide (`policy::decide_renewal`:
-//! valid, unrevoked, not superseded, same hostname, no new names), sign with
-//! the same profile builder, and record (the old row is superseded in the
-//! transaction that inserts the new one). No second route to the signer.
+//! valid or expired within the renewal grace, unrevoked, not superseded, key
+//! not compromised, same hostname, no new names), sign with the same profile
+//! builder, and record (the old row is superseded in the transaction that
+//! inserts the new one). No second route to the signer.
+//!
+//! An expired certificate is accepted here, and only here, while it expired
+//! less than `--renew-grace` ago and is still the host's current one; its
+//! audit row is `renewed_after_expiry` with how long it had been expired.
+//! The admin API (`admin/auth.rs`) keeps refusing expired certificates.
 //!
 //! The store, not a CRL, says whether the certificate is revoked: it knows
 //! at once. A lost response is recovered like a lost bootstrap: the old
@@ -16,7 +22,7 @@
 use crate::authority::{Authority, Issued, SignError, clip};
 use crate::store::{AuditEvent, CertRecord, StoreError};
 use policy::csr::Csr;
-use policy::{AllowedName, Decision, Rejection, RenewalGrant, RenewalRefusal};
+use policy::{AllowedName, Decision, Rejection, RenewalGrant, RenewalRefusal, Standing};
 use rustls::pki_types::CertificateDer;
 use std::net::{IpAddr, SocketAddr};
 use x509_parser::extensions::{GeneralName, ParsedExtension};
@@ -38,7 +44,8 @@ impl ClientCert {
 impl Authority {
     /// Finds the TLS client certificate in the store: only a host
     /// certificate this CA recorded, byte for byte, authenticates. Its state
-    /// (revoked, expired, superseded) is judged by the caller.
+    /// (revoked, expired, superseded, replaced, compromised key) is read
+    /// here and judged by the caller.
     pub async fn authenticate_client(
         &self,
         chain: Option<&[CertificateDer<'static>]>,
@@ -60,6 +67,13 @@ impl Authority {
             let r = Rejection::Renewal(RenewalRefusal::UnknownCertificate);
             return Err(self.refuse_renewal(now, None, peer, r).await);
         };
+        // Whether a newer bootstrap replaced it matters only once it has
+        // expired (policy::RenewalGrant::check): no extra read before that.
+        let replaced = now >= record.not_after
+            && self
+                .store
+                .has_later_cert(&record.hostname, record.not_after)
+                .await?;
         let grant = RenewalGrant {
             hostname: record.hostname.clone(),
             names: names_of(&record.der)?,
@@ -67,6 +81,11 @@ impl Authority {
             not_after: record.not_after,
             revoked: record.revoked_at.is_some(),
             superseded: record.superseded_by.is_some(),
+            replaced,
+            key_compromised: self
+                .store
+                .key_compromised(&record.public_key_sha256)
+                .await?,
         };
         Ok(ClientCert { record, grant })
     }
@@ -79,10 +98,12 @@ impl Authority {
         peer: SocketAddr,
     ) -> Result<Issued, SignError> {
         let now = self.clock.now();
-        // Revoked or expired: refused before the body is looked at.
-        // Superseded may still be the retry of a renewal whose answer was lost.
-        match client.grant.check(now) {
-            Ok(()) | Err(RenewalRefusal::Superseded) => {}
+        let grace = self.renew_grace;
+        // Revoked, compromised or expired beyond the grace: refused before
+        // the body is looked at. Superseded may still be the retry of a
+        // renewal whose answer was lost.
+        match client.grant.check(now, grace) {
+            Ok(_) | Err(RenewalRefusal::Superseded) => {}
             Err(r) => {
                 return Err(self
                     .refuse_renewal(now, Some(client), peer, Rejection::Renewal(r))
@@ -100,7 +121,7 @@ impl Authority {
         if let Some(issued) = self.renewal_retry(client, &csr, now, peer).await? {
             return Ok(issued);
         }
-        let profile = match policy::decide_renewal(&csr, &client.grant, now) {
+        let profile = match policy::decide_renewal(&csr, &client.grant, now, grace) {
             Decision::Accept(profile) => profile,
             Decision::Reject(r) => {
                 return Err(self.refuse_renewal(now, Some(client), peer, r).await);
@@ -113,14 +134,25 @@ impl Authority {
         // Sign (CPU only; discarded unless the record below commits).
         let leaf = self.sign_profile(&profile, &csr, now)?;
         let record = leaf.to_record(&profile.hostname, "host", &csr.spki_der, now);
+        let (event, after_expiry) = match client.grant.check(now, grace) {
+            Ok(Standing::ExpiredWithinGrace { expired_for }) => (
+                "renewed_after_expiry",
+                format!(
+                    " after expiry (expired {} ago, {expired_for} s; grace {} s)",
+                    policy::renewal::human_secs(expired_for),
+                    grace
+                ),
+            ),
+            _ => ("renewed", String::new()),
+        };
         let audit = AuditEvent {
             at: now,
-            event: "renewed".into(),
+            event: event.into(),
             hostname: Some(profile.hostname.clone()),
             serial: Some(leaf.serial.clone()),
             outcome: "issued".into(),
             reason: Some(format!(
-                "renewal of {}; key {}",
+                "renewal of {}{after_expiry}; key {}",
                 client.record.serial, csr.key
             )),
             peer: Some(peer.to_string()),
@@ -129,7 +161,7 @@ impl Authority {
         };
         if self
             .store
-            .record_renewal(&client.record.serial, &record, &audit, now)
+            .record_renewal(&client.record.serial, &record, &audit, now - grace)
             .await?
         {
             return Ok(Issued {
@@ -152,7 +184,7 @@ impl Authority {
         }
         let r = fresh
             .grant
-            .check(now)
+            .check(now, grace)
             .err()
             .unwrap_or(RenewalRefusal::Superseded);
         Err(self
@@ -421,5 +453,133 @@ mod tests {
         );
         assert!(audit.iter().any(|a| a.event == "renewed"
             && a.actor.as_deref() == Some(format!("cert:{}", leaf.serial).as_str())));
+    }
+
+    /// A host certificate for `HOST` issued at `now`, valid for an hour, recorded.
+    async fn issued(
+        f: &crate::testing::Fixture,
+        now: i64,
+    ) -> (HostKey, Vec<CertificateDer<'static>>) {
+        let key = HostKey::generate(KeyType::P256).unwrap();
+        let profile = Profile::new(HOST, &[]);
+        let leaf = f
+            .signer
+            .sign_leaf(&LeafRequest {
+                profile: &profile,
+                key: KeyKind::EcdsaP256,
+                spki_der: &key.spki_der(),
+                now,
+                validity: std::time::Duration::from_secs(3600),
+            })
+            .unwrap();
+        let record = leaf.to_record(HOST, "host", &key.spki_der(), now);
+        f.store
+            .record_certificate(&record, &AuditEvent::default())
+            .await
+            .unwrap();
+        (key, vec![CertificateDer::from(leaf.der)])
+    }
+
+    #[tokio::test]
+    async fn an_expired_certificate_renews_within_the_grace_once_and_is_audited() {
+        let f = fixture().await;
+        let mut authority = f.authority();
+        authority.clock = f.clock.clone();
+        let authority = Arc::new(authority);
+        let (_, chain) = issued(&f, NOW).await;
+        // Two minutes after expiry: renewed, audited as renewed_after_expiry.
+        f.clock.set(NOW + 3600 + 120);
+        let client = authority
+            .authenticate_client(Some(&chain), PEER)
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for _ in 0..4 {
+            let (authority, client) = (authority.clone(), client.clone());
+            tasks.push(tokio::spawn(async move {
+                let (_, body) = csr(HOST);
+                authority.renew(&client, &body, PEER).await
+            }));
+        }
+        let mut won = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(_) => won += 1,
+                Err(e) => assert_eq!(code(&e), "certificate_superseded"),
+            }
+        }
+        assert_eq!(won, 1, "concurrent renewals after expiry: one certificate");
+        let audit = f.store.audit_since(0, 1000).await.unwrap();
+        let row = audit
+            .iter()
+            .find(|a| a.event == "renewed_after_expiry")
+            .expect("the audit row");
+        let reason = row.reason.as_deref().unwrap();
+        assert!(
+            reason.contains("expired 2m ago, 120 s; grace 1209600 s"),
+            "{reason}"
+        );
+
+        // Past the grace: renewal_expired, before the body is read.
+        let (_, late) = issued(&f, NOW + 3600).await;
+        f.clock
+            .set(NOW + 2 * 3600 + crate::serve::DEFAULT_RENEW_GRACE_SECS);
+        let client = authority
+            .authenticate_client(Some(&late), PEER)
+            .await
+            .unwrap();
+        let err = authority
+            .renew(&client, b"not a csr", PEER)
+            .await
+            .unwrap_err();
+        assert_eq!(code(&err), "renewal_expired");
+    }
+
+    #[tokio::test]
+    async fn within_the_grace_a_replaced_or_compromised_certificate_cannot_renew() {
+        let f = fixture().await;
+        let mut authority = f.authority();
+        authority.clock = f.clock.clone();
+        // An old certificate, then a new bootstrap for the same host.
+        let (_, old) = issued(&f, NOW).await;
+        let (key, newer) = issued(&f, NOW + 60).await;
+        f.clock.set(NOW + 3600 + 10);
+        let client = authority
+            .authenticate_client(Some(&old), PEER)
+            .await
+            .unwrap();
+        let (_, body) = csr(HOST);
+        let err = authority.renew(&client, &body, PEER).await.unwrap_err();
+        assert_eq!(code(&err), "certificate_superseded");
+        // The newer one's key revoked as compromised on another certificate.
+        let mut twin = f.store.list_certs(Some(HOST), None).await.unwrap()[0].clone();
+        assert_eq!(
+            twin.public_key_sha256,
+            ring::digest::digest(&ring::digest::SHA256, &key.spki_der()).as_ref()
+        );
+        twin.serial = "77".into();
+        twin.der = vec![0x30, 0x00];
+        f.store
+            .record_certificate(&twin, &AuditEvent::default())
+            .await
+            .unwrap();
+        f.store
+            .revoke_serial(
+                "77",
+                &crate::store::Revocation {
+                    reason: "keyCompromise",
+                    now: NOW,
+                    actor: "test",
+                },
+            )
+            .await
+            .unwrap();
+        f.clock.set(NOW + 3600 + 120);
+        let client = authority
+            .authenticate_client(Some(&newer), PEER)
+            .await
+            .unwrap();
+        let err = authority.renew(&client, &body, PEER).await.unwrap_err();
+        assert_eq!(code(&err), "key_compromised");
     }
 }

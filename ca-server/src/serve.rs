@@ -28,11 +28,16 @@ pub struct ServeOptions {
     pub hostnames: Vec<String>,
     pub public_url: Option<String>,
     pub validity: Duration,
+    /// How long after expiry a host's current certificate may still renew.
+    pub renew_grace: Duration,
     pub name: String,
     pub limits: Limits,
     pub crl: CrlConfig,
     pub throttle: ThrottleConfig,
 }
+
+/// The default of `serve --renew-grace`: 14 days, in seconds.
+pub const DEFAULT_RENEW_GRACE_SECS: i64 = 14 * 86_400;
 
 /// The names the server's certificate covers: `--hostname` values, or the
 /// machine's hostname and `localhost`.
@@ -196,6 +201,7 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
         signer: signer.clone(),
         clock: clock.clone(),
         validity: opts.validity,
+        renew_grace: i64::try_from(opts.renew_grace.as_secs()).unwrap_or(i64::MAX / 2),
         throttle: Throttle::new(opts.throttle),
         rejections: crate::rejection_log::RejectionLog::default(),
         disk: crate::store::sqlite_path(&opts.database_url).map(|db| {

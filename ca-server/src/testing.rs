@@ -74,6 +74,7 @@ impl Fixture {
             signer: self.signer.clone(),
             clock: self.clock.clone(),
             validity: crate::ca::DEFAULT_LEAF_VALIDITY,
+            renew_grace: crate::serve::DEFAULT_RENEW_GRACE_SECS,
             throttle: crate::throttle::Throttle::new(Default::default()),
             rejections: Default::default(),
             disk: None,

@@ -87,7 +87,8 @@ impl PskFailure {
 }
 
 /// Why a certificate presented for renewal (`POST /v1/renew`) cannot renew.
-/// A host in any of these states needs a fresh PSK from its spawner.
+/// A host in any of these states (but `Superseded`, which has a newer
+/// certificate) needs a fresh PSK from its spawner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum RenewalRefusal {
     #[error("renewal needs the current certificate as the TLS client certificate")]
@@ -96,8 +97,16 @@ pub enum RenewalRefusal {
     UnknownCertificate,
     #[error("the client certificate is revoked")]
     Revoked,
-    #[error("the client certificate has expired")]
-    Expired,
+    /// Expired longer ago than the server's renewal grace (or the grace is 0).
+    #[error(
+        "the client certificate expired {} ago{}: the host needs a new PSK from its spawner \
+         (`ca-server psk add HOST`) and a new `ca-client bootstrap`",
+        crate::renewal::human_secs(*expired_for),
+        grace_text(*grace)
+    )]
+    Expired { expired_for: i64, grace: i64 },
+    #[error("a certificate with this key was revoked as compromised (keyCompromise)")]
+    KeyCompromised,
     #[error("the client certificate is not valid yet")]
     NotYetValid,
     #[error("the client certificate was already renewed; use the newer certificate")]
@@ -111,10 +120,23 @@ impl RenewalRefusal {
             RenewalRefusal::NoClientCertificate => "client_certificate_required",
             RenewalRefusal::UnknownCertificate => "certificate_unknown",
             RenewalRefusal::Revoked => "certificate_revoked",
-            RenewalRefusal::Expired => "certificate_expired",
+            RenewalRefusal::Expired { .. } => "renewal_expired",
+            RenewalRefusal::KeyCompromised => "key_compromised",
             RenewalRefusal::NotYetValid => "certificate_not_yet_valid",
             RenewalRefusal::Superseded => "certificate_superseded",
         }
+    }
+}
+
+/// How the renewal grace reads in an expiry refusal.
+fn grace_text(grace: i64) -> String {
+    if grace > 0 {
+        format!(
+            ", beyond the renewal grace of {}",
+            crate::renewal::human_secs(grace)
+        )
+    } else {
+        " and renewal after expiry is off on this CA".into()
     }
 }
 

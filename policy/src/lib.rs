@@ -7,7 +7,8 @@
 //! [`Rejection`] to a status code in one place.
 //!
 //! A renewal is decided the same way by [`decide_renewal`], with the old
-//! certificate's names as the allowance.
+//! certificate's names as the allowance and the server's renewal grace for
+//! a certificate that already expired.
 //!
 //! The PSK extension's encoder lives here too ([`psk::encode_extension_value`]),
 //! so the client builds exactly what the server reads.
@@ -27,5 +28,5 @@ pub use decision::{AllowedName, Decision, Profile, PskEntry, decide};
 pub use error::{Malformed, PskFailure, Rejection, RejectionClass, RenewalRefusal};
 pub use hostname::HostnameError;
 pub use psk::{Psk, PskHash};
-pub use renewal::{RenewalGrant, decide_renewal};
+pub use renewal::{RenewalGrant, Standing, decide_renewal};
 pub use reserved::{ReservedName, ReservedNames};

@@ -5,12 +5,14 @@
 use policy::csr;
 use policy::{
     AllowedName, Decision, Profile, Rejection, RejectionClass, RenewalGrant, RenewalRefusal,
-    decide_renewal,
+    Standing, decide_renewal,
 };
 use proptest::prelude::*;
 
 const HOST: &str = "web1.example.internal";
 const NOW: i64 = 1_800_000_000;
+/// The default renewal grace, 14 days.
+const GRACE: i64 = 14 * 86_400;
 
 fn csr_for(cn: &str, sans: &[String]) -> policy::Csr {
     let key = rcgen::KeyPair::generate().unwrap();
@@ -35,6 +37,8 @@ fn grant() -> RenewalGrant {
         not_after: NOW + 86_400,
         revoked: false,
         superseded: false,
+        replaced: false,
+        key_compromised: false,
     }
 }
 
@@ -48,7 +52,7 @@ fn rejected(d: Decision) -> Rejection {
 #[test]
 fn a_valid_certificate_renews_with_its_own_names() {
     // The CSR asks only for the hostname; the new certificate keeps every old name.
-    let d = decide_renewal(&csr_for(HOST, &[HOST.into()]), &grant(), NOW);
+    let d = decide_renewal(&csr_for(HOST, &[HOST.into()]), &grant(), NOW, GRACE);
     assert_eq!(
         d,
         Decision::Accept(Profile {
@@ -59,7 +63,7 @@ fn a_valid_certificate_renews_with_its_own_names() {
     // Asking for names the certificate had is fine too.
     let csr = csr_for(HOST, &["www.example.internal".into(), "10.0.0.5".into()]);
     assert!(matches!(
-        decide_renewal(&csr, &grant(), NOW),
+        decide_renewal(&csr, &grant(), NOW, GRACE),
         Decision::Accept(_)
     ));
 }
@@ -68,17 +72,32 @@ fn a_valid_certificate_renews_with_its_own_names() {
 fn revoked_superseded_expired_and_early_certificates_cannot_renew() {
     let csr = csr_for(HOST, &[HOST.into()]);
     type Change = fn(&mut RenewalGrant);
-    let cases: [(Change, i64, RenewalRefusal); 5] = [
-        (|g| g.revoked = true, NOW, RenewalRefusal::Revoked),
-        (|g| g.superseded = true, NOW, RenewalRefusal::Superseded),
-        (|_| {}, NOW + 86_400, RenewalRefusal::Expired),
-        (|_| {}, NOW + 90_000, RenewalRefusal::Expired),
-        (|_| {}, NOW - 86_401, RenewalRefusal::NotYetValid),
+    let expired = |expired_for, grace| RenewalRefusal::Expired { expired_for, grace };
+    let cases: [(Change, i64, i64, RenewalRefusal); 7] = [
+        (|g| g.revoked = true, NOW, GRACE, RenewalRefusal::Revoked),
+        (
+            |g| g.superseded = true,
+            NOW,
+            GRACE,
+            RenewalRefusal::Superseded,
+        ),
+        (
+            |g| g.key_compromised = true,
+            NOW,
+            GRACE,
+            RenewalRefusal::KeyCompromised,
+        ),
+        // Grace 0: expired is final, from the first second.
+        (|_| {}, NOW + 86_400, 0, expired(0, 0)),
+        (|_| {}, NOW + 90_000, 0, expired(3_600, 0)),
+        // Past the grace: the exact boundary is past it.
+        (|_| {}, NOW + 86_400 + GRACE, GRACE, expired(GRACE, GRACE)),
+        (|_| {}, NOW - 86_401, GRACE, RenewalRefusal::NotYetValid),
     ];
-    for (change, now, want) in cases {
+    for (change, now, grace, want) in cases {
         let mut g = grant();
         change(&mut g);
-        let r = rejected(decide_renewal(&csr, &g, now));
+        let r = rejected(decide_renewal(&csr, &g, now, grace));
         assert_eq!(r, Rejection::Renewal(want));
         assert_eq!(r.class(), RejectionClass::Forbidden);
         assert_eq!(r.code(), want.code());
@@ -89,14 +108,85 @@ fn revoked_superseded_expired_and_early_certificates_cannot_renew() {
     g.superseded = true;
     let other = csr_for("evil.example.internal", &["evil.example.internal".into()]);
     assert_eq!(
-        rejected(decide_renewal(&other, &g, NOW + 10 * 86_400)),
+        rejected(decide_renewal(&other, &g, NOW + 10 * 86_400, GRACE)),
         Rejection::Renewal(RenewalRefusal::Revoked)
     );
     // The last second of validity still renews.
     assert!(matches!(
-        decide_renewal(&csr, &grant(), NOW + 86_399),
+        decide_renewal(&csr, &grant(), NOW + 86_399, 0),
         Decision::Accept(_)
     ));
+}
+
+#[test]
+fn an_expired_current_certificate_renews_within_the_grace_only() {
+    let csr = csr_for(HOST, &[HOST.into()]);
+    let g = grant();
+    let expiry = g.not_after;
+    // The first second after expiry and the last second of the grace renew.
+    for now in [expiry, expiry + GRACE - 1] {
+        assert!(
+            matches!(decide_renewal(&csr, &g, now, GRACE), Decision::Accept(_)),
+            "{now}"
+        );
+    }
+    assert_eq!(
+        g.check(expiry + 60, GRACE),
+        Ok(Standing::ExpiredWithinGrace { expired_for: 60 })
+    );
+    assert_eq!(g.check(expiry - 1, GRACE), Ok(Standing::Current));
+    // The grace does not open anything else: revoked, superseded, replaced by a
+    // newer bootstrap, a compromised key, another hostname.
+    type Change = fn(&mut RenewalGrant);
+    let cases: [(Change, RenewalRefusal); 4] = [
+        (|g| g.revoked = true, RenewalRefusal::Revoked),
+        (|g| g.superseded = true, RenewalRefusal::Superseded),
+        (|g| g.replaced = true, RenewalRefusal::Superseded),
+        (|g| g.key_compromised = true, RenewalRefusal::KeyCompromised),
+    ];
+    for (change, want) in cases {
+        let mut g = grant();
+        change(&mut g);
+        let r = rejected(decide_renewal(&csr, &g, expiry + 60, GRACE));
+        assert_eq!(r, Rejection::Renewal(want));
+    }
+    // A newer bootstrap does not stop a certificate that is still valid
+    // (as before the grace existed): only the expired path asks for it.
+    let mut replaced = grant();
+    replaced.replaced = true;
+    assert!(matches!(
+        decide_renewal(&csr, &replaced, NOW, GRACE),
+        Decision::Accept(_)
+    ));
+    let other = csr_for("db1.example.internal", &["db1.example.internal".into()]);
+    assert_eq!(
+        rejected(decide_renewal(&other, &g, expiry + 60, GRACE)).code(),
+        "hostname_mismatch"
+    );
+    // Past the grace: 403 renewal_expired, and the message names the remedy.
+    let r = rejected(decide_renewal(&csr, &g, expiry + GRACE + 3_600, GRACE));
+    assert_eq!(r.code(), "renewal_expired");
+    assert_eq!(r.class(), RejectionClass::Forbidden);
+    let msg = r.client_message();
+    assert!(msg.contains("ca-server psk add HOST"), "{msg}");
+    assert!(
+        msg.contains("expired 14d 1h ago, beyond the renewal grace of 14d"),
+        "{msg}"
+    );
+    let off = rejected(decide_renewal(&csr, &g, expiry + 5, 0)).client_message();
+    assert!(
+        off.contains("expired 5s ago and renewal after expiry is off"),
+        "{off}"
+    );
+}
+
+#[test]
+fn durations_in_messages_are_short() {
+    assert_eq!(policy::renewal::human_secs(0), "0s");
+    assert_eq!(policy::renewal::human_secs(-5), "0s");
+    assert_eq!(policy::renewal::human_secs(59), "59s");
+    assert_eq!(policy::renewal::human_secs(3_725), "1h 2m");
+    assert_eq!(policy::renewal::human_secs(14 * 86_400), "14d");
 }
 
 #[test]
@@ -105,6 +195,7 @@ fn another_hostname_or_a_new_name_is_refused() {
         &csr_for("db1.example.internal", &["db1.example.internal".into()]),
         &grant(),
         NOW,
+        GRACE,
     ));
     assert!(matches!(r, Rejection::HostnameMismatch { .. }), "{r:?}");
     assert_eq!(r.code(), "hostname_mismatch");
@@ -115,6 +206,7 @@ fn another_hostname_or_a_new_name_is_refused() {
             &csr_for(HOST, &[HOST.into(), extra.into()]),
             &grant(),
             NOW,
+            GRACE,
         ));
         assert_eq!(r.code(), "name_not_allowed", "{extra}: {r:?}");
     }
@@ -122,6 +214,7 @@ fn another_hostname_or_a_new_name_is_refused() {
         &csr_for(HOST, &["*.example.internal".into()]),
         &grant(),
         NOW,
+        GRACE,
     ));
     assert_eq!(r.code(), "invalid_hostname");
 }
@@ -143,7 +236,7 @@ proptest! {
         let mut sans = vec![HOST.to_string()];
         sans.extend(asked.iter().cloned());
         let g = grant();
-        match decide_renewal(&csr_for(HOST, &sans), &g, NOW) {
+        match decide_renewal(&csr_for(HOST, &sans), &g, NOW, GRACE) {
             Decision::Accept(p) => {
                 prop_assert_eq!(p.sans, g.names.clone());
                 for a in &asked {

@@ -110,6 +110,8 @@ pub struct InstallOptions {
     pub client_auth: ClientAuth,
     /// HAProxy `bind` address in the snippet.
     pub bind: String,
+    /// HAProxy: update through the runtime API on this socket instead of reloading.
+    pub haproxy_socket: Option<PathBuf>,
 }
 
 /// What an install did.
@@ -122,7 +124,8 @@ pub struct InstallOutcome {
     pub generation: String,
     /// The snippet to include, under `DEST/current`.
     pub snippet: PathBuf,
-    /// `reloaded`, `not running`, or `reload disabled`.
+    /// `reloaded`, `updated through the runtime API`, `not running`, or
+    /// `reload disabled`.
     pub reload: String,
     /// The probe confirmed the new certificate is served.
     pub confirmed: bool,
@@ -226,6 +229,12 @@ pub async fn install(opts: &InstallOptions) -> Result<InstallOutcome, InstallErr
     svc.running_pid(opts)?;
     let dest = Dest::open(&opts.dest)?;
     let previous = dest.current()?;
+    // HAProxy takes only a certificate through its runtime API: a CRL that
+    // differs from the live generation's needs the reload.
+    let crl_changed = opts.service == ServiceKind::Haproxy
+        && previous
+            .as_deref()
+            .is_some_and(|p| std::fs::read(dest.path.join(p).join(haproxy::CRL)).ok() != m.crl_pem);
 
     let mut files = svc.files(&m);
     files.push(GenFile {
@@ -255,6 +264,8 @@ pub async fn install(opts: &InstallOptions) -> Result<InstallOutcome, InstallErr
     let mut step = Steps {
         svc,
         opts,
+        current: current.clone(),
+        crl_changed,
         reloaded: false,
     };
     match step.activate(&m).await {
@@ -307,6 +318,10 @@ fn current_path(dest: &Path) -> Result<String> {
 struct Steps<'a> {
     svc: &'static dyn Service,
     opts: &'a InstallOptions,
+    /// `DEST/current` as the service's configuration names it.
+    current: String,
+    /// The new generation's CRL differs from the one it replaces.
+    crl_changed: bool,
     reloaded: bool,
 }
 
@@ -327,19 +342,42 @@ impl Steps<'_> {
         if self.opts.reload == Reload::Never {
             return Ok(("reload disabled".into(), false));
         }
-        let Some(pid) = self.svc.running_pid(self.opts)? else {
-            return Ok(("not running".into(), false));
+        let done = if let Some(socket) = self.runtime_socket().map(Path::to_path_buf) {
+            // HAProxy's runtime API instead of a reload: running means
+            // something answers on the socket.
+            self.reloaded = true;
+            match haproxy::runtime_update(&socket, &self.current)? {
+                haproxy::RuntimeUpdate::Updated => "updated through the runtime API",
+                haproxy::RuntimeUpdate::NotRunning => {
+                    self.reloaded = false;
+                    return Ok(("not running".into(), false));
+                }
+            }
+        } else {
+            let Some(pid) = self.svc.running_pid(self.opts)? else {
+                return Ok(("not running".into(), false));
+            };
+            self.reloaded = true;
+            self.reload(pid)?;
+            "reloaded"
         };
-        self.reloaded = true;
-        self.reload(pid)?;
         let Some(probe) = self.svc.probe(self.opts)? else {
-            return Ok(("reloaded".into(), false));
+            return Ok((done.into(), false));
         };
         probe
             .wait_for_leaf(&m.leaf.hostname, &m.chain[0], self.opts.probe_timeout)
             .await
             .with_context(|| format!("{} did not take the new certificate", self.svc.name()))?;
-        Ok(("reloaded".into(), true))
+        Ok((done.into(), true))
+    }
+
+    /// The HAProxy runtime API socket, when it replaces the reload: for a
+    /// new certificate with the same CRL (a changed CRL is reloaded).
+    fn runtime_socket(&self) -> Option<&Path> {
+        match self.opts.service {
+            ServiceKind::Haproxy if !self.crl_changed => self.opts.haproxy_socket.as_deref(),
+            _ => None,
+        }
     }
 
     fn reload(&self, pid: i32) -> Result<()> {
@@ -357,6 +395,14 @@ impl Steps<'_> {
     async fn roll_back(&self, dest: &Dest, previous: Option<&str>, failed: &str) -> Result<()> {
         dest.switch_to(previous)?;
         dest.remove(failed)?;
+        if self.reloaded
+            && previous.is_some()
+            && let Some(socket) = self.runtime_socket()
+        {
+            haproxy::runtime_update(socket, &self.current)
+                .context("handing the previous files back to HAProxy")?;
+            return Ok(());
+        }
         if self.reloaded
             && let Some(pid) = self.svc.running_pid(self.opts)?
         {
@@ -476,6 +522,7 @@ mod tests {
             probe_timeout: Duration::from_secs(1),
             client_auth: ClientAuth::Required,
             bind: "127.0.0.1:8443".into(),
+            haproxy_socket: None,
         }
     }
 

@@ -64,6 +64,12 @@ pub struct InstallFlags {
     /// HAProxy: the bind address in the snippet.
     #[arg(long, default_value = ":443")]
     pub bind: String,
+    /// HAProxy: hand a new certificate to the running process through its
+    /// runtime API on this `stats socket` (`level admin`) instead of
+    /// reloading it; a changed CRL still reloads.
+    #[arg(long, value_name = "PATH")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub haproxy_socket: Option<PathBuf>,
 }
 
 impl InstallFlags {
@@ -87,6 +93,7 @@ impl InstallFlags {
             probe_timeout: self.probe_timeout.into(),
             client_auth: self.client_auth,
             bind: self.bind.clone(),
+            haproxy_socket: self.haproxy_socket.clone(),
         })
     }
 }
@@ -194,6 +201,17 @@ pub async fn reinstall(
     services: &[ServiceKind],
     only: Only,
 ) -> Result<Vec<Reinstalled>, Failure> {
+    reinstall_with(dir, services, only, None).await
+}
+
+/// [`reinstall`], with `haproxy_socket` (when given) in place of the
+/// recorded `--haproxy-socket` of HAProxy installs (`renew --haproxy-socket`).
+pub async fn reinstall_with(
+    dir: &Path,
+    services: &[ServiceKind],
+    only: Only,
+    haproxy_socket: Option<&Path>,
+) -> Result<Vec<Reinstalled>, Failure> {
     if services.is_empty() {
         return Ok(Vec::new());
     }
@@ -225,7 +243,12 @@ pub async fn reinstall(
             continue;
         }
         let result = match record.flags.options(record.service, dir) {
-            Ok(opts) => install(&opts).await.map_err(Failure::from),
+            Ok(mut opts) => {
+                if let (ServiceKind::Haproxy, Some(socket)) = (record.service, haproxy_socket) {
+                    opts.haproxy_socket = Some(socket.to_path_buf());
+                }
+                install(&opts).await.map_err(Failure::from)
+            }
             Err(e) => Err(Failure::new(exit::ERROR, e)),
         };
         match result {
@@ -288,6 +311,7 @@ mod tests {
             probe_timeout: "7s".parse().unwrap(),
             client_auth: ClientAuth::Required,
             bind: ":443".into(),
+            haproxy_socket: None,
         }
     }
 

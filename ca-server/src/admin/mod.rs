@@ -154,6 +154,15 @@ pub struct CertQuery {
     pub host: Option<String>,
     /// Only certificates valid now that expire within this many seconds.
     pub expiring_secs: Option<u64>,
+    /// Only stale hosts: the current certificate of each host whose newest
+    /// certificate expired unrevoked and unrenewed, marked within or beyond
+    /// the renewal grace.
+    #[serde(default)]
+    pub stale: bool,
+    /// The renewal grace that splits stale hosts, in seconds (default:
+    /// remotely the server's own, locally 14 days).
+    #[serde(default)]
+    pub renew_grace_secs: Option<u64>,
 }
 
 /// A certificate as `cert list` and `cert show` print it (never the PSK
@@ -172,6 +181,10 @@ pub struct CertView {
     pub revocation_reason: Option<String>,
     pub revoked_at: Option<String>,
     pub serial: String,
+    /// `cert list --stale` only: `within_grace` (the host can still renew)
+    /// or `beyond_grace` (it needs a new PSK).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale: Option<String>,
     /// `valid`, `expired`, `revoked` or `superseded`, at the time of the answer.
     pub status: String,
     pub superseded_by: Option<String>,
@@ -199,6 +212,7 @@ impl CertView {
             revocation_reason: c.revocation_reason.clone(),
             revoked_at: c.revoked_at.map(rfc3339),
             serial: c.serial.clone(),
+            stale: None,
             status: status.into(),
             superseded_by: c.superseded_by.clone(),
         }
@@ -462,6 +476,36 @@ impl Ops<'_> {
     }
 
     pub async fn cert_list(&self, q: &CertQuery) -> Result<Vec<CertView>, AdminError> {
+        if q.stale {
+            if q.expiring_secs.is_some() {
+                return Err(AdminError::Invalid(
+                    "--stale lists expired certificates; it does not combine with --expiring"
+                        .into(),
+                ));
+            }
+            let grace = q
+                .renew_grace_secs
+                .map(|g| g.min(i64::MAX as u64 / 2) as i64)
+                .unwrap_or(crate::serve::DEFAULT_RENEW_GRACE_SECS);
+            return Ok(self
+                .store
+                .list_stale(q.host.as_deref(), self.now)
+                .await?
+                .iter()
+                .map(|c| {
+                    let mut view = CertView::new(c, self.now, false);
+                    view.stale = Some(
+                        if self.now - c.not_after < grace {
+                            "within_grace"
+                        } else {
+                            "beyond_grace"
+                        }
+                        .into(),
+                    );
+                    view
+                })
+                .collect());
+        }
         let window = q.expiring_secs.map(|s| {
             (
                 self.now,

@@ -71,6 +71,10 @@ pub fn cert_list(certs: &[CertView], json: bool) -> anyhow::Result<()> {
                 (None, Some(next)) => format!(" superseded_by={next}"),
                 (None, None) => String::new(),
             };
+            let detail = match &c.stale {
+                Some(stale) => format!("{detail} stale={stale}"),
+                None => detail,
+            };
             println!(
                 "{} {} {} not_after={} kind={}{detail}",
                 c.serial,

@@ -127,6 +127,12 @@ impl Remote {
         if let Some(s) = q.expiring_secs {
             query.push(format!("expiring_secs={s}"));
         }
+        if q.stale {
+            query.push("stale=true".into());
+        }
+        if let Some(s) = q.renew_grace_secs {
+            query.push(format!("renew_grace_secs={s}"));
+        }
         let path = with_query("/v1/admin/certs", &query);
         self.call(Method::GET, &path, None).await
     }

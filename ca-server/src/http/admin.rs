@@ -14,7 +14,7 @@
 //! | `POST /v1/admin/psks` | `PskAddRequest` | 201 `PskAdded` (the PSK, once) |
 //! | `POST /v1/admin/psks/batch` | `PskBatchRequest` | 201 `[PskIssued]` |
 //! | `DELETE /v1/admin/psks/{hostname}` | | `{"removed": hostname}` |
-//! | `GET /v1/admin/certs` | `?host=&expiring_secs=` | `[CertView]` |
+//! | `GET /v1/admin/certs` | `?host=&expiring_secs=&stale=&renew_grace_secs=` | `[CertView]` (`stale`: the server's own grace unless given) |
 //! | `GET /v1/admin/certs/{serial-or-host}` | | `CertView` with `pem` |
 //! | `POST /v1/admin/revoke` | `RevokeRequest` | `RevokeReport` |
 //! | `GET /v1/admin/audit` | `?since_secs=&limit=&host=&event=` | `[AuditEvent]` |
@@ -184,7 +184,10 @@ async fn cert_list(
     Extension(caller): Extension<Caller>,
     q: Result<Query<CertQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let q = query(q)?;
+    let mut q = query(q)?;
+    if q.stale && q.renew_grace_secs.is_none() {
+        q.renew_grace_secs = Some(state.authority.renew_grace.max(0) as u64);
+    }
     let ops = caller.ops(&state);
     let list = ops.cert_list(&q).await?;
     ops.audit_read(&format!("cert list ({} entries)", list.len()))

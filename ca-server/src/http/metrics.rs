@@ -21,6 +21,7 @@ async fn get_metrics(State(state): State<AppState>) -> Response {
             signer: &state.authority.signer,
             crl: &state.crl,
             clock: state.authority.clock.as_ref(),
+            renew_grace: state.authority.renew_grace,
         })
         .await;
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response()

@@ -21,7 +21,6 @@ pub mod copy;
 mod crl;
 pub mod inspect;
 mod ownership;
-mod stats;
 pub use crl::{CrlPoll, CrlSnapshot, PublishedCrls, RevokedEntry};
 pub use stats::StoreStats;
 
@@ -187,6 +186,8 @@ async fn next_batch<T>(
 mod lane;
 mod reader;
 mod revoke;
+// After the SQL macros above, which it uses.
+mod stats;
 mod writer;
 pub use revoke::{Revocation, RevokeOutcome};
 

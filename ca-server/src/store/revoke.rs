@@ -134,16 +134,32 @@ impl Store {
         Ok(row.is_some())
     }
 
+    /// Whether `hostname` has a host certificate that ends after `not_after`
+    /// (revoked or not): a later bootstrap replaced the one ending then.
+    pub async fn has_later_cert(&self, hostname: &str, not_after: i64) -> StoreResult<bool> {
+        let row = sqlx::query(
+            "SELECT serial FROM certificates WHERE hostname = $1 AND kind = 'host' \
+             AND not_after > $2 LIMIT 1",
+        )
+        .bind(hostname)
+        .bind(not_after)
+        .fetch_optional(&mut *self.conn().await?)
+        .await?;
+        Ok(row.is_some())
+    }
+
     /// Records `new` as the renewal of `old_serial`: the old row gets
-    /// `superseded_by`, only if at `now` it is still unrevoked, unexpired
-    /// and not superseded; then the new row and its audit row go in. `false`
-    /// (nothing written) if the old certificate no longer qualifies.
+    /// `superseded_by`, only if it is still unrevoked, not superseded and
+    /// ends after `valid_after` (the time of the request less the renewal
+    /// grace: an expired certificate renews within the grace); then the new
+    /// row and its audit row go in. `false` (nothing written) if the old
+    /// certificate no longer qualifies.
     pub async fn record_renewal(
         &self,
         old_serial: &str,
         new: &CertRecord,
         audit: &AuditEvent,
-        now: i64,
+        valid_after: i64,
     ) -> StoreResult<bool> {
         let mut tx = self.begin().await?;
         // First statement, as in record_issuance: SQLite takes its write lock
@@ -155,7 +171,7 @@ impl Store {
         )
         .bind(&new.serial)
         .bind(old_serial)
-        .bind(now)
+        .bind(valid_after)
         .execute(&mut *tx)
         .await?
         .rows_affected();

@@ -2,7 +2,7 @@
 //! and must pass unchanged on both.
 
 use crate::{Env, audit, cert, hash};
-use ca_server::store::{Engine, Issuance, Store, StoreError};
+use ca_server::store::{CertRecord, Engine, Issuance, Store, StoreError};
 use policy::AllowedName;
 
 const NOW: i64 = 1_900_000_000;
@@ -714,10 +714,116 @@ pub async fn stats_count_live_psks_and_expiring_hosts(env: Env) {
             .await
             .unwrap();
     }
-    let stats = store.stats(NOW).await.unwrap();
+    let stats = store.stats(NOW, 14 * day).await.unwrap();
     assert_eq!(stats.live_psks, 1);
     assert_eq!(stats.expiring_7d, 1, "b only");
     assert_eq!(stats.expiring_30d, 3, "a, b and c");
+}
+
+/// `cert list --stale` and the stale-host gauges: only a host's newest
+/// certificate, expired unrevoked and unrenewed, counts, split by the grace;
+/// and a renewal after expiry records only within the grace.
+pub async fn stale_hosts_are_listed_counted_and_renew_within_the_grace(env: Env) {
+    let store = env.open().await;
+    let day = 86_400;
+    let grace = 14 * day;
+    let expired = |serial, host: &str, ago: i64| {
+        let mut c = cert(serial, host, None, NOW - ago - 30 * day);
+        c.not_after = NOW - ago;
+        c
+    };
+    let mut rows = vec![
+        // a: expired a day ago (within the grace); b: 20 days ago (beyond).
+        expired(1, "a.example.internal", day),
+        expired(2, "b.example.internal", 20 * day),
+        // c: expired, but renewed before: its successor is valid.
+        expired(3, "c.example.internal", day),
+        cert(4, "c.example.internal", None, NOW - day),
+        // d: expired and revoked (the operator's decision, not stranded).
+        expired(5, "d.example.internal", day),
+        // e: an expired certificate replaced by a new bootstrap.
+        expired(6, "e.example.internal", day),
+        cert(7, "e.example.internal", None, NOW - 2 * day),
+        // f: the server's own; g: valid.
+        expired(8, "f.example.internal", day),
+        cert(9, "g.example.internal", None, NOW),
+    ];
+    rows[2].superseded_by = Some(rows[3].serial.clone());
+    rows[4].revoked_at = Some(NOW - 10);
+    rows[7].kind = "server".into();
+    for r in &rows {
+        store
+            .record_certificate(r, &audit("issued", &r.hostname, r.issued_at))
+            .await
+            .unwrap();
+    }
+    let serials = |certs: Vec<CertRecord>| certs.into_iter().map(|c| c.serial).collect::<Vec<_>>();
+    assert_eq!(
+        serials(store.list_stale(None, NOW).await.unwrap()),
+        vec![rows[0].serial.clone(), rows[1].serial.clone()],
+        "a and b, the most recently expired first"
+    );
+    assert_eq!(
+        serials(
+            store
+                .list_stale(Some("b.example.internal"), NOW)
+                .await
+                .unwrap()
+        ),
+        vec![rows[1].serial.clone()]
+    );
+    let stats = store.stats(NOW, grace).await.unwrap();
+    assert_eq!(
+        (stats.expired_within_grace, stats.expired_beyond_grace),
+        (1, 1)
+    );
+    let stats = store.stats(NOW, 0).await.unwrap();
+    assert_eq!(
+        (stats.expired_within_grace, stats.expired_beyond_grace),
+        (0, 2)
+    );
+    assert!(
+        store
+            .has_later_cert("e.example.internal", rows[5].not_after)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .has_later_cert("a.example.internal", rows[0].not_after)
+            .await
+            .unwrap()
+    );
+
+    // a renews within the grace; b is past it: nothing written for b.
+    let new_a = cert(10, "a.example.internal", None, NOW);
+    let renewed = audit("renewed_after_expiry", "a.example.internal", NOW);
+    assert!(
+        store
+            .record_renewal(&rows[0].serial, &new_a, &renewed, NOW - grace)
+            .await
+            .unwrap()
+    );
+    let new_b = cert(11, "b.example.internal", None, NOW);
+    assert!(
+        !store
+            .record_renewal(&rows[1].serial, &new_b, &renewed, NOW - grace)
+            .await
+            .unwrap()
+    );
+    assert!(store.get_cert(&new_b.serial).await.unwrap().is_none());
+    // The old a cannot renew twice.
+    let again = cert(12, "a.example.internal", None, NOW);
+    assert!(
+        !store
+            .record_renewal(&rows[0].serial, &again, &renewed, NOW - grace)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        serials(store.list_stale(None, NOW).await.unwrap()),
+        vec![rows[1].serial.clone()]
+    );
 }
 
 pub async fn audit_query_filters_by_host_and_event(env: Env) {

@@ -54,6 +54,7 @@ const SUITE: &[Case] = suite![
     copy_refuses_a_table_it_does_not_know,
     the_first_root_claims_the_store_and_others_are_refused,
     stats_count_live_psks_and_expiring_hosts,
+    stale_hosts_are_listed_counted_and_renew_within_the_grace,
     audit_query_filters_by_host_and_event,
     inspect_reports_migrations_and_owner,
 ];

@@ -130,7 +130,7 @@ pub async fn bootstrap(opts: &BootstrapOptions) -> Result<BootstrapOutcome, Boot
     } else {
         read_psk(&opts.psk_file)?
     };
-    fsutil::create_private_dir(&opts.dir)?;
+    fsutil::private_key_dir(&opts.dir)?;
 
     let key = load_or_create_key(opts)?;
     let csr = key.csr_pem(&opts.hostname, &opts.extra_sans, Some(&psk))?;

@@ -137,6 +137,7 @@ struct Current {
 
 /// Runs `ca-client renew`.
 pub async fn renew(opts: &RenewOptions) -> Result<RenewOutcome, Failure> {
+    fsutil::tighten_key_dir(&opts.dir)?;
     let _lock = fsutil::lock_dir(&opts.dir)?;
     finish_interrupted(&opts.dir)?;
     let current = load_current(&opts.dir)?;

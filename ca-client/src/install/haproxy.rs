@@ -65,7 +65,7 @@ impl Service for Haproxy {
         files
     }
 
-    fn reread(&self, dir: &Path) -> Result<KeySet> {
+    fn reread(&self, dir: &crate::dirfd::DirFd) -> Result<KeySet> {
         let combined = read_text(dir, COMBINED)?;
         let key = material::key_from_pem(&combined)?;
         let chain = material::certs_from_pem(combined.as_bytes())?;

@@ -89,7 +89,8 @@ impl Dest {
             _lock: lock,
         };
         for name in dest.dir.names()? {
-            if name.starts_with(GEN_PREFIX) {
+            // An entry gone since the listing is no longer there to refuse.
+            if name.starts_with(GEN_PREFIX) && dest.dir.entry(&name)?.is_some() {
                 dest.check_generation(&name)?;
             }
         }
@@ -101,7 +102,10 @@ impl Dest {
     fn check_generation(&self, name: &str) -> Result<()> {
         let shown = self.path.join(name);
         match self.dir.entry(name)? {
-            None => bail!("{} does not exist", shown.display()),
+            None => bail!(
+                "{} does not exist (removed or moved away by someone else); refusing to go on",
+                shown.display()
+            ),
             Some(m) if m.kind == FileType::Symlink => bail!(
                 "{} is a symlink, not a generation directory the installer made; refusing to use DEST until it is removed",
                 shown.display()

@@ -35,6 +35,24 @@ pub struct GenFile {
     pub mode: u32,
 }
 
+/// A file of the live generation of `dest`, read without the lock and only
+/// through descriptors: `current` must name a `gen-*` directory inside DEST
+/// owned by the installing user, and the file must be a regular file in it.
+/// `None` when there is none (or anything about it is not the installer's:
+/// the install that follows reports that precisely).
+pub fn read_live_file(dest: &Path, name: &str) -> Option<Zeroizing<Vec<u8>>> {
+    let dir = DirFd::open_nofollow(dest).ok()?;
+    let target = dir.read_link(CURRENT).ok()?;
+    if !target.starts_with(GEN_PREFIX) || target.contains('/') {
+        return None;
+    }
+    let g = dir.open_dir(&target).ok()?;
+    if g.meta().ok()?.uid != rustix::process::geteuid().as_raw() {
+        return None;
+    }
+    g.read_file(name, 1024 * 1024).ok()
+}
+
 /// An installation directory, opened once and locked for the life of this
 /// value so two installs into one DEST cannot interleave. Every operation
 /// goes through the descriptor (`path` is for messages and for the paths

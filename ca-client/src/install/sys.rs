@@ -231,4 +231,36 @@ mod tests {
         assert!(!process_alive(0));
         assert!(!process_alive(-1));
     }
+
+    #[test]
+    fn signals_only_a_process_of_the_right_user_and_binary() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let me = effective_uid();
+        let pid = child.id() as i32;
+        let running = |uid| RunningPid {
+            pid,
+            uid,
+            source: "/run/test.pid".into(),
+        };
+        let is = |name: &'static str| move |exe: &std::path::Path| exe.ends_with(name);
+        let err = verify_process(&running(me + 1), "sleep", &is("sleep")).unwrap_err();
+        assert!(
+            format!("{err:#}").contains(&format!("not as uid {}", me + 1)),
+            "{err:#}"
+        );
+        let err = verify_process(&running(me), "nginx", &is("nginx")).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("which is not the nginx binary"),
+            "{err:#}"
+        );
+        let target = verify_process(&running(me), "sleep", &is("sleep")).unwrap();
+        target.signal(libc::SIGTERM).unwrap();
+        let status = child.wait().unwrap();
+        assert!(!status.success());
+        let err = verify_process(&running(me), "sleep", &is("sleep")).unwrap_err();
+        assert!(format!("{err:#}").contains("not running"), "{err:#}");
+    }
 }

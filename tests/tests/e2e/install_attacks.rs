@@ -402,6 +402,8 @@ fn a_postmaster_pid_naming_another_process_is_not_signalled() {
         .gid(NOBODY)
         .spawn()
         .unwrap();
+    // Both are stopped even if an assertion below fails.
+    let _guards = [KillOnDrop(as_root.id()), KillOnDrop(as_nobody.id())];
     let cases = [
         (
             &mut as_root,
@@ -428,8 +430,8 @@ fn a_postmaster_pid_naming_another_process_is_not_signalled() {
         assert!(err.contains("previous files were put back"), "{err}");
         assert!(alive(child), "the unrelated process was signalled");
     }
+    drop(_guards);
     for mut c in [as_root, as_nobody] {
-        let _ = c.kill();
         let _ = c.wait();
     }
 }

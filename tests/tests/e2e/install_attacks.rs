@@ -236,8 +236,9 @@ fn a_planted_current_or_generation_is_refused() {
 }
 
 /// The racer, run as `nobody`: swaps every new generation directory for its
-/// own directory of links to the victims (keeping the real one elsewhere)
-/// and points `current` at a directory of links, until `DEST/.stop` exists.
+/// own directory of links to the victims, or for a symlink to the victims'
+/// directory (keeping the real one elsewhere), and points `current` at a
+/// directory of links, until `DEST/.stop` exists.
 const RACER: &str = r#"
 D=$1; V1=$2; V2=$3; A=$4; i=0
 while [ ! -e "$D/.stop" ]; do
@@ -245,6 +246,11 @@ while [ ! -e "$D/.stop" ]; do
     [ -d "$g" ] && [ ! -L "$g" ] && [ ! -O "$g" ] || continue
     i=$((i+1))
     mv "$g" "$D/.stolen-$i" 2>/dev/null || continue
+    if [ $((i % 3)) -eq 0 ]; then
+      # Or the generation's name as a symlink to the victims' directory.
+      ln -s "$(dirname "$V1")" "$g" 2>/dev/null
+      continue
+    fi
     mkdir "$g" 2>/dev/null || continue
     for f in privkey.pem fullchain.pem ca.pem nginx-ssl.conf; do
       ln -s "$V1" "$g/$f"; ln -s "$V2" "$g/.$f.tmp"
@@ -388,7 +394,7 @@ fn alive(child: &mut std::process::Child) -> bool {
 }
 
 #[test]
-fn a_postmaster_pid_naming_another_process_is_not_signalled() {
+fn a_pid_file_naming_another_process_is_not_signalled() {
     if !require_root() {
         return;
     }
@@ -429,6 +435,37 @@ fn a_postmaster_pid_naming_another_process_is_not_signalled() {
         assert!(err.contains(&why), "{err}");
         assert!(err.contains("previous files were put back"), "{err}");
         assert!(alive(child), "the unrelated process was signalled");
+    }
+    // The same for nginx's pid file: owned by nobody and naming root's
+    // process, or owned by root and naming a process that is not nginx.
+    for (i, (owner, why)) in [
+        (
+            NOBODY,
+            format!("runs as uid 0 (effective 0), not as uid {NOBODY}, the owner of the pid file"),
+        ),
+        (0, "which is not the nginx binary".to_owned()),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let pid_file = write_file(
+            s.work.path(),
+            &format!("nginx{i}.pid"),
+            format!("{}\n", as_root.id()),
+        );
+        std::os::unix::fs::chown(&pid_file, Some(owner), Some(owner)).unwrap();
+        let dest = s.work.path().join(format!("nginxtls{i}"));
+        let mut cmd = install("nginx", &s.host, &dest, &["--check", "true"]);
+        cmd.arg("--pid-file").arg(&pid_file);
+        let out = run(&mut cmd);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(7), "{err}");
+        assert!(
+            err.contains(&format!("refusing to signal pid {}", as_root.id())),
+            "{err}"
+        );
+        assert!(err.contains(&why), "{err}");
+        assert!(alive(&mut as_root), "the unrelated process was signalled");
     }
     drop(_guards);
     for mut c in [as_root, as_nobody] {

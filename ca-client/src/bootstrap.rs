@@ -130,7 +130,7 @@ pub async fn bootstrap(opts: &BootstrapOptions) -> Result<BootstrapOutcome, Boot
     } else {
         read_psk(&opts.psk_file)?
     };
-    fsutil::create_private_dir(&opts.dir)?;
+    fsutil::private_key_dir(&opts.dir)?;
 
     let key = load_or_create_key(opts)?;
     let csr = key.csr_pem(&opts.hostname, &opts.extra_sans, Some(&psk))?;
@@ -144,16 +144,20 @@ pub async fn bootstrap(opts: &BootstrapOptions) -> Result<BootstrapOutcome, Boot
     )?;
     client.timeout = opts.request_timeout;
 
+    // The CSR carries the PSK: one buffer, moved (not copied) out of the
+    // PEM string, shared by every retry and wiped when the last one drops.
+    let mut csr = csr;
+    let body = Bytes::from_owner(Zeroizing::new(std::mem::take(&mut *csr).into_bytes()));
     let reply = send_with_retries(&client, deadline, || {
         (
             Method::POST,
             "/v1/sign",
             Some("application/pkcs10"),
-            Bytes::copy_from_slice(csr.as_bytes()),
+            body.clone(),
         )
     })
     .await?;
-    drop(csr);
+    drop(body);
     let recovered = match reply.status {
         StatusCode::CREATED => false,
         StatusCode::OK => true,
@@ -186,6 +190,8 @@ pub async fn bootstrap(opts: &BootstrapOptions) -> Result<BootstrapOutcome, Boot
     })
 }
 
+/// The PSK file's text is read into one buffer (std sizes it from the
+/// file's length) that is wiped; the trimmed copy moves into the `Psk`.
 fn read_psk(path: &Path) -> Result<Psk, BootstrapError> {
     let text = Zeroizing::new(
         std::fs::read_to_string(path)

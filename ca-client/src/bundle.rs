@@ -24,7 +24,11 @@ use zeroize::{Zeroize, Zeroizing};
 /// The format version this code writes and reads.
 pub const VERSION: u32 = 1;
 
-/// A spawner bundle.
+/// Room for a bundle's JSON: every field is bounded (hostname, names, a
+/// PSK of at most a few hundred bytes), far below this.
+const BUNDLE_CAPACITY: usize = 64 * 1024;
+
+/// A spawner bundle. `Debug` shows the PSK as `Psk(<redacted>)`.
 #[derive(Debug, Clone)]
 pub struct Bundle {
     /// The CA's URL, as hosts reach it.
@@ -39,7 +43,7 @@ pub struct Bundle {
     pub expires_at: String,
 }
 
-/// The file's shape.
+/// The file's shape (no `Debug`: it holds the PSK as a plain string).
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BundleFile {
@@ -71,7 +75,13 @@ impl Bundle {
             sans: self.sans.clone(),
             expires_at: self.expires_at.clone(),
         };
-        let mut text = Zeroizing::new(serde_json::to_vec(&file)?);
+        // Sized up front so the JSON holding the PSK is never reallocated
+        // (a reallocation would leave an unwiped copy behind).
+        let mut text = Zeroizing::new(Vec::with_capacity(BUNDLE_CAPACITY));
+        serde_json::to_writer(&mut *text, &file)?;
+        if text.len() >= BUNDLE_CAPACITY {
+            bail!("the bundle would be larger than {BUNDLE_CAPACITY} bytes");
+        }
         text.push(b'\n');
         fsutil::write_atomic(path, &text, KEY_MODE)
             .with_context(|| format!("writing the bundle {}", path.display()))
@@ -132,6 +142,16 @@ mod tests {
             psk: Psk::from_random(&[7; 32]),
             sans: vec!["10.0.0.5".into()],
             expires_at: "2026-11-23T03:28:27Z".into(),
+        }
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_psk() {
+        let b = sample();
+        let secret = b.psk.expose().to_owned();
+        for shown in [format!("{b:?}"), format!("{b:#?}"), format!("{:?}", b.psk)] {
+            assert!(!shown.contains(&secret), "{shown}");
+            assert!(shown.contains("Psk(<redacted>)"), "{shown}");
         }
     }
 

@@ -265,6 +265,10 @@ pub struct CrlOutcome {
 
 /// Runs `ca-client crl`.
 pub async fn refresh(opts: &CrlOptions) -> Result<CrlOutcome, Failure> {
+    // A bootstrap directory (it holds the host key) is kept private.
+    if opts.dir.join(crate::bootstrap::KEY_FILE).exists() {
+        fsutil::tighten_key_dir(&opts.dir)?;
+    }
     let _lock = fsutil::lock_dir(&opts.dir)?;
     let ca = CaCerts::load(&opts.dir)
         .context("the directory holds no usable CA certificates (bootstrap first)")?;

@@ -104,3 +104,22 @@ impl HostKey {
         Ok(Zeroizing::new(csr.pem()?))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_never_shows_the_private_key() {
+        let key = HostKey::generate(KeyType::P256).unwrap();
+        let shown = format!("{key:?} {key:#?}");
+        let pem = key.pem();
+        for line in pem.lines().filter(|l| !l.starts_with("-----")) {
+            assert!(!shown.contains(line), "{shown}");
+        }
+        assert!(
+            !shown.contains(&hex::encode(&key.pkcs8_der()[..])),
+            "{shown}"
+        );
+    }
+}

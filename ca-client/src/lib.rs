@@ -7,6 +7,7 @@ pub mod bootstrap;
 pub mod bundle;
 pub mod clidocs;
 pub mod crl;
+pub mod dirfd;
 pub mod failure;
 pub mod fsutil;
 pub mod https;

@@ -225,6 +225,7 @@ struct Current {
 
 /// Runs `ca-client renew`.
 pub async fn renew(opts: &RenewOptions) -> Result<RenewOutcome, Failure> {
+    fsutil::tighten_key_dir(&opts.dir)?;
     let delay = jitter_delay(opts);
     if !delay.is_zero() {
         tracing::info!(

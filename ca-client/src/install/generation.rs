@@ -10,10 +10,11 @@
 //! configured with `DEST/current/<file>` paths only.
 
 use super::sys::Owner;
-use crate::fsutil;
+use crate::dirfd::DirFd;
 use anyhow::{Context, Result, bail};
+use rustix::fs::FileType;
 use std::fs;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
@@ -21,6 +22,10 @@ use zeroize::Zeroizing;
 pub const CURRENT: &str = "current";
 const GEN_PREFIX: &str = "gen-";
 const LOCK_FILE: &str = ".install.lock";
+/// Mode of DEST when the installer creates it and of every generation
+/// directory: the service's own user must be able to traverse them; the key
+/// file's mode protects the key.
+const DIR_MODE: u32 = 0o755;
 
 /// One file of a generation.
 #[derive(Debug)]
@@ -30,57 +35,160 @@ pub struct GenFile {
     pub mode: u32,
 }
 
-/// An installation directory, locked for the life of this value so two
-/// installs into one DEST cannot interleave.
+/// A file of the live generation of `dest`, read without the lock and only
+/// through descriptors: `current` must name a `gen-*` directory inside DEST
+/// owned by the installing user, and the file must be a regular file in it.
+/// `None` when there is none (or anything about it is not the installer's:
+/// the install that follows reports that precisely).
+pub fn read_live_file(dest: &Path, name: &str) -> Option<Zeroizing<Vec<u8>>> {
+    let dir = DirFd::open_nofollow(dest).ok()?;
+    let target = dir.read_link(CURRENT).ok()?;
+    if !target.starts_with(GEN_PREFIX) || target.contains('/') {
+        return None;
+    }
+    let g = dir.open_dir(&target).ok()?;
+    if g.meta().ok()?.uid != rustix::process::geteuid().as_raw() {
+        return None;
+    }
+    g.read_file(name, 1024 * 1024).ok()
+}
+
+/// An installation directory, opened once and locked for the life of this
+/// value so two installs into one DEST cannot interleave. Every operation
+/// goes through the descriptor (`path` is for messages and for the paths
+/// written into service configuration).
 #[derive(Debug)]
 pub struct Dest {
     pub path: PathBuf,
+    dir: DirFd,
+    /// The installing user: owner of every generation directory.
+    me: u32,
     _lock: fs::File,
 }
 
 impl Dest {
-    /// Creates DEST (0755: the service's own user must be able to traverse
-    /// it; the key file's mode protects the key) and takes its lock.
+    /// [`Dest::open_for`] without `--owner`.
     pub fn open(path: &Path) -> Result<Dest> {
-        if !path.is_dir() {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(path)
-                .with_context(|| format!("creating {}", path.display()))?;
-        }
-        let lock = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path.join(LOCK_FILE))
-            .with_context(|| format!("opening the lock in {}", path.display()))?;
-        lock.lock()
-            .with_context(|| format!("locking {}", path.display()))?;
-        Ok(Dest {
-            path: path.to_path_buf(),
-            _lock: lock,
-        })
+        Dest::open_for(path, None)
     }
 
-    /// The generation `current` points to, if any.
+    /// Creates DEST (0755) if missing, opens it without following a
+    /// symlink, checks who owns it, takes its lock and refuses entries the
+    /// installer did not make.
+    ///
+    /// DEST must belong to the installing user, or to the `--owner` account
+    /// (a directory the service's user made). Its parent may belong to
+    /// anyone: after this open, nothing depends on a path again.
+    pub fn open_for(path: &Path, owner: Option<Owner>) -> Result<Dest> {
+        match fs::symlink_metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::DirBuilder::new()
+                .recursive(true)
+                .mode(DIR_MODE)
+                .create(path)
+                .with_context(|| format!("creating {}", path.display()))?,
+            _ => {}
+        }
+        let dir = DirFd::open_nofollow(path).context("opening --dest")?;
+        let me = rustix::process::geteuid().as_raw();
+        let meta = dir.meta()?;
+        let owner_uid = owner.map(|o| o.uid);
+        if meta.uid != me && Some(meta.uid) != owner_uid {
+            bail!(
+                "{} belongs to uid {}, which is neither the installing user (uid {me}) nor the --owner account; refusing to install there",
+                path.display(),
+                meta.uid
+            );
+        }
+        let lock = dir.lock(LOCK_FILE)?;
+        let dest = Dest {
+            path: path.to_path_buf(),
+            dir,
+            me,
+            _lock: lock,
+        };
+        for name in dest.dir.names()? {
+            // An entry gone since the listing is no longer there to refuse.
+            if name.starts_with(GEN_PREFIX) && dest.dir.entry(&name)?.is_some() {
+                dest.check_generation(&name)?;
+            }
+        }
+        Ok(dest)
+    }
+
+    /// A generation entry must be a real directory owned by the installing
+    /// user: anything else was planted by someone else.
+    fn check_generation(&self, name: &str) -> Result<()> {
+        let shown = self.path.join(name);
+        match self.dir.entry(name)? {
+            None => bail!(
+                "{} does not exist (removed or moved away by someone else); refusing to go on",
+                shown.display()
+            ),
+            Some(m) if m.kind == FileType::Symlink => bail!(
+                "{} is a symlink, not a generation directory the installer made; refusing to use DEST until it is removed",
+                shown.display()
+            ),
+            Some(m) if m.kind != FileType::Directory => bail!(
+                "{} is not a directory; refusing to use DEST until it is removed",
+                shown.display()
+            ),
+            Some(m) if m.uid != self.me => bail!(
+                "{} belongs to uid {}, not to the installing user (uid {}): not a generation the installer made; refusing to use DEST until it is removed",
+                shown.display(),
+                m.uid,
+                self.me
+            ),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Opens a generation directory after checking it is one the installer made.
+    pub fn open_generation(&self, name: &str) -> Result<DirFd> {
+        if !name.starts_with(GEN_PREFIX) || name.contains('/') {
+            bail!("{name:?} is not a generation name");
+        }
+        self.check_generation(name)?;
+        let g = self.dir.open_dir(name)?;
+        // The entry may have been swapped between the check and the open.
+        if g.meta()?.uid != self.me {
+            bail!(
+                "{} changed owner while being opened; refusing it",
+                self.path.join(name).display()
+            );
+        }
+        Ok(g)
+    }
+
+    /// The generation `current` points to, if any. Only a symlink naming a
+    /// `gen-*` directory directly inside DEST, made by the installer, is
+    /// accepted.
     pub fn current(&self) -> Result<Option<String>> {
         let link = self.path.join(CURRENT);
-        match fs::symlink_metadata(&link) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("reading {}", link.display())),
-            Ok(m) if !m.file_type().is_symlink() => bail!(
+        match self.dir.entry(CURRENT)? {
+            None => Ok(None),
+            Some(m) if m.kind != FileType::Symlink => bail!(
                 "{} exists and is not a symlink; move it away (the installer manages it)",
                 link.display()
             ),
-            Ok(_) => {
-                let target = fs::read_link(&link)?;
-                Ok(Some(target.to_string_lossy().into_owned()))
+            Some(_) => {
+                let target = self.dir.read_link(CURRENT)?;
+                if !target.starts_with(GEN_PREFIX) || target.contains('/') {
+                    bail!(
+                        "{} points to {target:?}, not to a generation directory inside DEST; refusing it (the installer only makes current -> gen-*)",
+                        link.display()
+                    );
+                }
+                self.check_generation(&target)
+                    .with_context(|| format!("{} points to {target}", link.display()))?;
+                Ok(Some(target))
             }
         }
     }
 
-    /// Writes a new generation directory (not yet live) and returns its name.
+    /// Writes a new generation directory (not yet live) and returns its
+    /// name. The directory is made with mkdirat and opened without
+    /// following a symlink; its files are created relative to it, owner and
+    /// mode set on each descriptor before the file gets its name.
     pub fn write_generation(
         &self,
         serial: &str,
@@ -92,83 +200,92 @@ impl Dest {
             .map_err(|_| anyhow::anyhow!("CSPRNG failure"))?;
         let short = &serial[..serial.len().min(16)];
         let name = format!("{GEN_PREFIX}{short}-{}", hex::encode(nonce));
-        let dir = self.path.join(&name);
-        fs::DirBuilder::new()
-            .mode(0o755)
-            .create(&dir)
-            .with_context(|| format!("creating {}", dir.display()))?;
+        self.dir.mkdir(&name, DIR_MODE)?;
         let result = (|| -> Result<()> {
-            fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))?;
-            for f in files {
-                let path = dir.join(f.name);
-                fsutil::write_atomic(&path, &f.contents, f.mode)?;
-                if let Some(o) = owner {
-                    std::os::unix::fs::chown(&path, Some(o.uid), Some(o.gid))
-                        .with_context(|| format!("chown {}:{} {}", o.uid, o.gid, path.display()))?;
-                }
+            let g = self.open_generation(&name)?;
+            if !g.names()?.is_empty() {
+                bail!(
+                    "{} is not the empty directory just made; refusing it",
+                    g.path().display()
+                );
             }
-            fsutil::sync_dir(&dir)
+            g.set_owner_mode(None, DIR_MODE)?;
+            for f in files {
+                g.write_file(f.name, &f.contents, f.mode, owner.map(|o| (o.uid, o.gid)))?;
+            }
+            g.sync()
         })();
         if let Err(e) = result {
-            let _ = fs::remove_dir_all(&dir);
+            let _ = self.remove(&name);
             return Err(e);
         }
         Ok(name)
     }
 
-    /// Path of a file of a generation.
+    /// Path of a file of a generation (for messages and tests).
     pub fn file(&self, generation: &str, name: &str) -> PathBuf {
         self.path.join(generation).join(name)
     }
 
-    /// Points `current` at `generation` (or removes it for `None`) with one rename.
+    /// Points `current` at `generation` (or removes it for `None`) with one
+    /// rename relative to DEST.
     pub fn switch_to(&self, generation: Option<&str>) -> Result<()> {
-        let link = self.path.join(CURRENT);
         match generation {
             Some(g) => {
-                let tmp = self
-                    .path
-                    .join(format!(".{CURRENT}.tmp-{}", std::process::id()));
-                let _ = fs::remove_file(&tmp);
-                std::os::unix::fs::symlink(g, &tmp)
-                    .with_context(|| format!("creating {}", tmp.display()))?;
-                fs::rename(&tmp, &link).with_context(|| {
-                    format!("renaming {} over {}", tmp.display(), link.display())
-                })?;
-            }
-            None => match fs::remove_file(&link) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(e).with_context(|| format!("removing {}", link.display()));
+                let mut nonce = [0u8; 4];
+                ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
+                    .map_err(|_| anyhow::anyhow!("CSPRNG failure"))?;
+                let tmp = format!(
+                    ".{CURRENT}.tmp-{}-{}",
+                    std::process::id(),
+                    hex::encode(nonce)
+                );
+                self.dir.symlink(g, &tmp)?;
+                if let Err(e) = self.dir.rename(&tmp, CURRENT) {
+                    let _ = self.dir.unlink(&tmp);
+                    return Err(e);
                 }
-                _ => {}
-            },
-        }
-        fsutil::sync_dir(&self.path)
-    }
-
-    /// Removes every generation except `keep`.
-    pub fn prune(&self, keep: &str) -> Result<()> {
-        for entry in fs::read_dir(&self.path)? {
-            let entry = entry?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(GEN_PREFIX) && name != keep && entry.file_type()?.is_dir() {
-                fs::remove_dir_all(entry.path())
-                    .with_context(|| format!("removing {}", entry.path().display()))?;
+            }
+            None => {
+                if self.dir.entry(CURRENT)?.is_some() {
+                    self.dir.unlink(CURRENT)?;
+                }
             }
         }
-        fsutil::sync_dir(&self.path)
+        self.dir.sync()
     }
 
-    /// Removes one generation (a failed one).
+    /// Removes every generation except `keep`. Entries the installer did
+    /// not make are left alone (and reported).
+    pub fn prune(&self, keep: &str) -> Result<()> {
+        let mut foreign = Vec::new();
+        for name in self.dir.names()? {
+            if !name.starts_with(GEN_PREFIX) || name == keep {
+                continue;
+            }
+            match self.check_generation(&name) {
+                Ok(()) => self.dir.remove_tree(&name)?,
+                Err(e) => foreign.push(format!("{e:#}")),
+            }
+        }
+        self.dir.sync()?;
+        if !foreign.is_empty() {
+            bail!("left alone: {}", foreign.join("; "));
+        }
+        Ok(())
+    }
+
+    /// Removes one generation (a failed one), walking by descriptor.
     pub fn remove(&self, generation: &str) -> Result<()> {
-        fs::remove_dir_all(self.path.join(generation))
-            .with_context(|| format!("removing {}", self.path.join(generation).display()))
+        self.check_generation(generation)?;
+        self.dir.remove_tree(generation)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn file(name: &'static str, body: &str, mode: u32) -> GenFile {
         GenFile {
@@ -226,5 +343,50 @@ mod tests {
         fs::create_dir(tmp.path().join(CURRENT)).unwrap();
         let dest = Dest::open(tmp.path()).unwrap();
         assert!(dest.current().is_err());
+    }
+
+    #[test]
+    fn refuses_planted_current_and_generations() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dest_path = tmp.path().join("tls");
+        let outside = tmp.path().join("attacker");
+        fs::create_dir(&outside).unwrap();
+        let dest = Dest::open(&dest_path).unwrap();
+        let a = dest
+            .write_generation("aa", &[file("k", "one", 0o600)], None)
+            .unwrap();
+        drop(dest);
+        let cur = dest_path.join(CURRENT);
+        for target in [
+            outside.to_str().unwrap().to_owned(),
+            "../attacker".to_owned(),
+            format!("{a}/k"),
+            "gen-missing".to_owned(),
+        ] {
+            let _ = fs::remove_file(&cur);
+            std::os::unix::fs::symlink(&target, &cur).unwrap();
+            let dest = Dest::open(&dest_path).unwrap();
+            let err = dest.current().unwrap_err();
+            assert!(
+                format!("{err:#}").contains("refusing")
+                    || format!("{err:#}").contains("does not exist"),
+                "{target}: {err:#}"
+            );
+        }
+        fs::remove_file(&cur).unwrap();
+        // A gen-* symlink makes DEST unusable until removed.
+        std::os::unix::fs::symlink(&outside, dest_path.join("gen-evil")).unwrap();
+        let err = Dest::open(&dest_path).unwrap_err();
+        assert!(format!("{err:#}").contains("is a symlink"), "{err:#}");
+        fs::remove_file(dest_path.join("gen-evil")).unwrap();
+        // A symlinked lock is refused.
+        fs::remove_file(dest_path.join(LOCK_FILE)).unwrap();
+        std::os::unix::fs::symlink(outside.join("lock"), dest_path.join(LOCK_FILE)).unwrap();
+        let err = Dest::open(&dest_path).unwrap_err();
+        assert!(format!("{err:#}").contains("is a symlink"), "{err:#}");
+        assert!(!outside.join("lock").exists());
+        // DEST itself as a symlink is refused.
+        std::os::unix::fs::symlink(&outside, tmp.path().join("link")).unwrap();
+        assert!(Dest::open(&tmp.path().join("link")).is_err());
     }
 }

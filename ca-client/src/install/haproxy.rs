@@ -69,7 +69,7 @@ impl Service for Haproxy {
         files
     }
 
-    fn reread(&self, dir: &Path) -> Result<KeySet> {
+    fn reread(&self, dir: &crate::dirfd::DirFd) -> Result<KeySet> {
         let combined = read_text(dir, COMBINED)?;
         let key = material::key_from_pem(&combined)?;
         let chain = material::certs_from_pem(combined.as_bytes())?;
@@ -118,12 +118,16 @@ pub enum RuntimeUpdate {
 /// Only the certificate: HAProxy 2.6.12 (Debian 12) dies on `commit ssl
 /// crl-file` once a certificate was committed through the API (seen here),
 /// so a changed CRL is left to a reload (see `install`).
-pub fn runtime_update(socket: &Path, current: &str) -> Result<RuntimeUpdate> {
+///
+/// The bytes sent are read through DEST's descriptor (`read_live_file`), never
+/// by following `current` as a path: root must not read what a service
+/// account planted.
+pub fn runtime_update(socket: &Path, dest: &Path, current: &str) -> Result<RuntimeUpdate> {
     use anyhow::Context;
     let cert_path = format!("{current}/{COMBINED}");
-    let pem = Zeroizing::new(
-        std::fs::read(Path::new(&cert_path)).with_context(|| format!("reading {cert_path}"))?,
-    );
+    let pem = super::generation::read_live_file(dest, COMBINED).ok_or_else(|| {
+        anyhow::anyhow!("{cert_path} is not a file of a generation the installer made")
+    })?;
     match runtime_command(socket, b"show ssl cert\n") {
         Err(e) if socket_absent(&e) => return Ok(RuntimeUpdate::NotRunning),
         Err(e) => {

@@ -22,6 +22,7 @@ pub mod probe;
 pub mod record;
 pub mod sys;
 
+use crate::dirfd::DirFd;
 use anyhow::{Context, Result, anyhow, bail};
 use generation::{Dest, GenFile};
 use material::{KeySet, LeafInfo, Material};
@@ -29,7 +30,7 @@ use probe::Probe;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-use sys::Owner;
+use sys::{Owner, RunningPid, Verified};
 use zeroize::Zeroizing;
 
 /// The services `install` knows.
@@ -172,13 +173,13 @@ pub trait Service {
     /// The files of one generation (the snippet included by the caller).
     fn files(&self, m: &Material) -> Vec<GenFile>;
     /// Key, chain and root read back from a written generation directory.
-    fn reread(&self, dir: &Path) -> Result<KeySet>;
+    fn reread(&self, dir: &DirFd) -> Result<KeySet>;
     /// The default configuration check, if the service has one.
     fn check_command(&self, opts: &InstallOptions) -> Option<Command>;
     /// The pid file used without `--pid-file`.
     fn default_pid_file(&self) -> &'static str;
     /// The running service's main pid, if it runs.
-    fn running_pid(&self, opts: &InstallOptions) -> Result<Option<i32>> {
+    fn running_pid(&self, opts: &InstallOptions) -> Result<Option<RunningPid>> {
         pid_from_file(
             opts.pid_file
                 .as_deref()
@@ -187,6 +188,11 @@ pub trait Service {
     }
     /// The signal that makes the service re-read its files.
     fn reload_signal(&self) -> i32;
+    /// Whether `exe` (a process's resolved executable) is the service's
+    /// binary; a pid naming anything else is never signalled.
+    fn exe_ok(&self, exe: &Path) -> bool {
+        exe.file_name().is_some_and(|n| n == self.name())
+    }
     /// Where to confirm the served certificate after a reload (`--probe`).
     fn probe(&self, opts: &InstallOptions) -> Result<Option<Probe>> {
         Ok(opts.probe.clone().map(|addr| Probe {
@@ -227,14 +233,21 @@ pub async fn install(opts: &InstallOptions) -> Result<InstallOutcome, InstallErr
     // Pre-flight: a missing --pgdata or an unreadable pid file is a usage
     // problem, found before anything is written.
     svc.running_pid(opts)?;
-    let dest = Dest::open(&opts.dest)?;
+    let dest = Dest::open_for(&opts.dest, opts.owner)?;
     let previous = dest.current()?;
     // HAProxy takes only a certificate through its runtime API: a CRL that
     // differs from the live generation's needs the reload.
+    // Read through the DEST handle, like every other file of a generation.
     let crl_changed = opts.service == ServiceKind::Haproxy
-        && previous
-            .as_deref()
-            .is_some_and(|p| std::fs::read(dest.path.join(p).join(haproxy::CRL)).ok() != m.crl_pem);
+        && match previous.as_deref() {
+            Some(p) => {
+                let live = dest
+                    .open_generation(p)?
+                    .read_file(haproxy::CRL, GEN_FILE_LIMIT);
+                live.ok().map(|b| b.to_vec()) != m.crl_pem
+            }
+            None => false,
+        };
 
     let mut files = svc.files(&m);
     files.push(GenFile {
@@ -245,8 +258,9 @@ pub async fn install(opts: &InstallOptions) -> Result<InstallOutcome, InstallErr
     let generation = dest.write_generation(&m.leaf.serial, &files, opts.owner)?;
     drop(files);
     // The files as written, not just their source, must form one set.
-    let reread = svc
-        .reread(&dest.path.join(&generation))
+    let reread = dest
+        .open_generation(&generation)
+        .and_then(|dir| svc.reread(&dir))
         .and_then(|set| material::check_set(&set.key_pem, &set.chain, &set.root));
     match reread {
         Ok(leaf) if leaf == m.leaf => {}
@@ -346,7 +360,7 @@ impl Steps<'_> {
             // HAProxy's runtime API instead of a reload: running means
             // something answers on the socket.
             self.reloaded = true;
-            match haproxy::runtime_update(&socket, &self.current)? {
+            match haproxy::runtime_update(&socket, &self.opts.dest, &self.current)? {
                 haproxy::RuntimeUpdate::Updated => "updated through the runtime API",
                 haproxy::RuntimeUpdate::NotRunning => {
                     self.reloaded = false;
@@ -354,11 +368,13 @@ impl Steps<'_> {
                 }
             }
         } else {
-            let Some(pid) = self.svc.running_pid(self.opts)? else {
+            let Some(running) = self.svc.running_pid(self.opts)? else {
                 return Ok(("not running".into(), false));
             };
+            // A refused target means nothing was signalled: not yet reloaded.
+            let target = self.target(&running)?;
             self.reloaded = true;
-            self.reload(pid)?;
+            self.reload(target)?;
             "reloaded"
         };
         let Some(probe) = self.svc.probe(self.opts)? else {
@@ -380,13 +396,26 @@ impl Steps<'_> {
         }
     }
 
-    fn reload(&self, pid: i32) -> Result<()> {
+    /// For a signal reload, the checked process behind the pid file
+    /// (`None` when a `--reload` command does the reloading).
+    fn target(&self, running: &RunningPid) -> Result<Option<Verified>> {
         match &self.opts.reload {
-            Reload::Command(cmd) => {
+            Reload::Command(_) => Ok(None),
+            _ => sys::verify_process(running, self.svc.name(), &|exe| self.svc.exe_ok(exe))
+                .map(Some)
+                .with_context(|| format!("not reloading {}", self.svc.name())),
+        }
+    }
+
+    fn reload(&self, target: Option<Verified>) -> Result<()> {
+        match (&self.opts.reload, target) {
+            (Reload::Command(cmd), _) => {
                 run_command(&mut shell(cmd), &format!("{} reload", self.svc.name()))
             }
-            _ => sys::send_signal(pid, self.svc.reload_signal())
+            (_, Some(process)) => process
+                .signal(self.svc.reload_signal())
                 .with_context(|| format!("reloading {}", self.svc.name())),
+            (_, None) => bail!("no process to signal"),
         }
     }
 
@@ -399,14 +428,15 @@ impl Steps<'_> {
             && previous.is_some()
             && let Some(socket) = self.runtime_socket()
         {
-            haproxy::runtime_update(socket, &self.current)
+            haproxy::runtime_update(socket, &self.opts.dest, &self.current)
                 .context("handing the previous files back to HAProxy")?;
             return Ok(());
         }
         if self.reloaded
-            && let Some(pid) = self.svc.running_pid(self.opts)?
+            && let Some(running) = self.svc.running_pid(self.opts)?
         {
-            self.reload(pid)
+            let target = self.target(&running)?;
+            self.reload(target)
                 .context("reloading with the previous files")?;
         }
         Ok(())
@@ -453,13 +483,35 @@ fn find_program(name: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(name))
 }
 
-/// The pid in the first line of a pid file, if the process is alive.
-fn pid_from_file(path: &Path) -> Result<Option<i32>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+/// Largest pid file or `postmaster.pid` read.
+const PID_FILE_LIMIT: u64 = 64 * 1024;
+
+/// A pid file's text and owner, read without following a symlink (the
+/// directory path is resolved once); `None` if it does not exist.
+fn read_pid_file(path: &Path) -> Result<Option<(Zeroizing<Vec<u8>>, u32)>> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .with_context(|| format!("{}: no file name", path.display()))?;
+    let dir = DirFd::open_follow(dir)?;
+    if dir.entry(name)?.is_none() {
+        return Ok(None);
+    }
+    let (text, meta) = dir.read_file_meta(name, PID_FILE_LIMIT)?;
+    Ok(Some((text, meta.uid)))
+}
+
+/// The pid in the first line of a pid file, if the process is alive, with
+/// the file's owner as the user the process must run as.
+fn pid_from_file(path: &Path) -> Result<Option<RunningPid>> {
+    let Some((text, uid)) = read_pid_file(path)? else {
+        return Ok(None);
     };
+    let text = String::from_utf8_lossy(&text);
     // An empty pid file means not running (`nginx -t` leaves one behind).
     let first = text.lines().next().unwrap_or("").trim();
     if first.is_empty() {
@@ -468,7 +520,11 @@ fn pid_from_file(path: &Path) -> Result<Option<i32>> {
     let pid: i32 = first
         .parse()
         .with_context(|| format!("{} does not start with a pid", path.display()))?;
-    Ok(sys::process_alive(pid).then_some(pid))
+    Ok(sys::process_alive(pid).then(|| RunningPid {
+        pid,
+        uid,
+        source: path.to_path_buf(),
+    }))
 }
 
 /// A generation file.
@@ -480,10 +536,15 @@ fn gen_file(name: &'static str, contents: impl Into<Vec<u8>>, mode: u32) -> GenF
     }
 }
 
-/// Reads a generation file as text (key material is wiped after use).
-fn read_text(dir: &Path, name: &str) -> Result<Zeroizing<String>> {
-    let bytes =
-        Zeroizing::new(std::fs::read(dir.join(name)).with_context(|| format!("reading {name}"))?);
+/// Largest generation file read back.
+const GEN_FILE_LIMIT: u64 = 1024 * 1024;
+
+/// Reads a generation file as text, through the generation's descriptor
+/// (key material is wiped after use).
+fn read_text(dir: &DirFd, name: &str) -> Result<Zeroizing<String>> {
+    let bytes = dir
+        .read_file(name, GEN_FILE_LIMIT)
+        .with_context(|| format!("reading {name}"))?;
     Ok(Zeroizing::new(
         std::str::from_utf8(&bytes)
             .map_err(|_| anyhow!("{name} is not text"))?
@@ -492,7 +553,7 @@ fn read_text(dir: &Path, name: &str) -> Result<Zeroizing<String>> {
 }
 
 /// Rereads the common split layout: a key file, a chain file, a root file.
-fn reread_split(dir: &Path, key: &str, chain: &str, root: &str) -> Result<KeySet> {
+fn reread_split(dir: &DirFd, key: &str, chain: &str, root: &str) -> Result<KeySet> {
     let key_pem = read_text(dir, key)?;
     let chain = material::certs_from_pem(read_text(dir, chain)?.as_bytes())?;
     let root = material::certs_from_pem(read_text(dir, root)?.as_bytes())?.remove(0);

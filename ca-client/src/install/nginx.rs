@@ -11,7 +11,6 @@ use super::{ClientAuth, InstallOptions, Service, crl_file, gen_file, reread_spli
 use crate::fsutil::{KEY_MODE, PUBLIC_MODE};
 use anyhow::Result;
 use std::fmt::Write as _;
-use std::path::Path;
 use std::process::Command;
 
 pub const CHAIN: &str = "fullchain.pem";
@@ -69,7 +68,7 @@ impl Service for Nginx {
         files
     }
 
-    fn reread(&self, dir: &Path) -> Result<KeySet> {
+    fn reread(&self, dir: &crate::dirfd::DirFd) -> Result<KeySet> {
         reread_split(dir, KEY, CHAIN, CA)
     }
 

@@ -15,7 +15,9 @@
 use super::generation::GenFile;
 use super::material::{KeySet, Material};
 use super::probe::Probe;
-use super::{InstallOptions, Reload, Service, crl_file, gen_file, pid_from_file, reread_split};
+use super::sys::RunningPid;
+use super::{InstallOptions, PID_FILE_LIMIT, Reload, Service, crl_file, gen_file, reread_split};
+use crate::dirfd::DirFd;
 use crate::fsutil::{KEY_MODE, PUBLIC_MODE};
 use anyhow::{Context, Result, bail};
 use std::path::Path;
@@ -79,7 +81,7 @@ impl Service for Postgres {
         files
     }
 
-    fn reread(&self, dir: &Path) -> Result<KeySet> {
+    fn reread(&self, dir: &DirFd) -> Result<KeySet> {
         reread_split(dir, KEY, CERT, ROOT)
     }
 
@@ -91,8 +93,39 @@ impl Service for Postgres {
         "postmaster.pid"
     }
 
-    fn running_pid(&self, opts: &InstallOptions) -> Result<Option<i32>> {
-        pid_from_file(&postmaster_pid(opts)?)
+    fn running_pid(&self, opts: &InstallOptions) -> Result<Option<RunningPid>> {
+        let Some((text, uid)) = read_postmaster_pid(opts)? else {
+            return Ok(None);
+        };
+        let path = postmaster_pid(opts)?;
+        let first = String::from_utf8_lossy(&text)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_owned();
+        if first.is_empty() {
+            return Ok(None);
+        }
+        let pid: i32 = first
+            .parse()
+            .with_context(|| format!("{} does not start with a pid", path.display()))?;
+        Ok(super::sys::process_alive(pid).then_some(RunningPid {
+            pid,
+            uid,
+            source: path,
+        }))
+    }
+
+    /// The postmaster: `/usr/lib/postgresql/VERSION/bin/postgres`.
+    fn exe_ok(&self, exe: &Path) -> bool {
+        let bin = exe.parent();
+        exe.file_name().is_some_and(|n| n == "postgres")
+            && bin.and_then(Path::file_name).is_some_and(|n| n == "bin")
+            && bin
+                .and_then(Path::parent)
+                .and_then(Path::parent)
+                .is_some_and(|p| p == Path::new("/usr/lib/postgresql"))
     }
 
     fn reload_signal(&self) -> i32 {
@@ -107,10 +140,15 @@ impl Service for Postgres {
             }));
         }
         let path = postmaster_pid(opts)?;
-        let text = std::fs::read_to_string(&path)
+        let (text, _) = read_postmaster_pid(opts)?
+            .with_context(|| format!("{} disappeared", path.display()))?;
+        // Written by the postgres account: the address is only used if it
+        // is one of this host's own.
+        let addr = probe_addr(&String::from_utf8_lossy(&text))
+            .and_then(|a| local_only(&a))
             .with_context(|| format!("reading {}", path.display()))?;
         Ok(Some(Probe {
-            addr: probe_addr(&text).with_context(|| format!("reading {}", path.display()))?,
+            addr,
             postgres: true,
         }))
     }
@@ -124,6 +162,50 @@ fn postmaster_pid(opts: &InstallOptions) -> Result<std::path::PathBuf> {
             "postgres needs --pgdata (the data directory holding postmaster.pid) to reload and confirm; or pass --no-reload"
         ),
     }
+}
+
+/// `PGDATA/postmaster.pid` (never through a symlink) and the uid the
+/// postmaster must run as: the owner of both PGDATA and the file.
+fn read_postmaster_pid(
+    opts: &InstallOptions,
+) -> Result<Option<(zeroize::Zeroizing<Vec<u8>>, u32)>> {
+    let path = postmaster_pid(opts)?;
+    let pgdata = path.parent().unwrap_or(Path::new("."));
+    let dir = DirFd::open_follow(pgdata)?;
+    if dir.entry("postmaster.pid")?.is_none() {
+        return Ok(None);
+    }
+    let data_uid = dir.meta()?.uid;
+    let (text, meta) = dir.read_file_meta("postmaster.pid", PID_FILE_LIMIT)?;
+    if meta.uid != data_uid {
+        bail!(
+            "{} belongs to uid {}, but the data directory to uid {data_uid}; refusing to trust it",
+            path.display(),
+            meta.uid
+        );
+    }
+    Ok(Some((text, data_uid)))
+}
+
+/// Accepts `host:port` only when the host is an IP address of this machine
+/// (loopback, or one a local socket can bind): a planted postmaster.pid
+/// must not make root connect elsewhere.
+fn local_only(addr: &str) -> Result<String> {
+    let (host, _) = addr
+        .rsplit_once(':')
+        .with_context(|| format!("{addr:?} is not host:port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let ip: std::net::IpAddr = host.parse().map_err(|_| {
+        anyhow::anyhow!(
+            "the listen address {host:?} in postmaster.pid is not an IP address; pass --probe HOST:PORT"
+        )
+    })?;
+    if !ip.is_loopback() && std::net::UdpSocket::bind((ip, 0)).is_err() {
+        bail!(
+            "the listen address {ip} in postmaster.pid is not an address of this host; refusing to probe it (pass --probe HOST:PORT)"
+        );
+    }
+    Ok(addr.to_owned())
 }
 
 /// `host:port` from postmaster.pid: line 4 is the port, line 6 the first
@@ -161,5 +243,34 @@ mod tests {
         assert_eq!(probe_addr(&pid).unwrap(), "[::1]:5433");
         let pid = pid.replace("\n::1\n", "\n\n");
         assert!(probe_addr(&pid).is_err());
+    }
+
+    #[test]
+    fn probes_only_addresses_of_this_host() {
+        assert_eq!(local_only("127.0.0.1:5432").unwrap(), "127.0.0.1:5432");
+        assert_eq!(local_only("[::1]:5432").unwrap(), "[::1]:5432");
+        // TEST-NET-3: never an address of this host.
+        let err = local_only("203.0.113.9:5432").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("not an address of this host"),
+            "{err:#}"
+        );
+        let err = local_only("db.example.com:5432").unwrap_err();
+        assert!(format!("{err:#}").contains("not an IP address"), "{err:#}");
+    }
+
+    #[test]
+    fn only_the_packaged_postmaster_is_signalled() {
+        let pg = Postgres;
+        assert!(pg.exe_ok(Path::new("/usr/lib/postgresql/15/bin/postgres")));
+        for bad in [
+            "/usr/bin/sleep",
+            "/tmp/postgres",
+            "/usr/lib/postgresql/15/bin/pg_ctl",
+            "/usr/lib/postgresql/15/lib/postgres",
+            "/home/x/usr/lib/postgresql/15/bin/postgres",
+        ] {
+            assert!(!pg.exe_ok(Path::new(bad)), "{bad}");
+        }
     }
 }

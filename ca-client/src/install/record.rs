@@ -121,14 +121,15 @@ pub struct InstallRecord {
 }
 
 impl InstallRecord {
-    /// The CRL file as the service reads it (under `DEST/current`).
-    fn installed_crl(&self) -> PathBuf {
+    /// The CRL file as the service reads it (under `DEST/current`), read
+    /// through DEST's descriptor, never following a planted link.
+    fn installed_crl(&self) -> Option<Vec<u8>> {
         let name = match self.service {
             ServiceKind::Nginx => nginx::CRL,
             ServiceKind::Haproxy => haproxy::CRL,
             ServiceKind::Postgres => postgres::CRL,
         };
-        self.flags.dest.join(super::generation::CURRENT).join(name)
+        super::generation::read_live_file(&self.flags.dest, name).map(|b| b.to_vec())
     }
 }
 
@@ -234,7 +235,7 @@ pub async fn reinstall_with(
     let mut done = Vec::new();
     let mut failed: Option<Failure> = None;
     for record in records.iter().filter(|r| services.contains(&r.service)) {
-        if only == Only::CrlChanged && std::fs::read(record.installed_crl()).ok() == crl {
+        if only == Only::CrlChanged && record.installed_crl() == crl {
             done.push(Reinstalled {
                 service: record.service,
                 dest: record.flags.dest.clone(),

@@ -1,6 +1,8 @@
 //! The few operating-system calls the installers need that std does not
 //! offer: looking up users and groups (through NSS, so LDAP/sssd accounts
-//! work too), and checking or signalling a service's process.
+//! work too), and checking or signalling a service's process. A pid read
+//! from a file the service's account can write is signalled only through a
+//! pidfd, after checking who runs it and which binary it is.
 #![allow(unsafe_code)] // libc calls with buffers we own; each call is commented
 
 use anyhow::{Context, Result, bail};
@@ -96,18 +98,95 @@ pub fn process_alive(pid: i32) -> bool {
     rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
-/// Sends `signal` to `pid`.
-pub fn send_signal(pid: i32, signal: i32) -> Result<()> {
-    if pid <= 0 {
-        bail!("refusing to signal pid {pid}");
+/// A pid read from a pid file, with the file's owner (the only account
+/// that could have written it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningPid {
+    pub pid: i32,
+    /// The user the process must run as.
+    pub uid: u32,
+    /// The pid file, for messages.
+    pub source: std::path::PathBuf,
+}
+
+/// A process checked to be the service's: signals go through its pidfd, so
+/// a pid reused after the check is never signalled.
+#[derive(Debug)]
+pub struct Verified {
+    pidfd: std::os::fd::OwnedFd,
+    pid: i32,
+}
+
+/// Real and effective uid of `pid`, from `/proc/PID/status`.
+fn proc_uids(pid: i32) -> Result<(u32, u32)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .with_context(|| format!("no Uid line in /proc/{pid}/status"))?;
+    let mut ids = line.split_whitespace().map(str::parse::<u32>);
+    match (ids.next(), ids.next()) {
+        (Some(Ok(real)), Some(Ok(effective))) => Ok((real, effective)),
+        _ => bail!("unreadable Uid line in /proc/{pid}/status"),
     }
-    // SAFETY: plain syscall with integer arguments; pid > 0 so never a group.
-    let rc = unsafe { libc::kill(pid, signal) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("sending {} to pid {pid}", signal_name(signal)));
+}
+
+/// Opens a pidfd for `running` and checks that the process runs as
+/// `running.uid` (real and effective) and that its executable passes
+/// `exe_ok`; the error says which check failed.
+pub fn verify_process(
+    running: &RunningPid,
+    service: &str,
+    exe_ok: &dyn Fn(&std::path::Path) -> bool,
+) -> Result<Verified> {
+    let RunningPid { pid, uid, source } = running;
+    let why = |reason: String| {
+        anyhow::anyhow!(
+            "refusing to signal pid {pid} read from {}: {reason}",
+            source.display()
+        )
+    };
+    let raw = rustix::process::Pid::from_raw(*pid)
+        .filter(|_| *pid > 1)
+        .ok_or_else(|| why("not a process id".into()))?;
+    // The pidfd first: if the process exits and the pid is reused while we
+    // look at /proc, the signal goes nowhere instead of to the newcomer.
+    let pidfd = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty())
+        .map_err(|e| why(format!("it is not running ({e})")))?;
+    let (real, effective) = proc_uids(*pid).map_err(|e| why(format!("{e:#}")))?;
+    if real != *uid || effective != *uid {
+        return Err(why(format!(
+            "the process runs as uid {real} (effective {effective}), not as uid {uid}, the owner of the pid file; it is not {service}"
+        )));
     }
-    Ok(())
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map_err(|e| why(format!("cannot read its executable ({e})")))?;
+    // A binary replaced by a package upgrade shows as "PATH (deleted)".
+    let shown = exe.to_string_lossy();
+    let exe_path = std::path::Path::new(shown.strip_suffix(" (deleted)").unwrap_or(&shown));
+    if !exe_ok(exe_path) {
+        return Err(why(format!(
+            "the process runs {}, which is not the {service} binary",
+            exe.display()
+        )));
+    }
+    Ok(Verified { pidfd, pid: *pid })
+}
+
+impl Verified {
+    /// Sends `signal` to the verified process (and only to it).
+    pub fn signal(&self, signal: i32) -> Result<()> {
+        let sig = match signal {
+            libc::SIGHUP => rustix::process::Signal::HUP,
+            libc::SIGUSR2 => rustix::process::Signal::USR2,
+            libc::SIGTERM => rustix::process::Signal::TERM,
+            n => bail!("unsupported signal {n}"),
+        };
+        rustix::process::pidfd_send_signal(&self.pidfd, sig)
+            .map_err(std::io::Error::from)
+            .with_context(|| format!("sending {} to pid {}", signal_name(signal), self.pid))
+    }
 }
 
 /// A signal's conventional name, for messages.
@@ -151,5 +230,37 @@ mod tests {
         assert!(process_alive(std::process::id() as i32));
         assert!(!process_alive(0));
         assert!(!process_alive(-1));
+    }
+
+    #[test]
+    fn signals_only_a_process_of_the_right_user_and_binary() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let me = effective_uid();
+        let pid = child.id() as i32;
+        let running = |uid| RunningPid {
+            pid,
+            uid,
+            source: "/run/test.pid".into(),
+        };
+        let is = |name: &'static str| move |exe: &std::path::Path| exe.ends_with(name);
+        let err = verify_process(&running(me + 1), "sleep", &is("sleep")).unwrap_err();
+        assert!(
+            format!("{err:#}").contains(&format!("not as uid {}", me + 1)),
+            "{err:#}"
+        );
+        let err = verify_process(&running(me), "nginx", &is("nginx")).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("which is not the nginx binary"),
+            "{err:#}"
+        );
+        let target = verify_process(&running(me), "sleep", &is("sleep")).unwrap();
+        target.signal(libc::SIGTERM).unwrap();
+        let status = child.wait().unwrap();
+        assert!(!status.success());
+        let err = verify_process(&running(me), "sleep", &is("sleep")).unwrap_err();
+        assert!(format!("{err:#}").contains("not running"), "{err:#}");
     }
 }

@@ -11,6 +11,7 @@ mod faults;
 mod haproxy;
 mod hostile;
 mod install;
+mod install_attacks;
 mod lint;
 mod operability;
 mod proxy_protocol;

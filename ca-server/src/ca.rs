@@ -171,7 +171,9 @@ pub struct InitOutcome {
 /// Serialised with a lock file so that two processes starting on one empty
 /// data dir cannot create two different CAs.
 pub fn init(paths: &CaPaths, name: &str, now: i64) -> Result<InitOutcome> {
-    fsutil::create_private_dir(&paths.dir)?;
+    // The data dir holds the CA keys: another user's is refused, an open
+    // one of ours tightened to 0700.
+    fsutil::private_key_dir(&paths.dir)?;
     let _lock = paths.lock()?;
 
     if paths.is_initialised() {

@@ -120,7 +120,7 @@ pub fn rotate(
 
     // Keep the old pair first: a crash below leaves it retrievable.
     let retired = paths.dir.join("retired");
-    fsutil::create_private_dir(&retired)?;
+    fsutil::private_key_dir(&retired)?;
     let retired_cert = retired.join(format!("intermediate-{old_serial}.crt"));
     let retired_key = retired.join(format!("intermediate-{old_serial}.key"));
     let old_key = zeroize::Zeroizing::new(

@@ -209,7 +209,7 @@ pub async fn run(
         .await
         .context("recording the admin certificate")?;
 
-    fsutil::create_private_dir(&out)?;
+    fsutil::private_key_dir(&out)?;
     let leaf_pem = pem::encode(&pem::Pem::new("CERTIFICATE", leaf.der.clone()));
     let root_pem = pem::encode(&pem::Pem::new("CERTIFICATE", signer.root_der.clone()));
     fsutil::write_atomic(&out.join(CA_FILE), root_pem.as_bytes(), PUBLIC_MODE)?;

@@ -523,3 +523,52 @@ fn key_directories_of_another_user_are_refused_and_open_ones_tightened() {
     let err = fails(&mut ca_tests::fleet::ca_client_verb("renew", &ca, &open));
     assert!(err.contains("not to the invoking user"), "{err}");
 }
+
+/// The server's data dir holds the CA keys: `init` (and `serve`, which
+/// initialises) tightens an open one of the invoking user to 0700 and
+/// refuses one that belongs to another user, touching nothing in it.
+#[test]
+fn a_data_dir_of_another_user_is_refused_and_an_open_one_tightened() {
+    if !require_root() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let init = |dir: &Path| {
+        let mut cmd = Command::new(bin("ca-server"));
+        cmd.arg("--data-dir")
+            .arg(dir)
+            .args(["init", "--name", "E2E"]);
+        cmd
+    };
+    let open = work.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+    run_ok(&mut init(&open));
+    assert_eq!(
+        std::fs::metadata(&open).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    // Opened up again after init: the next start tightens it again.
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+    run_ok(&mut init(&open));
+    assert_eq!(
+        std::fs::metadata(&open).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+
+    let theirs = work.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(NOBODY), Some(NOBODY)).unwrap();
+    let err = fails(&mut init(&theirs));
+    assert!(
+        err.contains(&format!(
+            "belongs to uid {NOBODY}, not to the invoking user"
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&theirs).unwrap().count(),
+        0,
+        "nothing written"
+    );
+}

@@ -151,8 +151,10 @@ impl RejectionLog {
         match self.count(event, reason, true) {
             Write::Nothing => Ok(()),
             Write::Insert(key, opened_at, event) => {
-                let result = store.audit_returning_id(&event).await;
+                let mut opening = Opening::new(self, key, opened_at, event, 0);
+                let result = store.audit_returning_id(opening.event()).await;
                 crate::metrics::metrics().refusal_audit_write();
+                let (key, event, _) = opening.finish();
                 let mut st = self.state.lock().expect("rejection log lock");
                 let slot = st
                     .slots
@@ -314,8 +316,10 @@ impl RejectionLog {
         };
         let mut first_error = None;
         for (key, opened_at, event, pending, last_at) in inserts {
-            let result = store.audit_returning_id(&event).await;
+            let mut opening = Opening::new(self, key, opened_at, event, pending);
+            let result = store.audit_returning_id(opening.event()).await;
             crate::metrics::metrics().refusal_audit_write();
+            let (key, event, pending) = opening.finish();
             let mut st = self.state.lock().expect("rejection log lock");
             let Some(slot) = st.slots.get_mut(&key).filter(|s| s.opened_at == opened_at) else {
                 continue;
@@ -378,6 +382,66 @@ impl RejectionLog {
             .map(|s| s.pending + i64::from(matches!(s.row, Row::Unwritten(_))))
             .sum::<i64>()
             + st.orphans.iter().map(|o| o.2).sum::<i64>()
+    }
+}
+
+/// A row being written. If the writer is dropped before it finishes (a
+/// client hung up and its request's future was dropped, or the flusher was
+/// stopped), the row goes back to `Unwritten` with its counts, for the next
+/// flush: a refusal may then be counted twice, never lost.
+struct Opening<'a> {
+    log: &'a RejectionLog,
+    key: Option<Key>,
+    opened_at: i64,
+    event: Option<AuditEvent>,
+    pending: i64,
+}
+
+impl<'a> Opening<'a> {
+    fn new(
+        log: &'a RejectionLog,
+        key: Key,
+        opened_at: i64,
+        event: AuditEvent,
+        pending: i64,
+    ) -> Opening<'a> {
+        Opening {
+            log,
+            key: Some(key),
+            opened_at,
+            event: Some(event),
+            pending,
+        }
+    }
+
+    fn event(&self) -> &AuditEvent {
+        self.event.as_ref().expect("an unfinished row")
+    }
+
+    /// The write finished (or failed): the caller settles the slot.
+    fn finish(&mut self) -> (Key, AuditEvent, i64) {
+        (
+            self.key.take().expect("an unfinished row"),
+            self.event.take().expect("an unfinished row"),
+            self.pending,
+        )
+    }
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        let (Some(key), Some(event)) = (self.key.take(), self.event.take()) else {
+            return;
+        };
+        let mut st = self.log.state.lock().expect("rejection log lock");
+        if let Some(slot) = st
+            .slots
+            .get_mut(&key)
+            .filter(|s| s.opened_at == self.opened_at && matches!(s.row, Row::Opening))
+        {
+            slot.row = Row::Unwritten(Box::new(event));
+            slot.pending += self.pending;
+        }
     }
 }
 

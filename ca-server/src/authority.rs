@@ -5,7 +5,8 @@
 //! nothing is ever handed out that the store does not know about.
 //!
 //! Every route that reaches signing goes through [`Authority::admit`] (the
-//! per-address failure throttle) and records refusals through the
+//! per-address refusal throttle), counts every refusal against the address
+//! ([`Authority::count_refusal`]) and records refusals through the
 //! aggregating [`RejectionLog`].
 
 use crate::ca::{LeafRequest, SignedLeaf, Signer};
@@ -13,7 +14,7 @@ use crate::clock::Clock;
 use crate::diskguard::DiskGuard;
 use crate::rejection_log::RejectionLog;
 use crate::store::{AuditEvent, Issuance, Store, StoreError};
-use crate::throttle::{Throttle, retry_after_secs};
+use crate::throttle::{Throttle, Weight, retry_after_secs};
 use policy::csr::Csr;
 use policy::{Decision, Profile, PskFailure, Rejection};
 use std::net::SocketAddr;
@@ -65,8 +66,10 @@ pub struct Authority {
 }
 
 impl Authority {
-    /// Refuses a client address that has had too many PSK failures (429);
+    /// Refuses a client address that has had too many refusals (429);
     /// handlers call it before reading a body, and every signing flow again.
+    /// A throttled request writes nothing: it is counted in the refusal
+    /// log's memory and written with the next flush.
     pub async fn admit(&self, peer: SocketAddr) -> Result<(), SignError> {
         let Err(retry) = self.throttle.check(peer.ip(), Instant::now()) else {
             return Ok(());
@@ -77,7 +80,7 @@ impl Authority {
             event: "sign".into(),
             outcome: "throttled".into(),
             reason: Some(format!(
-                "throttled: {} PSK failures within {} s; retry in {} s",
+                "throttled: {} failures within {} s; retry in {} s",
                 cfg.max_failures,
                 cfg.window.as_secs(),
                 retry_after_secs(retry)
@@ -85,14 +88,20 @@ impl Authority {
             peer: Some(peer.ip().to_string()),
             ..Default::default()
         };
-        if let Err(e) = self
-            .rejections
-            .record(&self.store, event, "throttled")
-            .await
-        {
-            tracing::error!(error = %e, "could not write the audit row for a throttled request");
-        }
+        self.rejections.count_only(event, "throttled");
         Err(SignError::Throttled(retry))
+    }
+
+    /// Counts one refusal of `peer` against its address (throttle.rs says
+    /// what each weight means).
+    pub fn count_refusal(&self, peer: SocketAddr, weight: Weight) {
+        if self
+            .throttle
+            .record_failure(peer.ip(), Instant::now(), weight)
+            .is_some()
+        {
+            tracing::warn!(peer = %peer.ip(), "too many refusals; throttling this address");
+        }
     }
 
     /// Whether the store can take writes: reachable, and space left under it.
@@ -296,7 +305,8 @@ impl Authority {
     }
 
     /// Audits a rejection (aggregated per client address and precise
-    /// reason), counts PSK failures against the address, and hands it back.
+    /// reason), counts it against the address (a PSK failure in full, any
+    /// other refusal lightly), and hands it back.
     /// A store failure while auditing is logged, not hidden behind the rejection.
     async fn reject(
         &self,
@@ -305,14 +315,7 @@ impl Authority {
         peer: SocketAddr,
         r: Rejection,
     ) -> SignError {
-        if let Rejection::Psk(_) = r
-            && self
-                .throttle
-                .record_failure(peer.ip(), Instant::now())
-                .is_some()
-        {
-            tracing::warn!(peer = %peer.ip(), "too many PSK failures; throttling this address");
-        }
+        self.count_refusal(peer, weight_of(&r));
         let event = AuditEvent {
             at: now,
             event: "sign".into(),
@@ -330,6 +333,18 @@ impl Authority {
             tracing::error!(error = %e, "could not write the audit row for a rejection");
         }
         SignError::Rejected(r)
+    }
+}
+
+/// How much a refusal counts against its address: a failed authentication
+/// (PSK, renewal client certificate) in full, anything else lightly. A
+/// renewal that lost a race to a concurrent one (superseded) is not an
+/// authentication failure.
+pub(crate) fn weight_of(r: &Rejection) -> Weight {
+    match r {
+        Rejection::Renewal(policy::RenewalRefusal::Superseded) => Weight::Light,
+        Rejection::Psk(_) | Rejection::Renewal(_) => Weight::Full,
+        _ => Weight::Light,
     }
 }
 

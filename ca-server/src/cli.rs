@@ -515,8 +515,12 @@ async fn run(cli: Cli, reserved: &policy::ReservedNames) -> Result<()> {
                 validity: args.validity.into(),
                 renew_grace: args.renew_grace.into(),
                 name: args.name,
-                limits: Limits::try_from(&args.limits)?,
+                limits: Limits {
+                    ipv6_prefix: args.throttle.throttle_ipv6_prefix,
+                    ..Limits::try_from(&args.limits)?
+                },
                 throttle: (&args.throttle).into(),
+                audit_flush_interval: args.throttle.audit_flush_interval.into(),
                 crl: args.crl.config(),
             })
             .await

@@ -88,6 +88,8 @@ pub struct Metrics {
     replayed: Family<RouteLabel, Counter>,
     rejections: Family<ReasonLabel, Counter>,
     store_errors: Family<KindLabel, Counter>,
+    refusal_audit_writes: Counter,
+    connections_refused: Family<ReasonLabel, Counter>,
     live_psks: Gauge,
     expiring: Family<WithinLabel, Gauge>,
     expired_within_grace: Gauge,
@@ -125,6 +127,8 @@ impl Metrics {
             replayed: Family::default(),
             rejections: Family::default(),
             store_errors: Family::default(),
+            refusal_audit_writes: Counter::default(),
+            connections_refused: Family::default(),
             live_psks: Gauge::default(),
             expiring: Family::default(),
             expired_within_grace: Gauge::default(),
@@ -163,6 +167,18 @@ impl Metrics {
             "store_errors",
             "Store operations that failed: database errors, or refused while the store was down",
             m.store_errors.clone(),
+        );
+        registry.register(
+            "refusal_audit_writes",
+            "Store writes made by the refusal audit log (first rows of a window, \
+             and flushes of counted repeats)",
+            m.refusal_audit_writes.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections closed at accept: per_address (--max-connections-per-address) \
+             or total (--max-connections)",
+            m.connections_refused.clone(),
         );
         for (name, help, gauge) in [
             (
@@ -239,6 +255,10 @@ impl Metrics {
         m.rejections.get_or_create_owned(&ReasonLabel {
             reason: "psk_rejected",
         });
+        for reason in ["per_address", "total"] {
+            m.connections_refused
+                .get_or_create_owned(&ReasonLabel { reason });
+        }
         for kind in ["database", "down"] {
             m.store_errors.get_or_create_owned(&KindLabel { kind });
         }
@@ -290,6 +310,18 @@ impl Metrics {
     /// availability watcher sees the database down).
     pub fn store_error(&self, kind: &'static str) {
         self.store_errors.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    /// Counts one store write of the refusal audit log.
+    pub fn refusal_audit_write(&self) {
+        self.refusal_audit_writes.inc();
+    }
+
+    /// Counts a connection closed at accept: `per_address` or `total`.
+    pub fn connection_refused(&self, reason: &'static str) {
+        self.connections_refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     /// Refreshes the scrape-time gauges and encodes everything.

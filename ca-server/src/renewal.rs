@@ -19,7 +19,7 @@
 //! at once. A lost response is recovered like a lost bootstrap: the old
 //! certificate with the same new key gets the certificate already issued.
 
-use crate::authority::{Authority, Issued, SignError, clip};
+use crate::authority::{Authority, Issued, SignError, clip, weight_of};
 use crate::store::{AuditEvent, CertRecord, StoreError};
 use policy::csr::Csr;
 use policy::{AllowedName, Decision, Rejection, RenewalGrant, RenewalRefusal, Standing};
@@ -236,9 +236,10 @@ impl Authority {
         }))
     }
 
-    /// Audits a refused renewal (actor: the presented certificate) through
-    /// the aggregating refusal log, and hands the refusal back. A store
-    /// failure while auditing is logged.
+    /// Counts a refused renewal against the address (a certificate refusal
+    /// in full, a CSR refusal lightly), audits it (actor: the presented
+    /// certificate) through the aggregating refusal log, and hands the
+    /// refusal back. A store failure while auditing is logged.
     async fn refuse_renewal(
         &self,
         now: i64,
@@ -246,6 +247,7 @@ impl Authority {
         peer: SocketAddr,
         r: Rejection,
     ) -> SignError {
+        self.count_refusal(peer, weight_of(&r));
         let event = AuditEvent {
             at: now,
             event: "renew".into(),

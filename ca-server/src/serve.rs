@@ -34,6 +34,8 @@ pub struct ServeOptions {
     pub limits: Limits,
     pub crl: CrlConfig,
     pub throttle: ThrottleConfig,
+    /// How often counted repeated refusals are written (rejection_log.rs).
+    pub audit_flush_interval: Duration,
 }
 
 /// The default of `serve --renew-grace`: 14 days, in seconds.
@@ -203,7 +205,10 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
         validity: opts.validity,
         renew_grace: i64::try_from(opts.renew_grace.as_secs()).unwrap_or(i64::MAX / 2),
         throttle: Throttle::new(opts.throttle),
-        rejections: crate::rejection_log::RejectionLog::default(),
+        rejections: crate::rejection_log::RejectionLog::new(
+            crate::rejection_log::DEFAULT_WINDOW_SECS,
+            opts.audit_flush_interval,
+        ),
         disk: crate::store::sqlite_path(&opts.database_url).map(|db| {
             let dir = db
                 .parent()
@@ -221,8 +226,17 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
         opts.crl,
     )?);
     crl.regenerate().await.context("signing the first CRLs")?;
+    let flusher = tokio::spawn({
+        let authority = authority.clone();
+        async move {
+            authority
+                .rejections
+                .run_flusher(authority.store.clone())
+                .await
+        }
+    });
     let app = http::router(AppState {
-        authority,
+        authority: authority.clone(),
         store: store.clone(),
         crl: crl.clone(),
         body_timeout: opts.limits.body_timeout,
@@ -259,6 +273,11 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
     sweeper.abort();
     crl_refresher.abort();
     renewer.abort();
+    flusher.abort();
+    // Refusals counted since the last flush are written before the store closes.
+    if let Err(e) = authority.rejections.flush(&store).await {
+        tracing::warn!(error = %e, "writing the last counted refusals failed");
+    }
     store.close().await;
     tracing::info!("stopped");
     Ok(())

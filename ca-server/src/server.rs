@@ -11,9 +11,21 @@
 //! per-connection watchdog (this covers what hyper's HTTP/1 header timeout
 //! does not: the protocol sniffing before the first request and idle or
 //! trickling HTTP/2 connections); request bodies have `body_timeout`.
+//!
+//! Many connections: at most `max_connections` in all and
+//! `max_connections_per_address` per client address (the throttle's key:
+//! an IPv4 address or an IPv6 prefix); more are closed at accept, before
+//! TLS, and counted (`ca_connections_refused`). A connection from a trusted
+//! PROXY-protocol peer is counted under the client address its header
+//! names, once the header is read (still before TLS), since that is the
+//! address throttling and the audit log use; the proxy's own address is
+//! not limited. HTTP/2 limits keep one connection from making the server
+//! hold much: [`H2_MAX_STREAMS`] concurrent streams, flow-control windows
+//! sized to the 64 KiB body limit, and a header list bound.
 
 use crate::http::Peer;
 use crate::proxy_protocol::TrustedProxies;
+use crate::throttle::{Key, key_of};
 use anyhow::{Context, Result};
 use axum::Router;
 use axum::body::Body;
@@ -22,13 +34,24 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use rustls::ServerConfig;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
+
+/// Concurrent HTTP/2 streams per connection.
+pub const H2_MAX_STREAMS: u32 = 32;
+/// HTTP/2 stream window: one whole body (64 KiB) and a little more.
+pub const H2_STREAM_WINDOW: u32 = 80 * 1024;
+/// HTTP/2 connection window: a few bodies in flight at once.
+pub const H2_CONNECTION_WINDOW: u32 = 256 * 1024;
+/// Largest HTTP/2 header list (decoded) accepted.
+pub const H2_MAX_HEADER_LIST: u32 = 16 * 1024;
 
 /// Limits that keep slow or idle clients from holding the server.
 #[derive(Debug, Clone)]
@@ -41,6 +64,10 @@ pub struct Limits {
     pub body_timeout: Duration,
     /// Most connections open at once; more are closed at accept.
     pub max_connections: usize,
+    /// Most connections open at once from one client address (or IPv6 prefix).
+    pub max_connections_per_address: usize,
+    /// IPv6 clients are counted per prefix of this length (as throttled).
+    pub ipv6_prefix: u8,
     /// Proxies whose connections start with a PROXY header naming the client.
     pub proxies: Arc<TrustedProxies>,
 }
@@ -52,6 +79,8 @@ impl Default for Limits {
             header_timeout: Duration::from_secs(15),
             body_timeout: Duration::from_secs(10),
             max_connections: 4096,
+            max_connections_per_address: 64,
+            ipv6_prefix: 64,
             proxies: Arc::default(),
         }
     }
@@ -73,6 +102,11 @@ pub struct LimitArgs {
     #[arg(long, env = "CA_MAX_CONNECTIONS", default_value_t = 4096,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
+    /// Most connections open at once from one client address (an IPv6
+    /// client: its prefix, as throttled); further ones are closed at accept.
+    #[arg(long, env = "CA_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_address: u32,
     /// Load balancers (IPs or CIDR blocks, comma-separated) whose connections
     /// start with a PROXY protocol v1/v2 header (HAProxy `send-proxy-v2`):
     /// the header's source address is then the client's, for throttling and
@@ -89,9 +123,61 @@ impl TryFrom<&LimitArgs> for Limits {
             header_timeout: a.header_timeout.into(),
             body_timeout: a.body_timeout.into(),
             max_connections: a.max_connections as usize,
+            max_connections_per_address: a.max_connections_per_address as usize,
+            ipv6_prefix: Limits::default().ipv6_prefix,
             proxies: Arc::new(TrustedProxies::parse(&a.proxy_protocol_from)?),
         })
     }
+}
+
+/// Open connections per client address.
+#[derive(Debug)]
+struct PerAddress {
+    max: usize,
+    ipv6_prefix: u8,
+    open: std::sync::Mutex<HashMap<Key, usize>>,
+}
+
+/// One counted connection; uncounted when dropped.
+#[derive(Debug)]
+struct AddressSlot {
+    table: Arc<PerAddress>,
+    key: Key,
+}
+
+impl PerAddress {
+    /// A slot for one more connection from `ip`, or `None` at the limit.
+    fn acquire(self: &Arc<PerAddress>, ip: IpAddr) -> Option<AddressSlot> {
+        let key = key_of(ip, self.ipv6_prefix);
+        let mut open = self.open.lock().expect("connection table lock");
+        let n = open.entry(key).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            table: self.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self.table.open.lock().expect("connection table lock");
+        if let Some(n) = open.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Logs and counts a connection closed for its address's limit.
+fn refuse_per_address(addr: std::net::SocketAddr) {
+    tracing::warn!(peer = %addr.ip(), "per-address connection limit reached; closing");
+    crate::metrics::metrics().connection_refused("per_address");
 }
 
 /// Requests in flight on one connection, and when the last one ended.
@@ -203,11 +289,19 @@ pub async fn run(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(64)
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .max_header_list_size(H2_MAX_HEADER_LIST)
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .max_pending_accept_reset_streams(Some(32));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let per_address = Arc::new(PerAddress {
+        max: limits.max_connections_per_address,
+        ipv6_prefix: limits.ipv6_prefix,
+        open: std::sync::Mutex::new(HashMap::new()),
+    });
     tokio::pin!(shutdown);
 
     loop {
@@ -225,8 +319,24 @@ pub async fn run(
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             tracing::warn!(peer = %addr, "connection limit reached; closing");
+            crate::metrics::metrics().connection_refused("total");
             continue;
         };
+        // A trusted proxy's connections are counted under the client its
+        // PROXY header names, below.
+        let proxied = limits.proxies.contains(addr.ip());
+        let address_slot = if proxied {
+            None
+        } else {
+            match per_address.acquire(addr.ip()) {
+                Some(s) => Some(s),
+                None => {
+                    refuse_per_address(addr);
+                    continue;
+                }
+            }
+        };
+        let per_address = per_address.clone();
         let acceptor = TlsAcceptor::from(tls.current());
         let app = app.clone();
         let builder = builder.clone();
@@ -234,10 +344,11 @@ pub async fn run(
         let limits = limits.clone();
         tokio::spawn(async move {
             let _slot = slot;
+            let mut _address_slot = address_slot;
             let _ = tcp.set_nodelay(true);
             let mut tcp = tcp;
             let mut addr = addr;
-            if limits.proxies.contains(addr.ip()) {
+            if proxied {
                 let header = tokio::time::timeout(
                     limits.handshake_timeout,
                     crate::proxy_protocol::read_header(&mut tcp),
@@ -252,6 +363,13 @@ pub async fn run(
                     }
                     Err(_) => {
                         tracing::debug!(proxy = %addr, "PROXY header timed out");
+                        return;
+                    }
+                }
+                match per_address.acquire(addr.ip()) {
+                    Some(s) => _address_slot = Some(s),
+                    None => {
+                        refuse_per_address(addr);
                         return;
                     }
                 }

@@ -364,3 +364,73 @@ pub async fn h2_raw(server: &CaServer, frames: &[u8]) -> Seen {
     .await;
     read.unwrap_or(Seen::StillOpen)
 }
+
+/// What an HTTP/2 server announces when a connection opens: its SETTINGS
+/// parameters (identifier, value) and the connection-level WINDOW_UPDATE
+/// increment (stream 0) it sends to widen the default 65,535-byte window.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct H2Preamble {
+    pub settings: Vec<(u16, u32)>,
+    pub connection_window_increment: Option<u32>,
+}
+
+impl H2Preamble {
+    /// The value of SETTINGS parameter `id`, if announced.
+    pub fn setting(&self, id: u16) -> Option<u32> {
+        self.settings
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, v)| *v)
+    }
+}
+
+/// HTTP/2 SETTINGS identifiers (RFC 9113 section 6.5.2).
+pub mod h2_setting {
+    pub const MAX_CONCURRENT_STREAMS: u16 = 0x3;
+    pub const INITIAL_WINDOW_SIZE: u16 = 0x4;
+    pub const MAX_HEADER_LIST_SIZE: u16 = 0x6;
+}
+
+/// Opens an HTTP/2 connection with raw frames (the preface and an empty
+/// SETTINGS) and reads the server's frames until it has seen its first
+/// SETTINGS and a connection WINDOW_UPDATE (or [`PATIENCE`] runs out).
+pub async fn h2_preamble(server: &CaServer) -> H2Preamble {
+    let mut s = tls(server, &[b"h2"]).await;
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(h2_frame(0x4, 0, 0, &[]));
+    s.write_all(&out).await.expect("sending the HTTP/2 preface");
+    let _ = s.flush().await;
+    let mut seen = H2Preamble::default();
+    let mut got_settings = false;
+    let _ = tokio::time::timeout(PATIENCE, async {
+        let mut head = [0u8; 9];
+        while !(got_settings && seen.connection_window_increment.is_some()) {
+            if s.read_exact(&mut head).await.is_err() {
+                return;
+            }
+            let len = ((head[0] as usize) << 16) | ((head[1] as usize) << 8) | head[2] as usize;
+            let mut payload = vec![0u8; len];
+            if s.read_exact(&mut payload).await.is_err() {
+                return;
+            }
+            let stream = u32::from_be_bytes(head[5..9].try_into().unwrap()) & 0x7fff_ffff;
+            match (head[3], head[4] & 0x1, stream) {
+                (0x4, 0, 0) if !got_settings => {
+                    got_settings = true;
+                    for p in payload.chunks_exact(6) {
+                        let id = u16::from_be_bytes([p[0], p[1]]);
+                        let value = u32::from_be_bytes([p[2], p[3], p[4], p[5]]);
+                        seen.settings.push((id, value));
+                    }
+                }
+                (0x8, _, 0) if payload.len() == 4 => {
+                    let inc = u32::from_be_bytes(payload[..4].try_into().unwrap()) & 0x7fff_ffff;
+                    seen.connection_window_increment = Some(inc);
+                }
+                _ => {}
+            }
+        }
+    })
+    .await;
+    seen
+}

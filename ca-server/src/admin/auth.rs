@@ -14,7 +14,7 @@ use crate::authority::{Authority, SignError, clip};
 use crate::store::{AuditEvent, CertRecord, StoreError};
 use rustls::pki_types::CertificateDer;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Why a request may not use the admin API. Codes are stable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -158,13 +158,7 @@ impl Authority {
         presented: Option<Presented<'_>>,
         r: AdminRefusal,
     ) -> AdminAuthError {
-        if self
-            .throttle
-            .record_failure(peer.ip(), Instant::now())
-            .is_some()
-        {
-            tracing::warn!(peer = %peer.ip(), "too many failures; throttling this address");
-        }
+        self.count_refusal(peer, crate::throttle::Weight::Full);
         let event = AuditEvent {
             at: now,
             event: "admin".into(),

@@ -75,7 +75,19 @@ async fn require_admin(State(state): State<AppState>, mut req: Request, next: Ne
             req.extensions_mut().insert(Caller { id, addr });
             next.run(req).await
         }
-        Err(e) => ApiError::from(e).into_response(),
+        Err(e) => {
+            // Read and drop a refused request's body first (bounded), so
+            // HTTP/2 clients get the status (body.rs `discard`).
+            let headers = req.headers().clone();
+            super::body::discard(
+                req.into_body(),
+                &headers,
+                BODY_LIMIT as u64,
+                state.body_timeout,
+            )
+            .await;
+            ApiError::from(e).into_response()
+        }
     }
 }
 

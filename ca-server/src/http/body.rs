@@ -24,6 +24,17 @@ pub enum BodyError {
     Unreadable,
 }
 
+impl BodyError {
+    /// Whether the client sent something refusable (counted against its
+    /// address), rather than being slow or losing its connection.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            BodyError::UnsupportedContentType | BodyError::BadLength | BodyError::TooLarge(_)
+        )
+    }
+}
+
 /// CSRs come as PEM (text/plain, application/x-pem-file, application/pkcs10)
 /// or DER (application/pkcs10, application/octet-stream); no type means sniff.
 pub fn check_content_type(headers: &HeaderMap) -> Result<(), BodyError> {
@@ -83,8 +94,31 @@ where
 }
 
 /// The largest refused body read to its end before answering (see `read_body`).
-const DRAIN_LIMIT: u64 = 1024 * 1024;
+pub const DRAIN_LIMIT: u64 = 1024 * 1024;
 const DRAIN_TIME: Duration = Duration::from_secs(2);
+
+/// Reads and drops the body of a request refused before its body was read
+/// (wrong content type, throttled, not authenticated), when it declares at
+/// most `max` bytes (or nothing) and no `Expect: 100-continue`.
+///
+/// Over HTTP/2, answering while the client is still sending makes the
+/// server reset the stream; if the reset goes out before the response is
+/// complete it is CANCEL, and clients report a stream error instead of the
+/// status. Reading the body first means the response ends the stream
+/// cleanly. Over HTTP/1.1 it avoids the reset connection (see `read_body`).
+pub async fn discard<B>(body: B, headers: &HeaderMap, max: u64, timeout: Duration)
+where
+    B: http_body::Body<Data = Bytes>,
+{
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max) || headers.contains_key(header::EXPECT) {
+        return;
+    }
+    drain(body, timeout.min(DRAIN_TIME)).await;
+}
 
 /// Reads and drops up to [`DRAIN_LIMIT`] bytes of `body`, within `deadline`.
 async fn drain<B>(body: B, deadline: Duration)

@@ -14,6 +14,7 @@ pub use body::{check_content_type, read_body};
 use crate::authority::{Authority, Issued, SignError};
 use crate::crl::CrlService;
 use crate::store::{Store, StoreError};
+use crate::throttle::Weight;
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -173,16 +174,54 @@ pub(crate) async fn issue(
         .get::<Peer>()
         .map(|p| p.addr)
         .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-    // A throttled address is refused before its body is read.
-    state.authority.admit(peer).await?;
-    check_content_type(headers)?;
-    let body = read_body(req.into_body(), headers, BODY_LIMIT, state.body_timeout).await?;
+    // A throttled address is refused before its body is parsed.
+    if let Err(e) = state.authority.admit(peer).await {
+        body::discard(
+            req.into_body(),
+            headers,
+            BODY_LIMIT as u64,
+            state.body_timeout,
+        )
+        .await;
+        return Err(e.into());
+    }
+    let body = read_refusable(state, headers, req, peer).await?;
 
     let authority = state.authority.clone();
     detached(&state.store, async move {
         authority.sign(&body, certname.as_deref(), peer).await
     })
     .await
+}
+
+/// A CSR body, its content type checked: a refused one (wrong type, bad or
+/// excessive length) counts lightly against the address and is read and
+/// dropped (bounded) before the answer, so HTTP/2 clients get the status.
+pub(crate) async fn read_refusable(
+    state: &AppState,
+    headers: &HeaderMap,
+    req: Request,
+    peer: SocketAddr,
+) -> Result<bytes::Bytes, ApiError> {
+    if let Err(e) = check_content_type(headers) {
+        state.authority.count_refusal(peer, Weight::Light);
+        body::discard(
+            req.into_body(),
+            headers,
+            body::DRAIN_LIMIT,
+            state.body_timeout,
+        )
+        .await;
+        return Err(e.into());
+    }
+    read_body(req.into_body(), headers, BODY_LIMIT, state.body_timeout)
+        .await
+        .map_err(|e| {
+            if e.is_refusal() {
+                state.authority.count_refusal(peer, Weight::Light);
+            }
+            e.into()
+        })
 }
 
 /// Runs a signing flow on its own task: a client that disconnects

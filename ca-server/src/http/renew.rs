@@ -4,8 +4,9 @@
 //! renewal flow (`crate::renewal`) on its own task; it answers like
 //! `/v1/sign` (201 + chain, 200 for the retry of a lost answer).
 
+use super::body::discard;
 use super::error::ApiError;
-use super::{AppState, BODY_LIMIT, Peer, check_content_type, detached, issued_response, read_body};
+use super::{AppState, BODY_LIMIT, Peer, detached, issued_response, read_refusable};
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::HeaderMap;
@@ -30,13 +31,31 @@ async fn renew(
     let chain = peer.as_ref().and_then(|p| p.client_chain.clone());
     // Who asks comes first: a throttled address, or one without a
     // certificate of ours, gets nothing read.
-    state.authority.admit(addr).await?;
-    let client = state
-        .authority
-        .authenticate_client(chain.as_deref().map(Vec::as_slice), addr)
-        .await?;
-    check_content_type(&headers)?;
-    let body = read_body(req.into_body(), &headers, BODY_LIMIT, state.body_timeout).await?;
+    // Refused bodies are read and dropped (bounded) so that HTTP/2 clients
+    // get the status rather than a reset stream (body.rs `discard`).
+    let admitted = match state.authority.admit(addr).await {
+        Ok(()) => {
+            state
+                .authority
+                .authenticate_client(chain.as_deref().map(Vec::as_slice), addr)
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    let client = match admitted {
+        Ok(client) => client,
+        Err(e) => {
+            discard(
+                req.into_body(),
+                &headers,
+                BODY_LIMIT as u64,
+                state.body_timeout,
+            )
+            .await;
+            return Err(e.into());
+        }
+    };
+    let body = read_refusable(&state, &headers, req, addr).await?;
     let authority = state.authority.clone();
     let issued = detached(&state.store, async move {
         authority.renew(&client, &body, addr).await

@@ -584,6 +584,31 @@ impl Store {
         Ok(n == 1)
     }
 
+    /// Adds counted repeats to audit rows, all in one transaction: each
+    /// `(id, n, last_at)` adds `n` to row `id`'s count and moves its
+    /// `last_at`. Rows that no longer exist are skipped. (The refusal log's
+    /// periodic flush: one write for every repeat counted since the last.)
+    pub async fn audit_repeats(&self, repeats: &[(i64, i64, i64)]) -> StoreResult<()> {
+        if repeats.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin().await?;
+        for (id, n, last_at) in repeats {
+            sqlx::query(
+                "UPDATE audit SET repeat_count = repeat_count + $2, \
+                 last_at = CASE WHEN last_at IS NULL OR last_at < $3 THEN $3 ELSE last_at END \
+                 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(n)
+            .bind(last_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Audit rows at or after `since`, oldest first, at most `limit`.
     pub async fn audit_since(&self, since: i64, limit: i64) -> StoreResult<Vec<AuditEvent>> {
         self.audit_query(since, limit, &AuditFilter::default())

@@ -6,7 +6,14 @@
 //! as JSON, and verifies afterwards that exactly N certificates were recorded
 //! and N PSKs consumed.
 //!
-//! Used by scripts/bench.sh; see BENCHMARKS.md for the figures.
+//! With `--flood N`, another address (`--flood-from`, a loopback alias)
+//! sends N malformed CSRs over one HTTP/2 connection (`--flood-streams` at
+//! once) while the honest workers run, and the report adds the flood's
+//! answers, the audit rows it added and the refusal log's store writes
+//! (`ca_refusal_audit_writes_total`).
+//!
+//! Used by scripts/bench.sh and scripts/bench-flood.sh; see BENCHMARKS.md
+//! for the figures.
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
@@ -50,6 +57,9 @@ struct Args {
     json_out: Option<PathBuf>,
     csr_cache: Option<PathBuf>,
     tls_resumption: bool,
+    flood: usize,
+    flood_from: String,
+    flood_streams: usize,
 }
 
 fn usage() -> ! {
@@ -57,7 +67,8 @@ fn usage() -> ! {
         "usage: loadgen --server URL --root ROOT.pem [--target ours|cfssl] [--requests N] \
          [--concurrency C] [--mode keepalive|new-conn] [--ca-server BIN --data-dir DIR \
          [--database-url URL]] [--server-pid PID] [--label TEXT] [--json FILE] \
-         [--csr-cache FILE] [--tls-resumption]"
+         [--csr-cache FILE] [--tls-resumption] [--flood N [--flood-from ADDR] \
+         [--flood-streams S]]"
     );
     std::process::exit(2)
 }
@@ -78,6 +89,9 @@ fn parse_args() -> Args {
         json_out: None,
         csr_cache: None,
         tls_resumption: false,
+        flood: 0,
+        flood_from: "127.0.0.2".into(),
+        flood_streams: 32,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -109,6 +123,9 @@ fn parse_args() -> Args {
             "--json" => a.json_out = Some(val().into()),
             "--csr-cache" => a.csr_cache = Some(val().into()),
             "--tls-resumption" => a.tls_resumption = true,
+            "--flood" => a.flood = val().parse().unwrap_or_else(|_| usage()),
+            "--flood-from" => a.flood_from = val(),
+            "--flood-streams" => a.flood_streams = val().parse().unwrap_or_else(|_| usage()),
             _ => usage(),
         }
     }
@@ -355,6 +372,133 @@ async fn drive(a: &Args, client: HttpsClient, csrs: Arc<Vec<Bytes>>) -> Outcome 
     total
 }
 
+/// What the flood got back: answers by status, and transport errors.
+#[derive(Debug, Default)]
+struct FloodOutcome {
+    statuses: std::collections::BTreeMap<u16, usize>,
+    errors: usize,
+    first_error: Option<String>,
+    wall_s: f64,
+}
+
+type FloodSender = hyper::client::conn::http2::SendRequest<http_body_util::Full<Bytes>>;
+
+/// An HTTP/2 connection to the server from the loopback address `from`.
+async fn flood_connection(
+    server: std::net::SocketAddr,
+    from: &str,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<FloodSender> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(format!("{from}:0").parse()?)?;
+    let tcp = socket.connect(server).await?;
+    // Headers and body go out as separate writes: without this, Nagle and
+    // the server's delayed ACK add ~40 ms to every request.
+    tcp.set_nodelay(true)?;
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect("localhost".try_into()?, tcp)
+        .await?;
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+/// Sends `a.flood` malformed CSRs from `a.flood_from`, `a.flood_streams` at
+/// once on one HTTP/2 connection (a worker whose request fails opens its own).
+async fn flood(
+    a: &Args,
+    server: std::net::SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+) -> FloodOutcome {
+    use http_body_util::BodyExt;
+    let start = Instant::now();
+    let first = match flood_connection(server, &a.flood_from, tls.clone()).await {
+        Ok(s) => s,
+        Err(e) => {
+            return FloodOutcome {
+                errors: a.flood,
+                first_error: Some(format!("connecting: {e:#}")),
+                ..Default::default()
+            };
+        }
+    };
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..a.flood_streams.max(1) {
+        let (mut sender, next, tls) = (first.clone(), next.clone(), tls.clone());
+        let (total, from) = (a.flood, a.flood_from.clone());
+        workers.push(tokio::spawn(async move {
+            let mut out = FloodOutcome::default();
+            while next.fetch_add(1, Ordering::Relaxed) < total {
+                let req = http::Request::post("https://localhost/v1/sign")
+                    .header("content-type", "application/pkcs10")
+                    .body(http_body_util::Full::new(Bytes::from_static(
+                        b"this is not a certificate request",
+                    )))
+                    .expect("request");
+                let result = async {
+                    sender.ready().await?;
+                    let resp = sender.send_request(req).await?;
+                    let status = resp.status().as_u16();
+                    resp.into_body().collect().await?;
+                    anyhow::Ok(status)
+                }
+                .await;
+                match result {
+                    Ok(status) => *out.statuses.entry(status).or_insert(0) += 1,
+                    Err(e) => {
+                        out.errors += 1;
+                        out.first_error.get_or_insert_with(|| format!("{e:#}"));
+                        if let Ok(s) = flood_connection(server, &from, tls.clone()).await {
+                            sender = s;
+                        }
+                    }
+                }
+            }
+            out
+        }));
+    }
+    let mut total = FloodOutcome::default();
+    for w in workers {
+        let o = w.await.expect("flood worker");
+        for (k, v) in o.statuses {
+            *total.statuses.entry(k).or_insert(0) += v;
+        }
+        total.errors += o.errors;
+        if total.first_error.is_none() {
+            total.first_error = o.first_error;
+        }
+    }
+    total.wall_s = start.elapsed().as_secs_f64();
+    total
+}
+
+/// Audit rows in the store, through `ca-server audit`.
+fn audit_rows(a: &Args) -> Result<usize> {
+    let out = ca_server_cmd(a)
+        .args(["audit", "--since", "1d", "--limit", "100000000", "--json"])
+        .output()?;
+    Ok(String::from_utf8(out.stdout)?.lines().count())
+}
+
+/// `ca_refusal_audit_writes_total` from the server's /metrics.
+async fn refusal_audit_writes(client: &HttpsClient) -> Option<f64> {
+    let reply = client
+        .send(Method::GET, "/metrics", None, Bytes::new())
+        .await
+        .ok()?;
+    String::from_utf8_lossy(&reply.body)
+        .lines()
+        .find_map(|l| l.strip_prefix("ca_refusal_audit_writes_total "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 fn percentile(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -370,8 +514,15 @@ fn main() -> Result<()> {
     if !a.tls_resumption {
         config.resumption = rustls::client::Resumption::disabled();
     }
+    let mut h2_config = config.clone();
+    h2_config.alpn_protocols = vec![b"h2".to_vec()];
     let mut client = HttpsClient::new(&a.server, config)?;
     client.timeout = Duration::from_secs(60);
+    let server_addr: std::net::SocketAddr = {
+        let uri: http::Uri = a.server.parse().context("--server")?;
+        let port = uri.port_u16().unwrap_or(443);
+        format!("127.0.0.1:{port}").parse()?
+    };
 
     // Off the clock: hosts, PSKs and CSRs.
     let run_id = std::process::id();
@@ -416,9 +567,42 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let (rows_before, writes_before) = if a.flood > 0 {
+        (
+            Some(audit_rows(&a)?),
+            rt.block_on(refusal_audit_writes(&client)),
+        )
+    } else {
+        (None, None)
+    };
+    let metrics_client = client.clone();
     let start = Instant::now();
-    let mut outcome = rt.block_on(drive(&a, client, Arc::new(csrs)));
-    let wall = start.elapsed().as_secs_f64();
+    let (outcome, flooded) = rt.block_on(async {
+        let flooding = async {
+            if a.flood > 0 {
+                Some(flood(&a, server_addr, Arc::new(h2_config)).await)
+            } else {
+                None
+            }
+        };
+        // The honest run's own wall time: the flood may outlast it.
+        let honest = async {
+            let outcome = drive(&a, client, Arc::new(csrs)).await;
+            (outcome, start.elapsed().as_secs_f64())
+        };
+        tokio::join!(honest, flooding)
+    });
+    let (mut outcome, wall) = outcome;
+    // The refusal log writes counted repeats once a second: let it flush.
+    let (rows_after, writes_after) = if a.flood > 0 {
+        std::thread::sleep(Duration::from_millis(1500));
+        (
+            Some(audit_rows(&a)?),
+            rt.block_on(refusal_audit_writes(&metrics_client)),
+        )
+    } else {
+        (None, None)
+    };
     let after = a.server_pid.and_then(proc_usage);
     stop_sampling.store(true, std::sync::atomic::Ordering::Relaxed);
     let anon_peak_kib = anon_sampler.and_then(|h| h.join().ok());
@@ -472,6 +656,17 @@ fn main() -> Result<()> {
         "recorded": recorded,
         "psks_left": psks_left,
         "verified": recorded.map(|r| r == outcome.ok && psks_left == Some(a.requests - outcome.ok)),
+        "flood": flooded.as_ref().map(|f| serde_json::json!({
+            "requests": a.flood,
+            "from": a.flood_from,
+            "streams": a.flood_streams,
+            "statuses": f.statuses,
+            "errors": f.errors,
+            "first_error": f.first_error,
+            "wall_s": f.wall_s,
+            "audit_rows_added": rows_after.zip(rows_before).map(|(x, y)| x as i64 - y as i64),
+            "refusal_audit_writes": writes_after.zip(writes_before).map(|(x, y)| x - y),
+        })),
     });
     println!(
         "{:<28} {:>5} {:>9} {:>6} {:>6} {:>9} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8}",
@@ -512,6 +707,20 @@ fn main() -> Result<()> {
     );
     if let Some(e) = &outcome.first_error {
         eprintln!("first error: {e}");
+    }
+    if let Some(f) = &result["flood"].as_object() {
+        println!(
+            "flood: {} malformed CSRs from {} over HTTP/2 ({} streams) in {:.1} s: answers {}, \
+             transport errors {}; audit rows added {}, refusal-log store writes {}",
+            a.flood,
+            a.flood_from,
+            a.flood_streams,
+            f["wall_s"].as_f64().unwrap_or(0.0),
+            f["statuses"],
+            f["errors"],
+            f["audit_rows_added"],
+            f["refusal_audit_writes"],
+        );
     }
     if let Some(path) = &a.json_out {
         use std::io::Write;

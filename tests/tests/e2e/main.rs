@@ -6,6 +6,7 @@ mod admin;
 mod backup;
 mod bootstrap;
 mod concurrency;
+mod connections;
 mod crl;
 mod faults;
 mod haproxy;

@@ -33,6 +33,11 @@ struct Fleet {
 
 impl Fleet {
     fn start() -> Option<Fleet> {
+        Fleet::start_with(&[])
+    }
+
+    /// Two replicas with `extra` serve arguments.
+    fn start_with(extra: &[&str]) -> Option<Fleet> {
         if !require_postgres() {
             return None;
         }
@@ -42,6 +47,7 @@ impl Fleet {
         // the per-address throttle would turn those 403s into 429s.
         opts.args
             .extend(["--throttle-failures".into(), "1000000".into()]);
+        opts.args.extend(extra.iter().map(|a| a.to_string()));
         let db_url = opts.database_url.clone().unwrap();
         // Both start at once against the empty database: their migrations race.
         let servers = CaServer::start_replicas(opts, 2);
@@ -54,7 +60,11 @@ impl Fleet {
 
     /// A fleet with `PSKS` PSKs added.
     fn with_psks() -> Option<(Fleet, Vec<String>)> {
-        let fleet = Fleet::start()?;
+        Fleet::with_psks_and(&[])
+    }
+
+    fn with_psks_and(extra: &[&str]) -> Option<(Fleet, Vec<String>)> {
+        let fleet = Fleet::start_with(extra)?;
         let psks = seed_psks(&fleet.servers[0], PSKS);
         Some((fleet, psks))
     }
@@ -432,9 +442,14 @@ fn two_replicas_on_postgresql_issue_exactly_one_certificate_per_psk() {
         PSKS,
         "exactly 1,000 certificates"
     );
-    // Every refused attempt is in the audit log with its precise reason.
+    // Every refused attempt is in the audit log with its precise reason
+    // (repeats reach their rows with each replica's flush, once a second).
+    let audited = wait_for(Duration::from_secs(10), "the refusal counts' flush", || {
+        let n = audited_refusals(&fleet);
+        (n >= PSKS * (CLIENTS - 1)).then_some(n)
+    });
     assert_eq!(
-        audited_refusals(&fleet),
+        audited,
         PSKS * (CLIENTS - 1),
         "every refused attempt is counted in the audit log"
     );
@@ -465,7 +480,9 @@ fn two_replicas_on_postgresql_issue_exactly_one_certificate_per_psk() {
 
 #[test]
 fn a_replica_killed_mid_load_loses_no_psk_and_its_clients_recover_on_the_other() {
-    let Some((mut fleet, psks)) = Fleet::with_psks() else {
+    // Repeat counts written with each refusal: a kill -9 would otherwise take
+    // the killed replica's last second of counts (never a first row) with it.
+    let Some((mut fleet, psks)) = Fleet::with_psks_and(&["--audit-flush-interval", "0s"]) else {
         return;
     };
     let (outcomes, progress, took) = run_load(&mut fleet, &psks, |fleet, _| {

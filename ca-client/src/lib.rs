@@ -12,6 +12,7 @@ pub mod fsutil;
 pub mod https;
 pub mod install;
 pub mod keys;
+pub mod ocsp;
 pub mod renew;
 pub mod timefmt;
 pub mod trust;

@@ -59,6 +59,11 @@ pub enum Command {
         /// Name used in the CA certificates' subjects.
         #[arg(long, env = "CA_NAME", default_value = "Fleet")]
         name: String,
+        /// Base URL of the plain-HTTP listener (`serve --http-public-url`):
+        /// the new intermediate then names the root CRL there as its CRL
+        /// distribution point.
+        #[arg(long, env = "CA_HTTP_PUBLIC_URL", value_name = "URL")]
+        http_public_url: Option<String>,
     },
     /// Serve the HTTPS API (initialises the data dir on first start).
     Serve(ServeArgs),
@@ -179,6 +184,22 @@ pub struct ServeArgs {
     pub limits: crate::server::LimitArgs,
     #[command(flatten)]
     pub throttle: crate::throttle::ThrottleArgs,
+    /// Also serve CRLs, CA certificates and OCSP over plain HTTP on this
+    /// address (GET/POST only, nothing secret); new leaves then name it in
+    /// their CRL distribution point and authorityInfoAccess.
+    #[arg(long, env = "CA_HTTP_LISTEN", value_name = "ADDR")]
+    pub http_listen: Option<SocketAddr>,
+    /// URL relying parties reach the plain-HTTP listener at.
+    /// [default: http://<first hostname>:<port>]
+    #[arg(
+        long,
+        env = "CA_HTTP_PUBLIC_URL",
+        value_name = "URL",
+        requires = "http_listen"
+    )]
+    pub http_public_url: Option<String>,
+    #[command(flatten)]
+    pub ocsp: crate::pki::responder::OcspArgs,
 }
 
 /// `psk`: the verb, and where it runs.
@@ -483,8 +504,22 @@ async fn run(cli: Cli, reserved: &policy::ReservedNames) -> Result<()> {
     let url = database_url(&cli);
     let clock = SystemClock;
     match cli.command {
-        Command::Init { name } => {
-            let out = ca::init(&CaPaths::new(&cli.data_dir), &name, clock.now())?;
+        Command::Init {
+            name,
+            http_public_url,
+        } => {
+            let root_crl = http_public_url
+                .as_deref()
+                .map(|u| {
+                    serve::check_http_public_url(u).map(|u| ca::PlainHttpUrls::new(&u).root_crl)
+                })
+                .transpose()?;
+            let out = ca::init_with(
+                &CaPaths::new(&cli.data_dir),
+                &name,
+                clock.now(),
+                root_crl.as_deref(),
+            )?;
             if !out.created {
                 eprintln!("{} is already initialised", cli.data_dir.display());
             }
@@ -503,6 +538,9 @@ async fn run(cli: Cli, reserved: &policy::ReservedNames) -> Result<()> {
                 limits: Limits::try_from(&args.limits)?,
                 throttle: (&args.throttle).into(),
                 crl: args.crl.config(),
+                http_listen: args.http_listen,
+                http_public_url: args.http_public_url,
+                ocsp: args.ocsp.config()?,
             })
             .await
         }

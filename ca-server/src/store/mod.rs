@@ -20,9 +20,11 @@ mod batch;
 pub mod copy;
 mod crl;
 pub mod inspect;
+mod ocsp;
 mod ownership;
 mod stats;
 pub use crl::{CrlPoll, CrlSnapshot, PublishedCrls, RevokedEntry};
+pub use ocsp::StoredResponder;
 pub use stats::StoreStats;
 
 /// Which engine a URL selects.

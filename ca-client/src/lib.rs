@@ -14,5 +14,6 @@ pub mod install;
 pub mod keys;
 pub mod ocsp;
 pub mod renew;
+pub mod stapling;
 pub mod timefmt;
 pub mod trust;

@@ -292,7 +292,7 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
             tracing::info!(
                 addr = %listener.local_addr()?,
                 public_url = ?http_urls.as_ref().map(|u| u.ocsp.trim_end_matches("/ocsp")),
-                "plain HTTP listening (CRLs, CA certificates, OCSP)"
+                "plain HTTP listener up (CRLs, CA certificates, OCSP)"
             );
             let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
             let server = tokio::spawn(crate::edge::plain_http::run(

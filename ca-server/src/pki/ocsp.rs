@@ -111,6 +111,9 @@ pub fn decode_request(data: &[u8]) -> Result<OcspRequest, RequestError> {
 pub struct ResponderKey {
     key: EcdsaKeyPair,
     pub cert_der: Vec<u8>,
+    /// The issuing intermediate, sent after the responder certificate so
+    /// that relying parties can build its chain to the root.
+    issuer_der: Vec<u8>,
     /// SHA-1 of the responder's public key: the ResponderID byKey.
     key_hash: Vec<u8>,
     pub not_before: i64,
@@ -127,8 +130,9 @@ impl std::fmt::Debug for ResponderKey {
 }
 
 impl ResponderKey {
-    /// From the key's PKCS#8 and the certificate, which must carry that key.
-    pub fn new(pkcs8: &[u8], cert_der: Vec<u8>) -> Result<ResponderKey> {
+    /// From the key's PKCS#8 and the certificate, which must carry that key,
+    /// and the intermediate that issued it.
+    pub fn new(pkcs8: &[u8], cert_der: Vec<u8>, issuer_der: Vec<u8>) -> Result<ResponderKey> {
         let rng = SystemRandom::new();
         let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8, &rng)
             .map_err(|_| anyhow!("the OCSP responder key is not a P-256 PKCS#8 key"))?;
@@ -149,6 +153,7 @@ impl ResponderKey {
             .to_vec(),
             key,
             cert_der,
+            issuer_der,
             not_before,
             not_after,
             rng,
@@ -214,7 +219,7 @@ pub fn encode_response(key: &ResponderKey, f: &ResponseFields<'_>) -> Result<Vec
         &tbs,
         &seq(&[&tlv(OID, OID_ECDSA_SHA256)]),
         &tlv(BIT_STRING, &bits),
-        &cons(ctx(0), &[&seq(&[&key.cert_der])]),
+        &cons(ctx(0), &[&seq(&[&key.cert_der, &key.issuer_der])]),
     ]);
     Ok(seq(&[
         &tlv(ENUMERATED, &[0]),

@@ -506,7 +506,7 @@ async fn current_key(
 
 fn open(signer: &Signer, r: &StoredResponder) -> Result<ResponderKey> {
     let pkcs8 = signer.ocsp_wrap_key().unwrap(&r.wrapped_key, &r.cert_der)?;
-    ResponderKey::new(&pkcs8, r.cert_der.clone())
+    ResponderKey::new(&pkcs8, r.cert_der.clone(), signer.intermediate_der.clone())
 }
 
 #[cfg(test)]

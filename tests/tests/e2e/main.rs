@@ -12,6 +12,7 @@ mod haproxy;
 mod hostile;
 mod install;
 mod lint;
+mod ocsp;
 mod operability;
 mod proxy_protocol;
 mod puppet;

@@ -31,7 +31,7 @@ fn http_args(port: u16) -> Vec<String> {
 
 /// A raw HTTP/1.1 exchange on 127.0.0.1:`port` (Connection: close):
 /// (status, headers lowercased, body).
-fn http(
+pub(crate) fn http(
     port: u16,
     method: &str,
     path: &str,

@@ -111,6 +111,7 @@ pub struct Metrics {
     store_up: Gauge,
     ocsp_requests: Family<OcspLabel, Counter>,
     ocsp_oldest_age: Gauge,
+    ocsp_signatures: Counter,
     ocsp_oldest: std::sync::Mutex<Option<OcspOldest>>,
     /// Store-derived values and when they were read; one scrape at a time refreshes.
     cache: tokio::sync::Mutex<Option<(Instant, StoreStats)>>,
@@ -149,6 +150,7 @@ impl Metrics {
             store_up: Gauge::default(),
             ocsp_requests: Family::default(),
             ocsp_oldest_age: Gauge::default(),
+            ocsp_signatures: Counter::default(),
             ocsp_oldest: std::sync::Mutex::new(None),
             cache: tokio::sync::Mutex::new(None),
             registry: Registry::default(),
@@ -229,6 +231,11 @@ impl Metrics {
             "OCSP requests answered, by certificate status (good, revoked, unknown) or \
              OCSP error status (malformedRequest, unauthorized, tryLater, internalError)",
             m.ocsp_requests.clone(),
+        );
+        registry.register(
+            "ocsp_signatures",
+            "OCSP responses signed (a response served from the cache costs none)",
+            m.ocsp_signatures.clone(),
         );
         registry.register_with_unit(
             "ocsp_oldest_response_age",
@@ -324,6 +331,11 @@ impl Metrics {
         self.ocsp_requests
             .get_or_create(&OcspLabel { status })
             .inc();
+    }
+
+    /// Counts one OCSP signature.
+    pub fn ocsp_signature(&self) {
+        self.ocsp_signatures.inc();
     }
 
     /// Sets how the scrape reads the oldest cached OCSP response's time.

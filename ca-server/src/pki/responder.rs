@@ -13,7 +13,7 @@
 //! so a flood of random requests cannot make the responder sign without bound.
 
 use super::ocsp::{self, OcspRequest, ResponderKey, ResponseFields};
-use crate::ca::{BACKDATE, Signer};
+use crate::ca::Signer;
 use crate::clock::Clock;
 use crate::store::{Store, StoredResponder};
 use anyhow::{Context, Result};
@@ -86,7 +86,9 @@ struct Cached {
     der: Bytes,
     etag: String,
     status: &'static str,
+    cert_status: CertStatus,
     produced_at: i64,
+    this_update: i64,
     next_update: i64,
     refresh_at: i64,
     revocation_seq: i64,
@@ -165,6 +167,16 @@ pub struct Responder {
     revocations: tokio::sync::watch::Receiver<i64>,
     budget: Budget,
     signatures: AtomicU64,
+    /// Serialises cache fills per CertID shard.
+    fill_locks: Vec<tokio::sync::Mutex<()>>,
+}
+
+/// Cache-fill lock shards.
+const FILL_SHARDS: usize = 64;
+
+fn shard_of(cert_id_der: &[u8]) -> usize {
+    // The serial's last bytes are CSPRNG output: a fine spread.
+    cert_id_der.last().map_or(0, |b| *b as usize) % FILL_SHARDS
 }
 
 impl std::fmt::Debug for Responder {
@@ -215,6 +227,9 @@ impl Responder {
             cache: Mutex::new(HashMap::new()),
             revocations,
             signatures: AtomicU64::new(0),
+            fill_locks: (0..FILL_SHARDS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         });
         let weak = Arc::downgrade(&responder);
         crate::metrics::metrics().set_ocsp_oldest(crate::metrics::OcspOldest(Box::new(
@@ -233,13 +248,25 @@ impl Responder {
         self.key.read().expect("key lock").cert_der.clone()
     }
 
+    /// The oldest producedAt among the responses this replica would still serve.
     fn oldest_produced_at(&self) -> Option<i64> {
+        let (now, seq) = (self.clock.now(), *self.revocations.borrow());
         self.cache
             .lock()
             .expect("ocsp cache lock")
             .values()
+            .filter(|c| c.revocation_seq == seq && now < c.refresh_at)
             .map(|c| c.produced_at)
             .min()
+    }
+
+    /// Drops the responses that would no longer be served.
+    fn prune(&self) {
+        let (now, seq) = (self.clock.now(), *self.revocations.borrow());
+        self.cache
+            .lock()
+            .expect("ocsp cache lock")
+            .retain(|_, c| c.revocation_seq == seq && now < c.refresh_at);
     }
 
     /// Answers one DER request. Never fails: errors are OCSP error statuses.
@@ -262,41 +289,76 @@ impl Responder {
         }
         let now = self.clock.now();
         let seq = *self.revocations.borrow();
-        let cached = self
-            .cache
-            .lock()
-            .expect("ocsp cache lock")
-            .get(&req.cert_id_der)
-            .filter(|c| c.revocation_seq == seq && now < c.refresh_at)
-            .cloned();
-        if let Some(c) = &cached
-            && (req.nonce.is_none() || !self.budget.take())
+        let lookup = || {
+            self.cache
+                .lock()
+                .expect("ocsp cache lock")
+                .get(&req.cert_id_der)
+                .filter(|c| c.revocation_seq == seq && now < c.refresh_at)
+                .cloned()
+        };
+        let cached = match lookup() {
+            Some(c) => c,
+            None => {
+                // One fill per CertID at a time: concurrent first requests
+                // wait for it instead of each signing.
+                let shard = self.fill_locks[shard_of(&req.cert_id_der)].lock().await;
+                let filled = match lookup() {
+                    Some(c) => Ok(c),
+                    None => self.fill(&req, seq, now).await,
+                };
+                drop(shard);
+                match filled {
+                    Ok(c) => c,
+                    Err(FreshError::Busy) => return Answer::error(ResponseStatus::TryLater),
+                    Err(FreshError::Store(e)) => {
+                        tracing::warn!(error = %e, "OCSP: store lookup failed");
+                        self.store.suspect();
+                        return Answer::error(ResponseStatus::TryLater);
+                    }
+                    Err(FreshError::Internal(e)) => {
+                        tracing::error!(error = %format!("{e:#}"), "OCSP: signing failed");
+                        return Answer::error(ResponseStatus::InternalError);
+                    }
+                }
+            }
+        };
+        // The nonce echo is its own signature, within the budget; past it
+        // the pre-signed answer goes out without the nonce (RFC 8954).
+        if let Some(n) = &req.nonce
+            && self.budget.take()
         {
-            return cached_answer(c, now);
+            let key = self.key.read().expect("key lock").clone();
+            self.signatures.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::metrics().ocsp_signature();
+            let signed = ocsp::encode_response(
+                &key,
+                &ResponseFields {
+                    cert_id_der: &req.cert_id_der,
+                    status: &cached.cert_status,
+                    produced_at: now,
+                    this_update: cached.this_update,
+                    next_update: cached.next_update,
+                    nonce: Some(n),
+                },
+            );
+            return match signed {
+                Ok(der) => Answer {
+                    der: Bytes::from(der),
+                    status: cached.status,
+                    caching: None,
+                },
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "OCSP: signing failed");
+                    Answer::error(ResponseStatus::InternalError)
+                }
+            };
         }
-        match self.fresh(&req, seq, now, cached.is_none()).await {
-            Ok(a) => a,
-            Err(FreshError::Busy) => Answer::error(ResponseStatus::TryLater),
-            Err(FreshError::Store(e)) => {
-                tracing::warn!(error = %e, "OCSP: store lookup failed");
-                self.store.suspect();
-                Answer::error(ResponseStatus::TryLater)
-            }
-            Err(FreshError::Internal(e)) => {
-                tracing::error!(error = %format!("{e:#}"), "OCSP: signing failed");
-                Answer::error(ResponseStatus::InternalError)
-            }
-        }
+        cached_answer(&cached, now)
     }
 
-    /// Looks the serial up, signs, and caches the nonce-less form.
-    async fn fresh(
-        &self,
-        req: &OcspRequest,
-        seq: i64,
-        now: i64,
-        miss: bool,
-    ) -> Result<Answer, FreshError> {
+    /// Looks the serial up, signs the nonce-less response and caches it.
+    async fn fill(&self, req: &OcspRequest, seq: i64, now: i64) -> Result<Arc<Cached>, FreshError> {
         let status = match req.cert_id.serial_hex() {
             Some(serial) => {
                 let record = self
@@ -317,67 +379,55 @@ impl Responder {
             }
             None => CertStatus::Unknown,
         };
-        // A nonce, or a serial this CA never issued: signatures beyond the
-        // pre-signed cache come out of the budget.
-        let extra = req.nonce.is_some() || status == CertStatus::Unknown;
-        if extra && miss && !self.budget.take() {
+        // A serial this CA never issued: its first answer comes out of the
+        // budget (then it is cached like any other).
+        if status == CertStatus::Unknown && !self.budget.take() {
             return Err(FreshError::Busy);
         }
         let key = self.key.read().expect("key lock").clone();
-        let this_update = now - BACKDATE.as_secs().min(60) as i64;
+        let this_update = now - 60;
         let next_update = now + self.config.validity.as_secs() as i64;
-        let fields = ResponseFields {
-            cert_id_der: &req.cert_id_der,
-            status: &status,
-            produced_at: now,
-            this_update,
-            next_update,
-            nonce: None,
-        };
         let label = match status {
             CertStatus::Good => "good",
             CertStatus::Revoked { .. } => "revoked",
             CertStatus::Unknown => "unknown",
         };
         let refresh_at = (now + self.config.refresh.as_secs() as i64).min(key.not_after);
-        let sign = |fields: &ResponseFields<'_>| {
-            self.signatures.fetch_add(1, Ordering::Relaxed);
-            ocsp::encode_response(&key, fields).map_err(FreshError::Internal)
-        };
-        let plain = Bytes::from(sign(&fields)?);
+        self.signatures.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::metrics().ocsp_signature();
+        let der = ocsp::encode_response(
+            &key,
+            &ResponseFields {
+                cert_id_der: &req.cert_id_der,
+                status: &status,
+                produced_at: now,
+                this_update,
+                next_update,
+                nonce: None,
+            },
+        )
+        .map_err(FreshError::Internal)?;
+        let der = Bytes::from(der);
         let cached = Arc::new(Cached {
-            etag: etag(&plain),
-            der: plain,
+            etag: etag(&der),
+            der,
             status: label,
+            cert_status: status,
             produced_at: now,
+            this_update,
             next_update,
             refresh_at,
             revocation_seq: seq,
         });
-        {
-            let mut cache = self.cache.lock().expect("ocsp cache lock");
+        let mut cache = self.cache.lock().expect("ocsp cache lock");
+        if cache.len() >= MAX_CACHED {
+            cache.retain(|_, c| c.revocation_seq == seq && now < c.refresh_at);
             if cache.len() >= MAX_CACHED {
-                cache.retain(|_, c| c.revocation_seq == seq && now < c.refresh_at);
-                if cache.len() >= MAX_CACHED {
-                    cache.clear();
-                }
+                cache.clear();
             }
-            cache.insert(req.cert_id_der.clone(), cached.clone());
         }
-        match &req.nonce {
-            Some(n) => {
-                let with_nonce = sign(&ResponseFields {
-                    nonce: Some(n),
-                    ..fields
-                })?;
-                Ok(Answer {
-                    der: Bytes::from(with_nonce),
-                    status: label,
-                    caching: None,
-                })
-            }
-            None => Ok(cached_answer(&cached, now)),
-        }
+        cache.insert(req.cert_id_der.clone(), cached.clone());
+        Ok(cached)
     }
 
     /// Whether a stored certificate was signed by this intermediate (its
@@ -408,12 +458,14 @@ impl Responder {
         }
     }
 
-    /// Renews the responder key when half its life has passed (or loads the
-    /// newer one another replica stored). Runs until aborted.
+    /// Every minute: drops stale cached responses, and renews the responder
+    /// key when half its life has passed (or loads the newer one another
+    /// replica stored). Runs until aborted.
     pub async fn run(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         loop {
             tick.tick().await;
+            self.prune();
             let now = self.clock.now();
             let current = self.key.read().expect("key lock").clone();
             if now < half_life(current.not_before, current.not_after) {
@@ -594,7 +646,10 @@ mod tests {
         let id = CertId::new(CertIdHash::Sha1, &issuer, &serial);
         let req = encode_request(&id, None);
 
-        let first = r.answer(&req).await;
+        // Concurrent first requests: one fill, one signature.
+        let answers = futures_util::future::join_all((0..8).map(|_| r.answer(&req))).await;
+        let first = answers[0].clone();
+        assert!(answers.iter().all(|a| a.der == first.der));
         assert_eq!(first.status, "good");
         let after_first = r.signatures();
         assert_eq!(after_first, 1);

@@ -156,6 +156,10 @@ pub enum IntermediateCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Base URL of the plain-HTTP listener: the new intermediate names the
+        /// root CRL there [default: the old intermediate's CRL distribution point, if any].
+        #[arg(long, env = "CA_HTTP_PUBLIC_URL", value_name = "URL")]
+        http_public_url: Option<String>,
     },
 }
 
@@ -577,13 +581,23 @@ async fn run(cli: Cli, reserved: &policy::ReservedNames) -> Result<()> {
             root_key,
             validity,
             json,
-        }) => crate::rotate::run(
-            &cli.data_dir,
-            root_key.as_deref(),
-            validity.into(),
-            json,
-            &clock,
-        ),
+            http_public_url,
+        }) => {
+            let root_crl = http_public_url
+                .as_deref()
+                .map(|u| {
+                    serve::check_http_public_url(u).map(|u| ca::PlainHttpUrls::new(&u).root_crl)
+                })
+                .transpose()?;
+            crate::rotate::run(
+                &cli.data_dir,
+                root_key.as_deref(),
+                validity.into(),
+                json,
+                &clock,
+                root_crl.as_deref(),
+            )
+        }
         Command::Completions { shell } => {
             use clap::CommandFactory;
             ca_client::clidocs::completions(Cli::command(), "ca-server", shell);

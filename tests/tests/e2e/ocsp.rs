@@ -578,7 +578,8 @@ fn without_the_listener_leaves_keep_the_https_distribution_point_and_no_aia() {
     );
 }
 
-/// `ca-server init --http-public-url`: the intermediate names the root CRL there.
+/// `ca-server init --http-public-url`: the intermediate names the root CRL
+/// there; `intermediate rotate` keeps it or takes `--http-public-url`.
 #[test]
 fn init_with_the_http_url_gives_the_intermediate_the_root_crl_distribution_point() {
     let tmp = tempfile::tempdir().unwrap();
@@ -596,6 +597,27 @@ fn init_with_the_http_url_gives_the_intermediate_the_root_crl_distribution_point
     let text = openssl_text(&data.join("intermediate.crt"));
     assert!(
         text.contains("URI:http://ca.example.internal:8080/crl/root.crl"),
+        "{text}"
+    );
+    // A rotation keeps it, or takes the one given.
+    let rotate = |extra: &[&str]| {
+        run_ok(
+            Command::new(bin("ca-server"))
+                .arg("--data-dir")
+                .arg(&data)
+                .args(["intermediate", "rotate"])
+                .args(extra),
+        );
+        openssl_text(&data.join("intermediate.crt"))
+    };
+    let text = rotate(&[]);
+    assert!(
+        text.contains("URI:http://ca.example.internal:8080/crl/root.crl"),
+        "{text}"
+    );
+    let text = rotate(&["--http-public-url", "http://crl.example.internal"]);
+    assert!(
+        text.contains("URI:http://crl.example.internal/crl/root.crl"),
         "{text}"
     );
     let out = run(Command::new(bin("ca-server"))

@@ -627,3 +627,59 @@ fn init_with_the_http_url_gives_the_intermediate_the_root_crl_distribution_point
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("must start with http://"));
 }
+
+/// The plain-HTTP listener has the HTTPS listener's timeouts: a silent
+/// connection, a header that never ends and an idle keep-alive connection
+/// are closed by the server, and another client is served meanwhile.
+#[test]
+fn plain_http_closes_silent_slow_and_idle_connections() {
+    let port = free_port();
+    let mut args = http_args(port);
+    args.extend(["--header-timeout".into(), "2s".into()]);
+    let _ca = CaServer::start_with(ServerOptions {
+        args,
+        ..Default::default()
+    });
+    // Returns once the server closed the connection (read gives EOF or a reset).
+    let closed_by_server = |s: &mut std::net::TcpStream| {
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    return false;
+                }
+                Err(_) => return true,
+            }
+        }
+    };
+    let mut silent = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut slow = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    slow.write_all(b"GET /ca/root.crt HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let mut idle = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    idle.write_all(b"GET /ca/root.crt HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    // Another client is served while those three hang on.
+    let (status, _, _) = http(port, "GET", "/ca/root.crt", &[], b"");
+    assert_eq!(status, 200);
+    assert!(
+        closed_by_server(&mut silent),
+        "a silent connection stayed open"
+    );
+    assert!(
+        closed_by_server(&mut slow),
+        "an unfinished header stayed open"
+    );
+    assert!(
+        closed_by_server(&mut idle),
+        "an idle keep-alive connection stayed open"
+    );
+    let (status, _, _) = http(port, "GET", "/ca/root.crt", &[], b"");
+    assert_eq!(status, 200);
+}

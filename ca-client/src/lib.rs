@@ -1,5 +1,6 @@
 //! Host side of the CA: key generation, the PSK bootstrap with a pinned root,
-//! renewal over mTLS, CRL refresh, an HTTPS client, the service installers
+//! renewal over mTLS, CRL refresh, OCSP (the DER the server shares, and
+//! fetching a staple for HAProxy), an HTTPS client, the service installers
 //! (nginx, PostgreSQL, HAProxy), and the file utilities the server shares.
 #![deny(unsafe_code)]
 
@@ -13,6 +14,8 @@ pub mod fsutil;
 pub mod https;
 pub mod install;
 pub mod keys;
+pub mod ocsp;
 pub mod renew;
+pub mod stapling;
 pub mod timefmt;
 pub mod trust;

@@ -41,6 +41,10 @@ enum Command {
     /// Fetch the CRLs, verify them against the pinned CA, keep the newest,
     /// and re-install them for the services.
     Crl(CrlArgs),
+    /// Fetch this host's OCSP response (from its certificate's AIA), verify
+    /// it against the pinned CA, write DIR/cert.ocsp, and with --install
+    /// haproxy staple it in HAProxy.
+    Ocsp(OcspArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
     /// Write man pages (ca-client.1 and one per subcommand) into DIR.
@@ -124,6 +128,34 @@ struct CrlArgs {
     install: Vec<ServiceKind>,
     #[command(flatten)]
     request: RequestArgs,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "See docs/revocation.md (OCSP and stapling).")]
+struct OcspArgs {
+    /// The bootstrap directory (cert.pem, chain.pem, ca.pem; cert.ocsp is written).
+    #[arg(long)]
+    dir: PathBuf,
+    /// OCSP responder URL [default: the certificate's authorityInfoAccess].
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
+    /// Install the response for these services (haproxy: next to its certificate).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    install: Vec<ServiceKind>,
+    /// HAProxy install directory (as given to `ca-client install haproxy --dest`)
+    /// [default: the HAProxy installs recorded for --dir].
+    #[arg(long, value_name = "DEST")]
+    dest: Option<PathBuf>,
+    /// HAProxy runtime socket (`stats socket ... level admin`): the response
+    /// is pushed with `set ssl ocsp-response` and served at once.
+    #[arg(long, value_name = "PATH")]
+    haproxy_socket: Option<PathBuf>,
+    /// Timeout of the request.
+    #[arg(long, default_value = "30s")]
+    timeout: humantime::Duration,
+    /// Print the outcome as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -320,6 +352,7 @@ async fn run(cli: Cli) -> i32 {
         Command::Install(args) => run_install(&args).await,
         Command::Renew(args) => run_renew(&args).await,
         Command::Crl(args) => run_crl(&args).await,
+        Command::Ocsp(args) => run_ocsp(&args).await,
         Command::Completions { shell } => {
             ca_client::clidocs::completions(
                 <Cli as clap::CommandFactory>::command(),
@@ -403,6 +436,50 @@ async fn run_renew(args: &RenewArgs) -> i32 {
             for s in services {
                 println!("  {s}");
             }
+        }
+    }
+    exit::OK
+}
+
+async fn run_ocsp(args: &OcspArgs) -> i32 {
+    if args.install.iter().any(|s| *s != ServiceKind::Haproxy) {
+        eprintln!(
+            "error: --install: only haproxy takes a stapled response from a file (nginx fetches its own)"
+        );
+        return exit::USAGE;
+    }
+    let opts = ca_client::stapling::OcspOptions {
+        dir: args.dir.clone(),
+        url: args.url.clone(),
+        install: args.install.clone(),
+        dest: args.dest.clone(),
+        haproxy_socket: args.haproxy_socket.clone(),
+        timeout: args.timeout.into(),
+    };
+    let out = match ca_client::stapling::run(&opts).await {
+        Ok(out) => out,
+        Err(e) => return failed(e),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&out).expect("serialisable"));
+    } else {
+        println!(
+            "{} serial={} this_update={} next_update={}{} file={}",
+            out.status,
+            out.serial,
+            out.this_update,
+            out.next_update.as_deref().unwrap_or("-"),
+            out.revoked_at
+                .as_deref()
+                .map(|t| format!(" revoked_at={t}"))
+                .unwrap_or_default(),
+            out.file.display()
+        );
+        for f in &out.installed {
+            println!("  installed {}", f.display());
+        }
+        if out.pushed {
+            println!("  pushed to HAProxy's runtime socket");
         }
     }
     exit::OK

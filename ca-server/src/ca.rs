@@ -171,6 +171,18 @@ pub struct InitOutcome {
 /// Serialised with a lock file so that two processes starting on one empty
 /// data dir cannot create two different CAs.
 pub fn init(paths: &CaPaths, name: &str, now: i64) -> Result<InitOutcome> {
+    init_with(paths, name, now, None)
+}
+
+/// [`init`], with the root CRL's plain-HTTP URL (from `--http-public-url`)
+/// as the new intermediate's CRL distribution point. An existing CA is left
+/// as it is (its intermediate gains the URL at `intermediate rotate`).
+pub fn init_with(
+    paths: &CaPaths,
+    name: &str,
+    now: i64,
+    root_crl_url: Option<&str>,
+) -> Result<InitOutcome> {
     // The data dir holds the CA keys: another user's is refused, an open
     // one of ours tightened to 0700.
     fsutil::private_key_dir(&paths.dir)?;
@@ -213,6 +225,11 @@ pub fn init(paths: &CaPaths, name: &str, now: i64) -> Result<InitOutcome> {
         Some(0),
     )?;
     int_params.use_authority_key_identifier_extension = true;
+    if let Some(url) = root_crl_url {
+        int_params.crl_distribution_points = vec![CrlDistributionPoint {
+            uris: vec![url.to_owned()],
+        }];
+    }
     let int_cert = int_params.signed_by(&int_key, &root_issuer)?;
 
     // Keys first: a crash leaves no certificate without its key.
@@ -298,7 +315,56 @@ pub struct Signer {
     pub fingerprint: String,
     intermediate_not_after: i64,
     crl_url: Option<String>,
+    /// Set with the plain-HTTP listener: leaves then carry its CDP and AIA.
+    plain_http: Option<PlainHttpUrls>,
+    /// Wraps the OCSP responder key in the store (derived from the intermediate key).
+    ocsp_wrap: crate::pki::ocsp::WrapKey,
     rng: SystemRandom,
+}
+
+/// Where the plain-HTTP listener publishes CRLs, CA certificates and OCSP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlainHttpUrls {
+    pub intermediate_crl: String,
+    pub root_crl: String,
+    pub intermediate_cert: String,
+    pub root_cert: String,
+    pub ocsp: String,
+}
+
+impl PlainHttpUrls {
+    /// The stable paths under `base` (e.g. `http://ca.example:8080`).
+    pub fn new(base: &str) -> PlainHttpUrls {
+        let base = base.trim_end_matches('/');
+        PlainHttpUrls {
+            intermediate_crl: format!("{base}{}", PLAIN_PATH_INTERMEDIATE_CRL),
+            root_crl: format!("{base}{}", PLAIN_PATH_ROOT_CRL),
+            intermediate_cert: format!("{base}{}", PLAIN_PATH_INTERMEDIATE_CERT),
+            root_cert: format!("{base}{}", PLAIN_PATH_ROOT_CERT),
+            ocsp: format!("{base}/ocsp"),
+        }
+    }
+}
+
+/// Plain-HTTP paths (stable: they are written into certificates).
+pub const PLAIN_PATH_INTERMEDIATE_CRL: &str = "/crl/intermediate.crl";
+pub const PLAIN_PATH_ROOT_CRL: &str = "/crl/root.crl";
+pub const PLAIN_PATH_INTERMEDIATE_CERT: &str = "/ca/intermediate.crt";
+pub const PLAIN_PATH_ROOT_CERT: &str = "/ca/root.crt";
+
+/// authorityInfoAccess (1.3.6.1.5.5.7.1.1) naming the OCSP responder and the issuer's certificate.
+fn aia_extension(ocsp: &str, ca_issuers: &str) -> rcgen::CustomExtension {
+    use ca_client::ocsp::der::{OID, seq, tlv};
+    let desc = |method: u8, uri: &str| {
+        seq(&[
+            &tlv(OID, &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, method]),
+            &tlv(0x86, uri.as_bytes()),
+        ])
+    };
+    rcgen::CustomExtension::from_oid_content(
+        &[1, 3, 6, 1, 5, 5, 7, 1, 1],
+        seq(&[&desc(1, ocsp), &desc(2, ca_issuers)]),
+    )
 }
 
 impl std::fmt::Debug for Signer {
@@ -325,6 +391,10 @@ impl Signer {
             .map_err(|_| anyhow!("the intermediate is not signed by the root"))?;
         let intermediate_not_after = int.validity().not_after.timestamp();
 
+        let ocsp_wrap = {
+            let pkcs8 = Zeroizing::new(key.0.serialize_der());
+            crate::pki::ocsp::WrapKey::derive(&pkcs8)
+        };
         let issuer = Issuer::from_ca_cert_der(&intermediate_der.clone().into(), key)
             .context("reading the intermediate as an issuer")?;
         let intermediate_pem = pem::encode(&pem::Pem::new("CERTIFICATE", intermediate_der.clone()));
@@ -338,7 +408,75 @@ impl Signer {
             root_der,
             intermediate_not_after,
             crl_url,
+            plain_http: None,
+            ocsp_wrap,
             rng: SystemRandom::new(),
+        })
+    }
+
+    /// With the plain-HTTP listener: new leaves name its CRL (in place of
+    /// the HTTPS one) and carry AIA (OCSP, caIssuers).
+    pub fn with_plain_http(mut self, urls: PlainHttpUrls) -> Signer {
+        self.crl_url = Some(urls.intermediate_crl.clone());
+        self.plain_http = Some(urls);
+        self
+    }
+
+    /// The plain-HTTP URLs leaves carry, if configured.
+    pub fn plain_http(&self) -> Option<&PlainHttpUrls> {
+        self.plain_http.as_ref()
+    }
+
+    /// The key wrapping the OCSP responder key in the store.
+    pub fn ocsp_wrap_key(&self) -> &crate::pki::ocsp::WrapKey {
+        &self.ocsp_wrap
+    }
+
+    /// Signs a delegated OCSP responder certificate for `spki_der`: EKU
+    /// OCSPSigning only, id-pkix-ocsp-nocheck (relying parties do not ask
+    /// for its own status), valid `validity` from `now` (backdated like leaves).
+    pub fn sign_ocsp_responder(
+        &self,
+        spki_der: &[u8],
+        now: i64,
+        validity: Duration,
+    ) -> Result<SignedLeaf> {
+        let (_, int) = x509_parser::parse_x509_certificate(&self.intermediate_der)
+            .map_err(|e| anyhow!("parsing the intermediate: {e}"))?;
+        let cn = int
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|c| c.as_str().ok())
+            .unwrap_or("CA")
+            .trim_end_matches(" Intermediate CA")
+            .to_owned();
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, format!("{cn} OCSP Responder"));
+        params.distinguished_name = dn;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::OcspSigning];
+        params.custom_extensions = vec![rcgen::CustomExtension::from_oid_content(
+            &[1, 3, 6, 1, 5, 5, 7, 48, 1, 5],
+            vec![0x05, 0x00],
+        )];
+        let spki = rcgen::SubjectPublicKeyInfo::from_der(spki_der)
+            .context("reading the responder public key")?;
+        let serial = random_serial(&self.rng)?;
+        let not_before = now - BACKDATE.as_secs() as i64;
+        let not_after = (now + validity.as_secs() as i64).min(self.intermediate_not_after);
+        params.serial_number = Some(SerialNumber::from_slice(&serial));
+        params.not_before = to_time(not_before)?;
+        params.not_after = to_time(not_after)?;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(&spki, &self.issuer)?;
+        Ok(SignedLeaf {
+            serial: hex::encode(serial),
+            der: cert.der().to_vec(),
+            not_before,
+            not_after,
         })
     }
 
@@ -409,6 +547,11 @@ impl Signer {
             params.crl_distribution_points = vec![CrlDistributionPoint {
                 uris: vec![url.clone()],
             }];
+        }
+        if let Some(urls) = &self.plain_http {
+            params
+                .custom_extensions
+                .push(aia_extension(&urls.ocsp, &urls.intermediate_cert));
         }
         let cert = params.signed_by(&spki, &self.issuer)?;
         Ok(SignedLeaf {

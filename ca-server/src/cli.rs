@@ -59,9 +59,14 @@ pub enum Command {
         /// Name used in the CA certificates' subjects.
         #[arg(long, env = "CA_NAME", default_value = "Fleet")]
         name: String,
+        /// Base URL of the plain-HTTP listener (`serve --http-public-url`):
+        /// the new intermediate then names the root CRL there as its CRL
+        /// distribution point.
+        #[arg(long, env = "CA_HTTP_PUBLIC_URL", value_name = "URL")]
+        http_public_url: Option<String>,
     },
     /// Serve the HTTPS API (initialises the data dir on first start).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage pre-shared keys (here, or on a remote server with --server URL --admin-cert DIR).
     Psk(PskArgs),
     /// List and inspect certificates (here, or remotely with --server URL --admin-cert DIR).
@@ -151,6 +156,10 @@ pub enum IntermediateCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Base URL of the plain-HTTP listener: the new intermediate names the
+        /// root CRL there [default: the old intermediate's CRL distribution point, if any].
+        #[arg(long, env = "CA_HTTP_PUBLIC_URL", value_name = "URL")]
+        http_public_url: Option<String>,
     },
 }
 
@@ -184,6 +193,22 @@ pub struct ServeArgs {
     pub limits: crate::server::LimitArgs,
     #[command(flatten)]
     pub throttle: crate::throttle::ThrottleArgs,
+    /// Also serve CRLs, CA certificates and OCSP over plain HTTP on this
+    /// address (GET/POST only, nothing secret); new leaves then name it in
+    /// their CRL distribution point and authorityInfoAccess.
+    #[arg(long, env = "CA_HTTP_LISTEN", value_name = "ADDR")]
+    pub http_listen: Option<SocketAddr>,
+    /// URL relying parties reach the plain-HTTP listener at.
+    /// [default: http://<first hostname>:<port>]
+    #[arg(
+        long,
+        env = "CA_HTTP_PUBLIC_URL",
+        value_name = "URL",
+        requires = "http_listen"
+    )]
+    pub http_public_url: Option<String>,
+    #[command(flatten)]
+    pub ocsp: crate::pki::responder::OcspArgs,
 }
 
 /// `psk`: the verb, and where it runs.
@@ -472,7 +497,8 @@ pub(crate) fn actor() -> String {
 
 /// The CA's own names as this machine's configuration gives them to `serve`
 /// (`CA_HOSTNAMES` / `[serve] hostnames`, else the machine's hostname and
-/// localhost; `CA_PUBLIC_URL` / `[serve] public_url`), for the local
+/// localhost; `CA_PUBLIC_URL` / `[serve] public_url`; `CA_HTTP_PUBLIC_URL` /
+/// `[serve] http_public_url`), for the local
 /// `psk add` and `psk batch` to refuse. The store adds every live server
 /// certificate's name (`admin::Ops::psk_add`).
 fn configured_server_names(file: Option<&crate::config::ConfigFile>) -> policy::ReservedNames {
@@ -490,15 +516,39 @@ fn configured_server_names(file: Option<&crate::config::ConfigFile>) -> policy::
     };
     let names = serve::server_names(&hostnames).unwrap_or_default();
     let public_url = from_env("CA_PUBLIC_URL").or_else(|| from_file("public_url").pop());
-    serve::reserved_names(&names, public_url.as_deref().unwrap_or(""))
+    let mut reserved = serve::reserved_names(&names, public_url.as_deref().unwrap_or(""));
+    let http_url = from_env("CA_HTTP_PUBLIC_URL").or_else(|| from_file("http_public_url").pop());
+    if let Some(host) = http_url
+        .as_deref()
+        .and_then(policy::ReservedNames::url_host)
+    {
+        for name in policy::ReservedNames::from_text([host]).names() {
+            reserved.insert(name.clone());
+        }
+    }
+    reserved
 }
 
 async fn run(cli: Cli, reserved: &policy::ReservedNames) -> Result<()> {
     let url = database_url(&cli);
     let clock = SystemClock;
     match cli.command {
-        Command::Init { name } => {
-            let out = ca::init(&CaPaths::new(&cli.data_dir), &name, clock.now())?;
+        Command::Init {
+            name,
+            http_public_url,
+        } => {
+            let root_crl = http_public_url
+                .as_deref()
+                .map(|u| {
+                    serve::check_http_public_url(u).map(|u| ca::PlainHttpUrls::new(&u).root_crl)
+                })
+                .transpose()?;
+            let out = ca::init_with(
+                &CaPaths::new(&cli.data_dir),
+                &name,
+                clock.now(),
+                root_crl.as_deref(),
+            )?;
             if !out.created {
                 eprintln!("{} is already initialised", cli.data_dir.display());
             }
@@ -522,6 +572,9 @@ async fn run(cli: Cli, reserved: &policy::ReservedNames) -> Result<()> {
                 throttle: (&args.throttle).into(),
                 audit_flush_interval: args.throttle.audit_flush_interval.into(),
                 crl: args.crl.config(),
+                http_listen: args.http_listen,
+                http_public_url: args.http_public_url,
+                ocsp: args.ocsp.config()?,
             })
             .await
         }
@@ -558,13 +611,23 @@ async fn run(cli: Cli, reserved: &policy::ReservedNames) -> Result<()> {
             root_key,
             validity,
             json,
-        }) => crate::rotate::run(
-            &cli.data_dir,
-            root_key.as_deref(),
-            validity.into(),
-            json,
-            &clock,
-        ),
+            http_public_url,
+        }) => {
+            let root_crl = http_public_url
+                .as_deref()
+                .map(|u| {
+                    serve::check_http_public_url(u).map(|u| ca::PlainHttpUrls::new(&u).root_crl)
+                })
+                .transpose()?;
+            crate::rotate::run(
+                &cli.data_dir,
+                root_key.as_deref(),
+                validity.into(),
+                json,
+                &clock,
+                root_crl.as_deref(),
+            )
+        }
         Command::Completions { shell } => {
             use clap::CommandFactory;
             ca_client::clidocs::completions(Cli::command(), "ca-server", shell);

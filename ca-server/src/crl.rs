@@ -238,6 +238,9 @@ pub struct CrlService {
     regenerating: tokio::sync::Mutex<()>,
     /// A published generation that failed verification (logged once).
     refused_generation: Mutex<Option<i64>>,
+    /// The store's revocation sequence as last seen: the OCSP cache drops
+    /// what it answered before a change (`pki::responder`).
+    revocations: tokio::sync::watch::Sender<i64>,
 }
 
 impl std::fmt::Debug for CrlService {
@@ -296,11 +299,17 @@ impl CrlService {
             current: RwLock::new(None),
             regenerating: tokio::sync::Mutex::new(()),
             refused_generation: Mutex::new(None),
+            revocations: tokio::sync::watch::Sender::new(0),
         })
     }
 
     pub fn config(&self) -> CrlConfig {
         self.config
+    }
+
+    /// The store's revocation sequence, updated by every poll (2 s).
+    pub fn revocations(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.revocations.subscribe()
     }
 
     /// The cached CRLs (none before the first generation).
@@ -331,6 +340,8 @@ impl CrlService {
         let _one_at_a_time = self.regenerating.lock().await;
         let now = self.clock.now();
         let snapshot = self.store.crl_snapshot(now, NUMBERS_PER_GENERATION).await?;
+        self.revocations
+            .send_if_modified(|seq| std::mem::replace(seq, snapshot.revocation_seq) != *seq);
         let set = Arc::new(self.sign(&snapshot, now)?);
         if self.store.publish_crls(&set.to_published()).await? {
             tracing::info!(
@@ -462,6 +473,11 @@ impl CrlService {
     /// then sign one if the cached one is due.
     pub async fn poll(&self) -> Result<()> {
         let state = self.store.crl_poll().await?;
+        self.revocations.send_if_modified(|seq| {
+            let changed = *seq != state.revocation_seq;
+            *seq = state.revocation_seq;
+            changed
+        });
         if state.published_generation > self.cached_generation() {
             self.load_published().await?;
         }

@@ -73,6 +73,20 @@ struct WithinLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OcspLabel {
+    status: &'static str,
+}
+
+/// Reads the oldest cached OCSP response's producedAt (see `pki::responder`).
+pub struct OcspOldest(pub Box<dyn Fn() -> Option<i64> + Send + Sync>);
+
+impl std::fmt::Debug for OcspOldest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OcspOldest(..)")
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabel {
     version: &'static str,
 }
@@ -99,6 +113,10 @@ pub struct Metrics {
     crl_expiry: Gauge,
     crl_revoked: Gauge,
     store_up: Gauge,
+    ocsp_requests: Family<OcspLabel, Counter>,
+    ocsp_oldest_age: Gauge,
+    ocsp_signatures: Counter,
+    ocsp_oldest: std::sync::Mutex<Option<OcspOldest>>,
     /// Store-derived values and when they were read; one scrape at a time refreshes.
     cache: tokio::sync::Mutex<Option<(Instant, StoreStats)>>,
 }
@@ -138,6 +156,10 @@ impl Metrics {
             crl_expiry: Gauge::default(),
             crl_revoked: Gauge::default(),
             store_up: Gauge::default(),
+            ocsp_requests: Family::default(),
+            ocsp_oldest_age: Gauge::default(),
+            ocsp_signatures: Counter::default(),
+            ocsp_oldest: std::sync::Mutex::new(None),
             cache: tokio::sync::Mutex::new(None),
             registry: Registry::default(),
         };
@@ -237,6 +259,34 @@ impl Metrics {
             );
         }
         registry.register(
+            "ocsp_requests",
+            "OCSP requests answered, by certificate status (good, revoked, unknown) or \
+             OCSP error status (malformedRequest, unauthorized, tryLater, internalError)",
+            m.ocsp_requests.clone(),
+        );
+        registry.register(
+            "ocsp_signatures",
+            "OCSP responses signed (a response served from the cache costs none)",
+            m.ocsp_signatures.clone(),
+        );
+        registry.register_with_unit(
+            "ocsp_oldest_response_age",
+            "Age of the oldest cached OCSP response (0: none cached)",
+            prometheus_client::registry::Unit::Seconds,
+            m.ocsp_oldest_age.clone(),
+        );
+        for status in [
+            "good",
+            "revoked",
+            "unknown",
+            "malformedRequest",
+            "unauthorized",
+            "tryLater",
+            "internalError",
+        ] {
+            m.ocsp_requests.get_or_create_owned(&OcspLabel { status });
+        }
+        registry.register(
             "build",
             "The running ca-server version",
             Info::new(VersionLabel {
@@ -324,6 +374,23 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts one OCSP answer by status.
+    pub fn ocsp_request(&self, status: &'static str) {
+        self.ocsp_requests
+            .get_or_create(&OcspLabel { status })
+            .inc();
+    }
+
+    /// Counts one OCSP signature.
+    pub fn ocsp_signature(&self) {
+        self.ocsp_signatures.inc();
+    }
+
+    /// Sets how the scrape reads the oldest cached OCSP response's time.
+    pub fn set_ocsp_oldest(&self, source: OcspOldest) {
+        *self.ocsp_oldest.lock().expect("metrics lock") = Some(source);
+    }
+
     /// Refreshes the scrape-time gauges and encodes everything.
     pub async fn render(&self, source: &ScrapeSource<'_>) -> String {
         let now = source.clock.now();
@@ -368,6 +435,14 @@ impl Metrics {
                 self.crl_expiry.set(0);
             }
         }
+        let oldest = self
+            .ocsp_oldest
+            .lock()
+            .expect("metrics lock")
+            .as_ref()
+            .and_then(|f| (f.0)());
+        self.ocsp_oldest_age
+            .set(oldest.map_or(0, |t| (now - t).max(0)));
         let mut out = String::with_capacity(8 * 1024);
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");

@@ -37,8 +37,15 @@ pub fn run(
     validity: Duration,
     json: bool,
     clock: &dyn Clock,
+    root_crl_url: Option<&str>,
 ) -> Result<()> {
-    let out = rotate(&CaPaths::new(data_dir), root_key, validity, clock.now())?;
+    let out = rotate_with(
+        &CaPaths::new(data_dir),
+        root_key,
+        validity,
+        clock.now(),
+        root_crl_url,
+    )?;
     if json {
         println!("{}", serde_json::to_string(&out)?);
     } else {
@@ -63,6 +70,18 @@ pub fn rotate(
     root_key: Option<&Path>,
     validity: Duration,
     now: i64,
+) -> Result<Rotated> {
+    rotate_with(paths, root_key, validity, now, None)
+}
+
+/// [`rotate`], with the root CRL's URL as the new intermediate's CRL
+/// distribution point (`None`: the old intermediate's, if it had one).
+pub fn rotate_with(
+    paths: &CaPaths,
+    root_key: Option<&Path>,
+    validity: Duration,
+    now: i64,
+    root_crl_url: Option<&str>,
 ) -> Result<Rotated> {
     if validity < MIN_VALIDITY {
         bail!("--validity must be at least 1h");
@@ -96,6 +115,32 @@ pub fn rotate(
         .unwrap_or("Intermediate CA")
         .to_owned();
     let old_serial = hex::encode(old.raw_serial());
+    let old_cdp: Vec<String> = old
+        .extensions()
+        .iter()
+        .filter_map(|e| match e.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::CRLDistributionPoints(points) => {
+                Some(points.iter().flat_map(|p| {
+                    match &p.distribution_point {
+                        Some(x509_parser::extensions::DistributionPointName::FullName(names)) => {
+                            names
+                                .iter()
+                                .filter_map(|n| match n {
+                                    x509_parser::extensions::GeneralName::URI(u) => {
+                                        Some((*u).to_owned())
+                                    }
+                                    _ => None,
+                                })
+                                .collect::<Vec<_>>()
+                        }
+                        _ => Vec::new(),
+                    }
+                }))
+            }
+            _ => None,
+        })
+        .flatten()
+        .collect();
 
     let not_before = now - BACKDATE.as_secs() as i64;
     let root_not_after = root.validity().not_after.timestamp();
@@ -113,6 +158,13 @@ pub fn rotate(
         Some(0),
     )?;
     params.use_authority_key_identifier_extension = true;
+    let cdp = match root_crl_url {
+        Some(url) => vec![url.to_owned()],
+        None => old_cdp,
+    };
+    if !cdp.is_empty() {
+        params.crl_distribution_points = vec![rcgen::CrlDistributionPoint { uris: cdp }];
+    }
     let cert = params.signed_by(&key, &issuer)?;
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.der())
         .map_err(|e| anyhow!("parsing the new intermediate: {e}"))?;

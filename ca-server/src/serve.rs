@@ -36,6 +36,33 @@ pub struct ServeOptions {
     pub throttle: ThrottleConfig,
     /// How often counted repeated refusals are written (rejection_log.rs).
     pub audit_flush_interval: Duration,
+    /// The plain-HTTP listener (CRLs, CA certificates, OCSP), if any.
+    pub http_listen: Option<SocketAddr>,
+    pub http_public_url: Option<String>,
+    pub ocsp: crate::pki::responder::OcspConfig,
+}
+
+/// An `http://` URL with a host and no path, query or fragment (paths are
+/// appended to it and the result is written into certificates).
+pub fn check_http_public_url(url: &str) -> Result<String> {
+    let trimmed = url.trim_end_matches('/');
+    let Some(rest) = trimmed.strip_prefix("http://") else {
+        bail!(
+            "--http-public-url must start with http:// (relying parties fetch OCSP and CRLs without TLS)"
+        );
+    };
+    if rest.is_empty()
+        || rest.contains(['/', '?', '#', '@'])
+        || !rest.chars().all(|c| c.is_ascii_graphic())
+    {
+        bail!("--http-public-url must be http://HOST[:PORT] with no path, query or credentials");
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// The plain-HTTP public URL: `http://<first DNS name>:<port>` unless given.
+pub fn default_http_public_url(names: &[AllowedName], listen: SocketAddr) -> String {
+    default_public_url(names, listen).replacen("https://", "http://", 1)
 }
 
 /// The default of `serve --renew-grace`: 14 days, in seconds.
@@ -168,12 +195,37 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
     crate::hardening::disable_core_dumps();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let paths = CaPaths::new(&opts.data_dir);
-    let init = ca::init(&paths, &opts.name, clock.now())?;
+    let names = server_names(&opts.hostnames)?;
+    // Bound before init, so that a first start's intermediate can name the
+    // root CRL at the plain-HTTP URL with its real port.
+    let http_listener = match opts.http_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr} (--http-listen)"))?,
+        ),
+        None => None,
+    };
+    let http_urls = match &http_listener {
+        Some(l) => {
+            let url = match &opts.http_public_url {
+                Some(u) => check_http_public_url(u)?,
+                None => default_http_public_url(&names, l.local_addr()?),
+            };
+            Some(ca::PlainHttpUrls::new(&url))
+        }
+        None => None,
+    };
+    let init = ca::init_with(
+        &paths,
+        &opts.name,
+        clock.now(),
+        http_urls.as_ref().map(|u| u.root_crl.as_str()),
+    )?;
     if init.created {
         tracing::info!(fingerprint = %init.fingerprint, "initialised a new CA");
     }
 
-    let names = server_names(&opts.hostnames)?;
     // Bound first, so the default public URL (and the CRL distribution point
     // in every leaf) carries the real port even with `--listen ...:0`.
     let listener = tokio::net::TcpListener::bind(opts.listen)
@@ -184,7 +236,11 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
         .public_url
         .clone()
         .unwrap_or_else(|| default_public_url(&names, bound));
-    let signer = Arc::new(Signer::load(&paths, Some(ca::crl_url_for(&public_url)))?);
+    let mut signer = Signer::load(&paths, Some(ca::crl_url_for(&public_url)))?;
+    if let Some(urls) = http_urls.clone() {
+        signer = signer.with_plain_http(urls);
+    }
+    let signer = Arc::new(signer);
     let store = Store::open(&opts.database_url).await?;
     store
         .check_ca_identity(&signer.fingerprint, &signer.intermediate_der)
@@ -235,13 +291,61 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
                 .await
         }
     });
+    let plain_http = match http_listener {
+        Some(listener) => {
+            let responder = crate::pki::responder::Responder::start(
+                store.clone(),
+                signer.clone(),
+                clock.clone(),
+                opts.ocsp,
+                crl.revocations(),
+            )
+            .await
+            .context("starting the OCSP responder")?;
+            let app = crate::edge::plain_http::router(crate::edge::plain_http::PlainState {
+                crl: crl.clone(),
+                signer: signer.clone(),
+                responder: responder.clone(),
+                clock: clock.clone(),
+                body_timeout: opts.limits.body_timeout,
+            });
+            tracing::info!(
+                addr = %listener.local_addr()?,
+                public_url = ?http_urls.as_ref().map(|u| u.ocsp.trim_end_matches("/ocsp")),
+                "plain HTTP listener up (CRLs, CA certificates, OCSP)"
+            );
+            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            let server = tokio::spawn(crate::edge::plain_http::run(
+                listener,
+                app,
+                opts.limits.clone(),
+                async move {
+                    let _ = stop_rx.await;
+                },
+            ));
+            Some((server, stop_tx, tokio::spawn(responder.run())))
+        }
+        None => None,
+    };
     let app = http::router(AppState {
         authority: authority.clone(),
         store: store.clone(),
         crl: crl.clone(),
         body_timeout: opts.limits.body_timeout,
         public_url: public_url.clone(),
-        reserved: Arc::new(reserved_names(&names, &public_url)),
+        reserved: Arc::new({
+            let mut reserved = reserved_names(&names, &public_url);
+            // The plain-HTTP URL's host is the CA's too (leaves name it in AIA and CDP).
+            if let Some(host) = http_urls
+                .as_ref()
+                .and_then(|u| policy::ReservedNames::url_host(&u.ocsp))
+            {
+                for name in policy::ReservedNames::from_text([host]).names() {
+                    reserved.insert(name.clone());
+                }
+            }
+            reserved
+        }),
     });
 
     tracing::info!(
@@ -269,6 +373,11 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
     ));
 
     server::run(listener, tls, app, opts.limits, shutdown_signal()).await?;
+    if let Some((server, stop, renewer)) = plain_http {
+        let _ = stop.send(());
+        let _ = server.await;
+        renewer.abort();
+    }
     watcher.abort();
     sweeper.abort();
     crl_refresher.abort();

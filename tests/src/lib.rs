@@ -187,6 +187,14 @@ impl CaServer {
         server
     }
 
+    /// [`CaServer::replica`] with other `serve` arguments in place of this one's.
+    pub fn replica_with_args(&self, args: Vec<String>) -> CaServer {
+        let mut server = self.unstarted_replica();
+        server.opts.args = args;
+        server.spawn(0);
+        server
+    }
+
     fn unstarted_replica(&self) -> CaServer {
         let tmp = tempfile::Builder::new()
             .prefix("ca-e2e-replica-")

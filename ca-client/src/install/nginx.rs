@@ -48,6 +48,7 @@ impl Service for Nginx {
         if m.crl_pem.is_some() {
             let _ = writeln!(s, "ssl_crl                 {current}/{CRL};");
         }
+        s.push_str(&stapling(m));
         match opts.client_auth {
             ClientAuth::None => s.push_str(
                 "# Add `ssl_verify_client on;` (or optional) where client certificates are required.\n",
@@ -88,4 +89,30 @@ impl Service for Nginx {
     fn reload_signal(&self) -> i32 {
         libc::SIGHUP
     }
+}
+
+/// OCSP stapling lines when the leaf names a responder (authorityInfoAccess):
+/// nginx fetches the response itself from that URL and verifies it against
+/// `ssl_trusted_certificate` (the root) and the chain.
+fn stapling(m: &Material) -> String {
+    let url = m
+        .chain
+        .first()
+        .and_then(|leaf| crate::ocsp::ocsp_url(leaf).ok().flatten());
+    let Some(url) = url else {
+        return String::new();
+    };
+    let host = url
+        .split_once("://")
+        .map(|(_, rest)| rest.split(['/', ':']).next().unwrap_or(""))
+        .unwrap_or("");
+    let mut s = format!(
+        "# OCSP stapling: nginx fetches the status from {url} (the certificate's AIA).\n\
+         ssl_stapling            on;\n\
+         ssl_stapling_verify     on;\n"
+    );
+    if host.parse::<std::net::IpAddr>().is_err() {
+        s.push_str("# The responder is named by hostname: nginx needs a `resolver` in this server or http block.\n");
+    }
+    s
 }

@@ -32,6 +32,7 @@ pub const TABLES: &[&str] = &[
     "crl_state",
     "crl_published",
     "ca_identity",
+    "ocsp_responders",
 ];
 
 /// Tables that must be empty in the target (`crl_state` holds its seed row).
@@ -41,6 +42,7 @@ const DATA_TABLES: &[&str] = &[
     "audit",
     "crl_published",
     "ca_identity",
+    "ocsp_responders",
 ];
 
 /// Most bind parameters in one INSERT (SQLite allows 32766, PostgreSQL 65535).

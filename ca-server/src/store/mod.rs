@@ -20,8 +20,10 @@ mod batch;
 pub mod copy;
 mod crl;
 pub mod inspect;
+mod ocsp;
 mod ownership;
 pub use crl::{CrlPoll, CrlSnapshot, PublishedCrls, RevokedEntry};
+pub use ocsp::StoredResponder;
 pub use stats::StoreStats;
 
 /// Which engine a URL selects.

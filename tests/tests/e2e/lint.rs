@@ -189,3 +189,162 @@ fn root_intermediate_and_leaves_of_every_key_type_lint_clean() {
     );
     server.assert_no_secret_leaks();
 }
+
+/// With the plain-HTTP listener: the leaf (http CDP and AIA), the delegated
+/// OCSP responder certificate, OCSP responses (good, revoked with a reason,
+/// unknown) and an intermediate made by `init --http-public-url` (root CRL
+/// distribution point) have no pkilint finding at WARNING or above.
+#[test]
+fn plain_http_leaf_ocsp_responder_and_responses_lint_clean() {
+    use ca_client::ocsp::{CertId, CertIdHash, IssuerKeys, encode_request};
+    if !require_tool(&tool("lint_pkix_cert")) || !require_tool(&tool("lint_ocsp_response")) {
+        return;
+    }
+    let port = ca_tests::services::free_port();
+    let mut server = CaServer::start_with(ServerOptions {
+        args: vec![
+            "--public-url".into(),
+            "https://ca.example.internal:8443".into(),
+            "--http-listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--http-public-url".into(),
+            format!("http://ca.example.internal:{port}"),
+        ],
+        ..Default::default()
+    });
+    let work = tempfile::tempdir().unwrap();
+    let client = server.client();
+    let mut leaves = Vec::new();
+    for name in ["good", "revoked"] {
+        let host = format!("{name}.example.internal");
+        let psk = server.psk_add(&host, &[]);
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let reply = block_on(sign_csr(&client, forge(&key, &CsrSpec::host(&host, &psk)))).unwrap();
+        assert_eq!(reply.status, StatusCode::CREATED);
+        leaves.push(
+            pem::parse_many(&reply.body)
+                .unwrap()
+                .remove(0)
+                .into_contents(),
+        );
+    }
+    let int = pem::parse(read(&server.intermediate_pem()))
+        .unwrap()
+        .into_contents();
+    let issuer = IssuerKeys::from_cert(&int).unwrap();
+    let serial_of = |der: &[u8]| ca_client::ocsp::cert_serial(der).unwrap();
+    let revoked_serial = hex::encode(serial_of(&leaves[1]));
+    run_ok(
+        server
+            .cli()
+            .args(["revoke", &revoked_serial, "--reason", "keyCompromise"]),
+    );
+    let ask = |serial: &[u8]| {
+        let req = encode_request(&CertId::new(CertIdHash::Sha1, &issuer, serial), None);
+        let (status, _, body) = crate::ocsp::http(
+            port,
+            "POST",
+            "/ocsp",
+            &[("Content-Type", "application/ocsp-request")],
+            &req,
+        );
+        assert_eq!(status, 200);
+        body
+    };
+    let good = ask(&serial_of(&leaves[0]));
+    let revoked = wait_for(
+        std::time::Duration::from_secs(30),
+        "OCSP to say revoked",
+        || {
+            let body = ask(&serial_of(&leaves[1]));
+            let (_, basic) = ca_client::ocsp::decode_response(&body).ok()?;
+            matches!(
+                basic?.responses.first()?.status,
+                ca_client::ocsp::CertStatus::Revoked { .. }
+            )
+            .then_some(body)
+        },
+    );
+    let unknown = ask(&[0x40; 16]);
+    let (_, basic) = ca_client::ocsp::decode_response(&good).unwrap();
+    let responder_cert = basic.unwrap().certs.remove(0);
+
+    // An intermediate made with the plain-HTTP URL known at init.
+    let data = work.path().join("data");
+    run_ok(
+        Command::new(bin("ca-server"))
+            .arg("--data-dir")
+            .arg(&data)
+            .args([
+                "init",
+                "--http-public-url",
+                "http://ca.example.internal:8080",
+            ]),
+    );
+
+    let pem_file = |name: &str, der: &[u8]| {
+        write_file(
+            work.path(),
+            name,
+            pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec())),
+        )
+    };
+    let leaf = pem_file("leaf.pem", &leaves[0]);
+    let responder = pem_file("responder.pem", &responder_cert);
+    let int_path = server.intermediate_pem();
+    let mut failures = Vec::new();
+    let mut check = |name: &str, tool_name: &str, args: &[&str], files: &[&Path]| {
+        let (ok, findings) = lint(tool_name, args, files);
+        if !ok || !findings.trim().is_empty() {
+            failures.push(format!("{name}: {findings}"));
+        }
+    };
+    check(
+        "leaf with http CDP and AIA",
+        "lint_pkix_cert",
+        &["-s", "WARNING"],
+        &[&leaf],
+    );
+    check(
+        "OCSP responder certificate",
+        "lint_pkix_cert",
+        &["-s", "WARNING"],
+        &[&responder],
+    );
+    check(
+        "intermediate with the root CRL distribution point",
+        "lint_pkix_cert",
+        &["-s", "WARNING"],
+        &[&data.join("intermediate.crt")],
+    );
+    check(
+        "intermediate -> leaf",
+        "lint_pkix_signer_signee_cert_chain",
+        &["-s", "WARNING"],
+        &[&int_path, &leaf],
+    );
+    check(
+        "intermediate -> OCSP responder",
+        "lint_pkix_signer_signee_cert_chain",
+        &["-s", "WARNING"],
+        &[&int_path, &responder],
+    );
+    for (name, der) in [
+        ("good", &good),
+        ("revoked", &revoked),
+        ("unknown", &unknown),
+    ] {
+        let path = write_file(work.path(), &format!("{name}.ocsp"), der);
+        check(
+            &format!("OCSP response ({name})"),
+            "lint_ocsp_response",
+            &["-s", "WARNING", "--document-format", "DER"],
+            &[&path],
+        );
+    }
+    assert!(
+        failures.is_empty(),
+        "pkilint findings at WARNING or above:\n{}",
+        failures.join("\n")
+    );
+}

@@ -14,6 +14,7 @@ mod hostile;
 mod install;
 mod install_attacks;
 mod lint;
+mod ocsp;
 mod operability;
 mod proxy_protocol;
 mod puppet;

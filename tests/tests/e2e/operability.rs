@@ -588,6 +588,8 @@ fn systemd_units_verify_and_are_hardened() {
         [
             "ca-client-crl.service",
             "ca-client-crl.timer",
+            "ca-client-ocsp.service",
+            "ca-client-ocsp.timer",
             "ca-client-renew.service",
             "ca-client-renew.timer",
             "ca-server.service"

@@ -57,7 +57,17 @@ fn the_systemd_examples_verify_and_their_commands_run() {
     if !require_tool("systemd-analyze") {
         return;
     }
-    let mut ca = CaServer::start();
+    // With the plain-HTTP listener, so that the leaf names an OCSP responder.
+    let http_port = ca_tests::services::free_port();
+    let mut ca = CaServer::start_with(ServerOptions {
+        args: vec![
+            "--http-listen".into(),
+            format!("127.0.0.1:{http_port}"),
+            "--http-public-url".into(),
+            format!("http://127.0.0.1:{http_port}"),
+        ],
+        ..Default::default()
+    });
     let work = tempfile::tempdir().unwrap();
     let host = bootstrap(&mut ca, "web.example.internal", work.path(), "web");
     // A recorded install that needs no running nginx (check `true`, no reload).
@@ -102,6 +112,8 @@ fn the_systemd_examples_verify_and_their_commands_run() {
         "ca-client-crl.timer",
         "ca-client-renew.service",
         "ca-client-renew.timer",
+        "ca-client-ocsp.service",
+        "ca-client-ocsp.timer",
     ] {
         let text = std::fs::read_to_string(examples().join(name)).unwrap();
         write_file(&units, name, localise(&text, &env_path));
@@ -128,4 +140,21 @@ fn the_systemd_examples_verify_and_their_commands_run() {
     assert!(work.path().join("tls/current/crl.pem").exists());
     let out = run_unit("ca-client-renew.service");
     assert!(out.starts_with("not due: web.example.internal"), "{out}");
+    // The OCSP unit's fetch and verification (no HAProxy here: its
+    // `--install haproxy --haproxy-socket ...` part is left off).
+    let unit = std::fs::read_to_string(units.join("ca-client-ocsp.service")).unwrap();
+    let argv = exec_start(&unit, &env);
+    let cut = argv.iter().position(|a| a == "--install").unwrap();
+    assert_eq!(
+        argv[cut..],
+        [
+            "--install",
+            "haproxy",
+            "--haproxy-socket",
+            "/run/haproxy/admin.sock"
+        ]
+    );
+    let out = run_ok(Command::new(&argv[0]).args(&argv[1..cut]));
+    assert!(out.starts_with("good serial="), "{out}");
+    assert!(host.dir.join("cert.ocsp").exists());
 }

@@ -17,6 +17,10 @@ pub const NOW: i64 = 1_800_000_000;
 pub struct TestClock(AtomicI64);
 
 impl TestClock {
+    pub fn at(t: i64) -> TestClock {
+        TestClock(AtomicI64::new(t))
+    }
+
     pub fn set(&self, t: i64) {
         self.0.store(t, Ordering::SeqCst);
     }

@@ -466,24 +466,27 @@ impl Responder {
         loop {
             tick.tick().await;
             self.prune();
-            let now = self.clock.now();
-            let current = self.key.read().expect("key lock").clone();
-            if now < half_life(current.not_before, current.not_after) {
-                continue;
-            }
-            match current_key(&self.store, &self.signer, &self.intermediate_sha256, now).await {
-                Ok(k) => {
-                    tracing::info!(
-                        not_after = %crate::cli::rfc3339(k.not_after),
-                        "OCSP responder certificate renewed"
-                    );
-                    *self.key.write().expect("key lock") = Arc::new(k);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), "renewing the OCSP responder certificate failed; will retry")
-                }
+            if let Err(e) = self.renew_if_due().await {
+                tracing::warn!(error = %format!("{e:#}"), "renewing the OCSP responder certificate failed; will retry");
             }
         }
+    }
+
+    /// Renews the responder key once half its life has passed (or takes the
+    /// newer one another replica stored); `true` if the key changed.
+    pub async fn renew_if_due(&self) -> Result<bool> {
+        let now = self.clock.now();
+        let current = self.key.read().expect("key lock").clone();
+        if now < half_life(current.not_before, current.not_after) {
+            return Ok(false);
+        }
+        let k = current_key(&self.store, &self.signer, &self.intermediate_sha256, now).await?;
+        tracing::info!(
+            not_after = %crate::cli::rfc3339(k.not_after),
+            "OCSP responder certificate renewed"
+        );
+        *self.key.write().expect("key lock") = Arc::new(k);
+        Ok(true)
     }
 }
 
@@ -720,6 +723,134 @@ mod tests {
         let now = TEST_NOW;
         let v = verify_response(&a.der, &id, &signer.intermediate_der, now, 60).unwrap();
         assert_eq!(v.single.status, CertStatus::Unknown);
+    }
+
+    /// Half-way through its 7 days the responder certificate is renewed,
+    /// stored for the other replicas, and new answers are signed with it.
+    #[tokio::test]
+    async fn the_responder_certificate_is_renewed_at_half_its_life() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = CaPaths::new(&dir.path().join("ca"));
+        crate::ca::init(&paths, "Test", TEST_NOW).unwrap();
+        let signer = Arc::new(Signer::load(&paths, None).unwrap());
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display());
+        let store = Store::open(&url).await.unwrap();
+        let clock = Arc::new(crate::testing::TestClock::at(TEST_NOW));
+        let (_tx, rx) = tokio::sync::watch::channel(0);
+        let r = Responder::start(
+            store.clone(),
+            signer.clone(),
+            clock.clone(),
+            OcspConfig::default(),
+            rx,
+        )
+        .await
+        .unwrap();
+        let first = r.responder_cert();
+        let life = RESPONDER_VALIDITY.as_secs() as i64;
+        clock.set(TEST_NOW + life / 2 - 3600);
+        assert!(!r.renew_if_due().await.unwrap(), "not yet half its life");
+        assert_eq!(r.responder_cert(), first);
+        clock.set(TEST_NOW + life / 2 + 60);
+        assert!(r.renew_if_due().await.unwrap());
+        let second = r.responder_cert();
+        assert_ne!(second, first);
+        let (_, cert) = x509_parser::parse_x509_certificate(&second).unwrap();
+        assert!(cert.validity().not_after.timestamp() > TEST_NOW + life);
+        // Stored: a replica starting now uses the renewed one, not a third.
+        let (_tx2, rx2) = tokio::sync::watch::channel(0);
+        let r2 = Responder::start(
+            store,
+            signer.clone(),
+            clock.clone(),
+            OcspConfig::default(),
+            rx2,
+        )
+        .await
+        .unwrap();
+        assert_eq!(r2.responder_cert(), second);
+        // Answers are signed by the renewed certificate.
+        let issuer = IssuerKeys::from_cert(&signer.intermediate_der).unwrap();
+        let id = CertId::new(CertIdHash::Sha256, &issuer, &[0x41; 16]);
+        let a = r.answer(&encode_request(&id, None)).await;
+        let (_, basic) = ca_client::ocsp::decode_response(&a.der).unwrap();
+        let basic = basic.unwrap();
+        assert!(
+            basic
+                .certs
+                .iter()
+                .any(|c| c.as_slice() == second.as_slice()),
+            "the answer carries the renewed responder certificate"
+        );
+    }
+
+    /// Unknown serials cost a signature each: past the budget they get
+    /// `tryLater` (never a hang or a 5xx), while known serials are still
+    /// answered from the cache.
+    #[tokio::test]
+    async fn past_the_signature_budget_unknown_serials_get_try_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = CaPaths::new(&dir.path().join("ca"));
+        crate::ca::init(&paths, "Test", TEST_NOW).unwrap();
+        let signer = Arc::new(Signer::load(&paths, None).unwrap());
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display());
+        let store = Store::open(&url).await.unwrap();
+        let (_tx, rx) = tokio::sync::watch::channel(0);
+        let config = OcspConfig {
+            extra_signatures_per_sec: 1,
+            ..OcspConfig::default()
+        };
+        let r = Responder::start(
+            store.clone(),
+            signer.clone(),
+            Arc::new(Fixed(TEST_NOW)),
+            config,
+            rx,
+        )
+        .await
+        .unwrap();
+        let l = leaf(&signer);
+        store
+            .record_certificate(
+                &l.to_record("web1.example.internal", "host", &[], TEST_NOW),
+                &crate::store::AuditEvent {
+                    at: TEST_NOW,
+                    event: "issued".into(),
+                    outcome: "issued".into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let issuer = IssuerKeys::from_cert(&signer.intermediate_der).unwrap();
+        let known = encode_request(
+            &CertId::new(
+                CertIdHash::Sha1,
+                &issuer,
+                &ca_client::ocsp::cert_serial(&l.der).unwrap(),
+            ),
+            None,
+        );
+        assert_eq!(r.answer(&known).await.status, "good");
+        let mut statuses = Vec::new();
+        for i in 0..20u8 {
+            let id = CertId::new(CertIdHash::Sha256, &issuer, &[0x42, i, 1, 2, 3, 4, 5, 6]);
+            statuses.push(r.answer(&encode_request(&id, None)).await.status);
+        }
+        assert!(
+            statuses
+                .iter()
+                .all(|s| matches!(*s, "unknown" | "tryLater")),
+            "{statuses:?}"
+        );
+        assert!(statuses.contains(&"tryLater"), "{statuses:?}");
+        let before = r.signatures();
+        assert_eq!(
+            r.answer(&known).await.status,
+            "good",
+            "cached, budget or not"
+        );
+        assert_eq!(r.signatures(), before);
     }
 
     #[tokio::test]

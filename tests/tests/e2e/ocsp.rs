@@ -683,3 +683,55 @@ fn plain_http_closes_silent_slow_and_idle_connections() {
     let (status, _, _) = http(port, "GET", "/ca/root.crt", &[], b"");
     assert_eq!(status, 200);
 }
+
+/// The plain listener shares `--max-connections` with nothing else: held
+/// connections beyond it are closed at accept, and a freed slot serves again.
+#[test]
+fn plain_http_closes_connections_beyond_the_limit() {
+    let port = free_port();
+    let mut args = http_args(port);
+    args.extend(["--max-connections".into(), "3".into()]);
+    let _ca = CaServer::start_with(ServerOptions {
+        args,
+        ..Default::default()
+    });
+    let held: Vec<std::net::TcpStream> = (0..3)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    // Wait until the three are accepted, then the fourth is closed unanswered.
+    let refused = wait_for(
+        Duration::from_secs(30),
+        "a connection over the limit to be closed",
+        || {
+            let mut extra = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+            extra
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let _ = extra
+                .write_all(b"GET /ca/root.crt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let mut buf = Vec::new();
+            match extra.read_to_end(&mut buf) {
+                Ok(_) if buf.is_empty() => Some(()),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Some(()),
+                _ => None,
+            }
+        },
+    );
+    let () = refused;
+    drop(held);
+    // Served again once a slot is free (a try that still finds none is closed).
+    let answer = wait_for(Duration::from_secs(30), "a freed slot to serve", || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /ca/root.crt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).ok()?;
+        (!buf.is_empty()).then_some(buf)
+    });
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+}

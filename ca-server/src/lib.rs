@@ -5,7 +5,9 @@
 //! signs, publishes and caches the revocation lists; [`store`] is the database; [`authority`] is the issuance flow
 //! and [`renewal`] the same for a host renewing with its certificate;
 //! [`revocation`] is the admin's `revoke`; [`http`], [`server`] and
-//! [`client_verifier`] are the HTTPS edge; [`cli`] and [`serve`] are the binary.
+//! [`client_verifier`] are the HTTPS edge; [`edge`] holds ACME's protocol
+//! handling, [`issue`] its flows and [`pki`] the PSK seal; [`cli`] and
+//! [`serve`] are the binary.
 #![deny(unsafe_code)]
 
 pub mod admin;
@@ -18,9 +20,12 @@ pub mod config;
 pub mod crl;
 pub mod diskguard;
 pub mod doctor;
+pub mod edge;
 pub mod hardening;
 pub mod http;
+pub mod issue;
 pub mod metrics;
+pub mod pki;
 pub mod proxy_protocol;
 pub mod rejection_log;
 pub mod renewal;

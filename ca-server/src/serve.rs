@@ -165,6 +165,8 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
     if init.created {
         tracing::info!(fingerprint = %init.fingerprint, "initialised a new CA");
     }
+    // The PSK seal key (ACME's EAB): created beside the CA keys if missing.
+    crate::pki::psk_seal::install(&opts.data_dir).context("loading the PSK seal key")?;
 
     let names = server_names(&opts.hostnames)?;
     // Bound first, so the default public URL (and the CRL distribution point

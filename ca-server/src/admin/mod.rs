@@ -87,6 +87,13 @@ impl Drop for PskAddRequest {
 #[derive(Clone, Serialize, Deserialize)]
 pub struct PskAdded {
     pub allowed_sans: Vec<String>,
+    /// ACME External Account Binding HMAC key: the PSK itself (as printed),
+    /// present when the PSK was sealed for ACME (docs/acme.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eab_hmac_key: Option<String>,
+    /// ACME External Account Binding key id: the hostname.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eab_kid: Option<String>,
     pub expires_at: String,
     /// The root fingerprint to pin.
     pub fingerprint: Option<String>,
@@ -100,6 +107,11 @@ impl std::fmt::Debug for PskAdded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PskAdded")
             .field("allowed_sans", &self.allowed_sans)
+            .field(
+                "eab_hmac_key",
+                &self.eab_hmac_key.as_ref().map(|_| REDACTED),
+            )
+            .field("eab_kid", &self.eab_kid)
             .field("expires_at", &self.expires_at)
             .field("fingerprint", &self.fingerprint)
             .field("hostname", &self.hostname)
@@ -112,6 +124,7 @@ impl std::fmt::Debug for PskAdded {
 impl Drop for PskAdded {
     fn drop(&mut self) {
         self.psk.zeroize();
+        self.eab_hmac_key.zeroize();
     }
 }
 
@@ -373,6 +386,17 @@ impl Ops<'_> {
         Ok(())
     }
 
+    /// Stores the PSK sealed for ACME's EAB (`pki::psk_seal`); `false` when
+    /// this process has no seal key (the PSK then works for /v1/sign only).
+    async fn seal_for_acme(&self, host: &str, psk: &Psk) -> Result<bool, AdminError> {
+        let Some(key) = crate::pki::psk_seal::installed() else {
+            return Ok(false);
+        };
+        let sealed = key.seal(host, psk).map_err(AdminError::Internal)?;
+        self.store.seal_psk(host, &psk.hash(), &sealed).await?;
+        Ok(true)
+    }
+
     /// Creates or replaces the PSK of a host; none for the CA's own names.
     pub async fn psk_add(
         &self,
@@ -405,8 +429,11 @@ impl Ops<'_> {
                 &audit,
             )
             .await?;
+        let eab = self.seal_for_acme(&req.hostname, &psk).await?;
         Ok(PskAdded {
             allowed_sans: req.sans.clone(),
+            eab_hmac_key: eab.then(|| psk.expose().to_owned()),
+            eab_kid: eab.then(|| req.hostname.clone()),
             expires_at: rfc3339(expires_at),
             fingerprint: hints.fingerprint.clone(),
             hostname: req.hostname.clone(),
@@ -429,10 +456,7 @@ impl Ops<'_> {
             self.refuse_reserved(reserved, host, &allowed).await?;
             let psk = generate_psk()?;
             entries.push((host.clone(), psk.hash()));
-            issued.push(PskIssued {
-                hostname: host.clone(),
-                psk: psk.expose().to_owned(),
-            });
+            issued.push((host.clone(), psk));
         }
         let audit = self.audit_event(
             "psk_added",
@@ -442,7 +466,15 @@ impl Ops<'_> {
         self.store
             .put_psks(&entries, &allowed, self.now, self.now + ttl as i64, &audit)
             .await?;
-        Ok(issued)
+        let mut out = Vec::with_capacity(issued.len());
+        for (hostname, psk) in issued {
+            self.seal_for_acme(&hostname, &psk).await?;
+            out.push(PskIssued {
+                hostname,
+                psk: psk.expose().to_owned(),
+            });
+        }
+        Ok(out)
     }
 
     pub async fn psk_list(&self) -> Result<Vec<PskInfo>, AdminError> {
@@ -543,6 +575,13 @@ impl Ops<'_> {
             }
             (None, Some(host)) => {
                 let revoked = self.store.revoke_host(host, &how).await?;
+                // The host's ACME accounts could order again: they end with it.
+                let audit = self.audit_event("acme_account", Some(host.clone()), None);
+                let audit = AuditEvent {
+                    outcome: "deactivated".into(),
+                    ..audit
+                };
+                self.store.deactivate_host_accounts(host, &audit).await?;
                 if revoked.is_empty() && self.store.list_certs(Some(host), None).await?.is_empty() {
                     return Err(AdminError::NotFound(format!(
                         "no certificate for host {}",
@@ -697,7 +736,17 @@ impl Admin {
         match (&remote.server, &remote.admin_cert) {
             (Some(server), Some(dir)) => Ok(Admin::Remote(remote::Remote::load(server, dir)?)),
             _ => Ok(Admin::Local {
-                store: Store::open(url).await?,
+                store: {
+                    // PSKs added here are sealed for ACME when this is the CA's data dir.
+                    if crate::ca::CaPaths::new(data_dir).is_initialised()
+                        && let Err(e) = crate::pki::psk_seal::install(data_dir)
+                    {
+                        eprintln!(
+                            "warning: no PSK seal key ({e:#}): new PSKs will not work for ACME"
+                        );
+                    }
+                    Store::open(url).await?
+                },
                 data_dir: data_dir.to_owned(),
             }),
         }
@@ -825,6 +874,8 @@ mod tests {
         };
         let added = PskAdded {
             allowed_sans: vec![],
+            eab_hmac_key: Some(SECRET.into()),
+            eab_kid: Some("web.example.internal".into()),
             expires_at: "2026-12-04T00:00:00Z".into(),
             fingerprint: None,
             hostname: "web.example.internal".into(),

@@ -32,6 +32,9 @@ pub const TABLES: &[&str] = &[
     "crl_state",
     "crl_published",
     "ca_identity",
+    "acme_accounts",
+    "acme_orders",
+    "acme_nonces",
 ];
 
 /// Tables that must be empty in the target (`crl_state` holds its seed row).
@@ -41,6 +44,9 @@ const DATA_TABLES: &[&str] = &[
     "audit",
     "crl_published",
     "ca_identity",
+    "acme_accounts",
+    "acme_orders",
+    "acme_nonces",
 ];
 
 /// Most bind parameters in one INSERT (SQLite allows 32766, PostgreSQL 65535).

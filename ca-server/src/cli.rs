@@ -77,6 +77,8 @@ pub enum Command {
     /// Move the store to another database.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// ACME accounts (here, or remotely with --server URL --admin-cert DIR).
+    Acme(crate::admin::acme::AcmeArgs),
     /// Show the audit log.
     Audit {
         /// How far back to look (e.g. 1h, 7d).
@@ -508,6 +510,7 @@ async fn run(cli: Cli, reserved: &policy::ReservedNames) -> Result<()> {
         }
         Command::Psk(args) => psk(args, &cli.data_dir, &url, reserved).await,
         Command::Cert(args) => cert(args, &cli.data_dir, &url).await,
+        Command::Acme(args) => crate::admin::acme::run(args, &cli.data_dir, &url).await,
         Command::AdminCert(cmd) => crate::admin::cert::run(cmd, &cli.data_dir, &url, &clock).await,
         Command::Revoke(args) => revocation::revoke(args, &cli.data_dir, &url).await,
         Command::Crl(args) => {

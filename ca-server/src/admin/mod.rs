@@ -6,9 +6,12 @@
 //! prints the same answers the same way (`output.rs`), so local and remote
 //! output are identical.
 //!
+//! `acme.rs` holds the `acme accounts|deactivate` verbs.
+//!
 //! Admin certificates themselves (`cert.rs`) and the authentication of
 //! admin requests (`auth.rs`) live beside them.
 
+pub mod acme;
 pub mod auth;
 pub mod cert;
 pub mod output;

@@ -482,7 +482,27 @@ impl Authority {
             actor: &actor,
         };
         match self.store.revoke_serial(&serial, &how).await? {
-            Some(RevokeOutcome::Revoked(c)) => Ok(c),
+            Some(RevokeOutcome::Revoked(c)) => {
+                // The revocation row names the actor; this one the peer and key.
+                let key = match &by {
+                    RevokeBy::Account(a) => a.thumbprint.clone(),
+                    RevokeBy::CertificateKey(k) => k.thumbprint(),
+                };
+                self.store
+                    .audit(&AuditEvent {
+                        at: now,
+                        event: "acme_revoke".into(),
+                        hostname: Some(c.hostname.clone()),
+                        serial: Some(c.serial.clone()),
+                        outcome: "revoked".into(),
+                        reason: Some(format!("{reason}; key {key}")),
+                        peer: Some(peer.to_string()),
+                        actor: Some(actor),
+                        ..Default::default()
+                    })
+                    .await?;
+                Ok(c)
+            }
             Some(RevokeOutcome::AlreadyRevoked(_)) => Err(AcmeError::AlreadyRevoked),
             None => Err(AcmeError::Unauthorized(
                 "this CA issued no such certificate".into(),

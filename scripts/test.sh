@@ -13,9 +13,9 @@ cd "$(dirname "$0")/.."
 # faketime: client clock skew; sqlite3: fault injection into the live store;
 # python3-venv: pkilint from PyPI; g++: libFuzzer for cargo fuzz;
 # systemd: systemd-analyze for the example units (nothing is started);
-# prometheus: scrapes /metrics; man-db: man pages.
+# prometheus: scrapes /metrics; man-db: man pages; certbot, lego: ACME clients (e2e acme::).
 PACKAGES=(openssl curl ca-certificates postgresql nginx haproxy puppet-agent faketime sqlite3 python3 python3-venv g++
-  prometheus systemd man-db)
+  prometheus systemd man-db certbot lego)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

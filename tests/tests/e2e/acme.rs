@@ -376,6 +376,51 @@ fn refusals_carry_their_acme_error_types() {
     assert!(audit.contains("psk_used"), "{audit}");
     assert!(audit.contains("bad JWS signature"), "{audit}");
     assert!(audit.contains("not within this account's grant"), "{audit}");
+    // Metrics by endpoint and outcome.
+    let metrics = block_on(server.client().send(
+        http::Method::GET,
+        "/metrics",
+        None,
+        bytes::Bytes::new(),
+    ))
+    .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.body).into_owned();
+    for series in [
+        r#"ca_acme_requests_total{route="/acme/new-account",outcome="unauthorized"} 3"#,
+        r#"ca_acme_requests_total{route="/acme/new-account",outcome="created"} 1"#,
+        r#"ca_acme_requests_total{route="/acme/new-order",outcome="rejectedIdentifier"} 3"#,
+        r#"ca_acme_requests_total{route="/acme/acct/{id}",outcome="badNonce"} 2"#,
+        r#"ca_certificates_issued_total{route="/acme/order/{id}/finalize"} 1"#,
+    ] {
+        assert!(metrics.contains(series), "{series} in:\n{metrics}");
+    }
+    server.assert_no_secret_leaks();
+}
+
+/// Failed bindings count against the address like PSK failures on
+/// /v1/sign: past the limit, 429 `rateLimited` with Retry-After, before
+/// the body is looked at, even with the right PSK.
+#[test]
+fn failed_bindings_are_throttled() {
+    let mut server = CaServer::start_with(ServerOptions {
+        args: vec!["--throttle-failures".into(), "3".into()],
+        ..Default::default()
+    });
+    let psk = server.psk_add(HOST, &[]);
+    let wrong = "QkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkI";
+    server.remember_secret(wrong);
+    block_on(async {
+        let mut c = Client::new(&server).await;
+        for _ in 0..3 {
+            assert_eq!(problem(&c.new_account(HOST, wrong).await), "unauthorized");
+        }
+        let r = c.new_account(HOST, &psk).await;
+        assert_eq!(problem(&r), "rateLimited");
+        assert_eq!(r.status, 429);
+        assert!(header(&r, "retry-after").unwrap().parse::<u64>().unwrap() > 0);
+    });
+    // The PSK was not touched.
+    assert!(run_ok(server.cli().args(["psk", "list"])).contains(HOST));
     server.assert_no_secret_leaks();
 }
 

@@ -487,6 +487,8 @@ async fn run(cli: Cli, reserved: &policy::ReservedNames) -> Result<()> {
     match cli.command {
         Command::Init { name } => {
             let out = ca::init(&CaPaths::new(&cli.data_dir), &name, clock.now())?;
+            // The PSK seal key too, so one copy of the data dir serves every replica.
+            crate::pki::psk_seal::load_or_create(&cli.data_dir)?;
             if !out.created {
                 eprintln!("{} is already initialised", cli.data_dir.display());
             }

@@ -165,8 +165,6 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
     if init.created {
         tracing::info!(fingerprint = %init.fingerprint, "initialised a new CA");
     }
-    // The PSK seal key (ACME's EAB): created beside the CA keys if missing.
-    crate::pki::psk_seal::install(&opts.data_dir).context("loading the PSK seal key")?;
 
     let names = server_names(&opts.hostnames)?;
     // Bound first, so the default public URL (and the CRL distribution point
@@ -184,6 +182,9 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
     store
         .check_ca_identity(&signer.fingerprint, &signer.intermediate_der)
         .await?;
+    // The PSK seal key (ACME's EAB): created beside the CA keys if missing,
+    // and the one the store's PSKs are sealed under.
+    crate::pki::psk_seal::install(&opts.data_dir, &store).await?;
     // One durable commit per batch of waiting issuances (store/writer.rs),
     // one query per batch of waiting PSK lookups (store/reader.rs).
     store.start_group_commit();

@@ -36,3 +36,12 @@ CREATE TABLE acme_nonces (
     expires_at BIGINT NOT NULL
 );
 CREATE INDEX acme_nonces_expires_at ON acme_nonces (expires_at);
+
+-- Which psk-seal.key the store's sealed PSKs are under (SHA-256 of a label
+-- and the key, base64url: names the key, reveals nothing). The first
+-- process with a key claims the store; a replica or CLI with another key
+-- is told to copy the right one (pki/psk_seal.rs).
+CREATE TABLE psk_seal_key (
+    id     INTEGER PRIMARY KEY CHECK (id = 1),
+    key_id TEXT NOT NULL
+);

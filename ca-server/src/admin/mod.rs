@@ -740,15 +740,14 @@ impl Admin {
             (Some(server), Some(dir)) => Ok(Admin::Remote(remote::Remote::load(server, dir)?)),
             _ => Ok(Admin::Local {
                 store: {
+                    let store = Store::open(url).await?;
                     // PSKs added here are sealed for ACME when this is the CA's data dir.
                     if crate::ca::CaPaths::new(data_dir).is_initialised()
-                        && let Err(e) = crate::pki::psk_seal::install(data_dir)
+                        && let Err(e) = crate::pki::psk_seal::install(data_dir, &store).await
                     {
-                        eprintln!(
-                            "warning: no PSK seal key ({e:#}): new PSKs will not work for ACME"
-                        );
+                        eprintln!("warning: {e:#}; PSKs added now will not work for ACME");
                     }
-                    Store::open(url).await?
+                    store
                 },
                 data_dir: data_dir.to_owned(),
             }),

@@ -11,7 +11,10 @@
 //!
 //! The key is loaded once per process ([`install`]) by `serve` and the
 //! local admin CLI; without it (a data dir that is not a CA's) PSKs are
-//! stored unsealed and work for `/v1/sign` and Puppet but not for ACME.
+//! stored unsealed and work for `/v1/sign` and Puppet but not for ACME. The
+//! store records which key its PSKs are sealed under (`psk_seal_key`): a
+//! replica started with another key refuses to start, a CLI with another
+//! key seals nothing and says why.
 
 use anyhow::{Context, Result};
 use policy::{Psk, PskHash};
@@ -27,7 +30,11 @@ use zeroize::Zeroizing;
 pub const KEY_FILE: &str = "psk-seal.key";
 
 /// The sealing key of this process.
-pub struct SealKey(LessSafeKey);
+pub struct SealKey {
+    key: LessSafeKey,
+    /// Names the key without revealing it (the store's `psk_seal_key`).
+    id: String,
+}
 
 impl std::fmt::Debug for SealKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -39,12 +46,26 @@ static KEY: OnceLock<SealKey> = OnceLock::new();
 
 /// Loads the data dir's seal key, creating it (0600, exclusively: two
 /// processes starting at once end up with the same key) if the data dir
-/// holds a CA but no key yet, and makes it this process's key.
-pub fn install(data_dir: &Path) -> Result<()> {
+/// holds a CA but no key yet, checks it is the key the store's sealed PSKs
+/// are under (claiming an unclaimed store), and makes it this process's key.
+pub async fn install(data_dir: &Path, store: &crate::store::Store) -> Result<()> {
     if KEY.get().is_some() {
         return Ok(());
     }
     let key = load_or_create(data_dir)?;
+    let claimed = store
+        .claim_psk_seal_key(&key.id)
+        .await
+        .context("reading the store's PSK seal key id")?;
+    if claimed != key.id {
+        anyhow::bail!(
+            "{} is not the PSK seal key this store's PSKs are sealed with (key id {claimed}; \
+             this one is {}). Every replica and the CLI need the same file: copy it from \
+             the data dir that created it",
+            data_dir.join(KEY_FILE).display(),
+            key.id
+        );
+    }
     let _ = KEY.set(key);
     Ok(())
 }
@@ -90,7 +111,17 @@ pub fn load_or_create(data_dir: &Path) -> Result<SealKey> {
 fn key_from(bytes: &[u8]) -> Result<SealKey> {
     let key = UnboundKey::new(&AES_256_GCM, bytes)
         .map_err(|_| anyhow::anyhow!("the PSK seal key is not an AES-256 key"))?;
-    Ok(SealKey(LessSafeKey::new(key)))
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"ca-server psk-seal key id\0");
+    ctx.update(bytes);
+    let id = base64::Engine::encode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        &ctx.finish().as_ref()[..16],
+    );
+    Ok(SealKey {
+        key: LessSafeKey::new(key),
+        id,
+    })
 }
 
 /// The key installed in this process, if any.
@@ -108,6 +139,11 @@ fn aad(hostname: &str, hash: &PskHash) -> Vec<u8> {
 }
 
 impl SealKey {
+    /// The key's id (SHA-256 of a label and the key, 16 bytes, base64url).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
     /// `nonce || ciphertext || tag` of `psk` for the row (`hostname`, its hash).
     pub fn seal(&self, hostname: &str, psk: &Psk) -> Result<Vec<u8>> {
         let mut nonce = [0u8; NONCE_LEN];
@@ -115,7 +151,7 @@ impl SealKey {
             .fill(&mut nonce)
             .map_err(|_| anyhow::anyhow!("CSPRNG failure"))?;
         let mut buf = psk.expose().as_bytes().to_vec();
-        self.0
+        self.key
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(aad(hostname, &psk.hash())),
@@ -138,7 +174,7 @@ impl SealKey {
         let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
         let mut buf = Zeroizing::new(body.to_vec());
         let plain = self
-            .0
+            .key
             .open_in_place(nonce, Aad::from(aad(hostname, hash)), &mut buf)
             .ok()?;
         let psk = Psk::new(String::from_utf8(plain.to_vec()).ok()?).ok()?;
@@ -155,6 +191,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let key = load_or_create(dir.path()).unwrap();
         let again = load_or_create(dir.path()).unwrap();
+        assert_eq!(key.id(), again.id());
         let mode = std::os::unix::fs::PermissionsExt::mode(
             &std::fs::metadata(dir.path().join(KEY_FILE))
                 .unwrap()

@@ -105,6 +105,22 @@ impl Store {
         Ok(())
     }
 
+    /// Claims the store for the PSK seal key `key_id` if no key has claimed
+    /// it; the id of the key that has (this one, or another).
+    pub async fn claim_psk_seal_key(&self, key_id: &str) -> StoreResult<String> {
+        let mut conn = self.conn().await?;
+        sqlx::query(
+            "INSERT INTO psk_seal_key (id, key_id) VALUES (1, $1) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(key_id)
+        .execute(&mut *conn)
+        .await?;
+        let row = sqlx::query("SELECT key_id FROM psk_seal_key WHERE id = 1")
+            .fetch_one(&mut *conn)
+            .await?;
+        Ok(row.try_get("key_id")?)
+    }
+
     /// The PSK row of `hostname` with its sealed copy (live or not: the caller judges).
     pub async fn sealed_psk(&self, hostname: &str) -> StoreResult<Option<SealedPsk>> {
         let row = sqlx::query(

@@ -35,6 +35,7 @@ pub const TABLES: &[&str] = &[
     "acme_accounts",
     "acme_orders",
     "acme_nonces",
+    "psk_seal_key",
 ];
 
 /// Tables that must be empty in the target (`crl_state` holds its seed row).
@@ -47,6 +48,7 @@ const DATA_TABLES: &[&str] = &[
     "acme_accounts",
     "acme_orders",
     "acme_nonces",
+    "psk_seal_key",
 ];
 
 /// Most bind parameters in one INSERT (SQLite allows 32766, PostgreSQL 65535).

@@ -603,3 +603,51 @@ fn an_account_created_through_one_replica_orders_through_the_other() {
     drop(servers);
     drop(pg);
 }
+
+/// The sealed PSKs are only as good as the key they are sealed under: a
+/// server or CLI with another `psk-seal.key` than the store's is refused
+/// (server) or seals nothing and says so (CLI), never silently diverges.
+#[test]
+fn a_data_dir_with_another_seal_key_is_refused() {
+    let mut server = server();
+    let key = server.data_dir.join("psk-seal.key");
+    let original = read(&key);
+    assert_eq!(original.len(), 32);
+    let with_key = run_ok(server.cli().args(["psk", "add", HOST, "--json"]));
+    let added: Value = serde_json::from_str(&with_key).unwrap();
+    server.remember_secret(added["psk"].as_str().unwrap());
+    assert_eq!(added["eab_kid"], HOST);
+
+    server.stop();
+    std::fs::write(&key, [7u8; 32]).unwrap();
+    // (Under `timeout`: a server that wrongly started would otherwise hang the test.)
+    let out = run(Command::new("timeout")
+        .arg("30")
+        .arg(bin("ca-server"))
+        .arg("--data-dir")
+        .arg(&server.data_dir)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--hostname",
+            "localhost",
+        ]));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is not the PSK seal key this store's PSKs are sealed with"),
+        "{err}"
+    );
+
+    let out = run(server.cli().args(["psk", "add", OTHER, "--json"]));
+    assert!(out.status.success());
+    let added: Value = serde_json::from_slice(&out.stdout).unwrap();
+    server.remember_secret(added["psk"].as_str().unwrap());
+    assert!(added.get("eab_kid").is_none(), "not sealed: {added}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("will not work for ACME"));
+
+    std::fs::write(&key, &original).unwrap();
+    server.restart();
+    server.assert_no_secret_leaks();
+}

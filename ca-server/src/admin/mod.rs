@@ -390,11 +390,23 @@ impl Ops<'_> {
     }
 
     /// Stores the PSK sealed for ACME's EAB (`pki::psk_seal`); `false` when
-    /// this process has no seal key (the PSK then works for /v1/sign only).
+    /// this process has no seal key or the PSK is not base64url (the PSK
+    /// then works for /v1/sign and Puppet only).
     async fn seal_for_acme(&self, host: &str, psk: &Psk) -> Result<bool, AdminError> {
         let Some(key) = crate::pki::psk_seal::installed() else {
             return Ok(false);
         };
+        // ACME clients base64url-decode the HMAC key: a supplied PSK that
+        // does not decode (standard base64 with + or /) cannot be one.
+        let decodes = base64::Engine::decode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            psk.expose().trim_end_matches('='),
+        )
+        .map(zeroize::Zeroizing::new)
+        .is_ok();
+        if !decodes {
+            return Ok(false);
+        }
         let sealed = key.seal(host, psk).map_err(AdminError::Internal)?;
         self.store.seal_psk(host, &psk.hash(), &sealed).await?;
         Ok(true)

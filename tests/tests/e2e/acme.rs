@@ -290,6 +290,13 @@ fn refusals_carry_their_acme_error_types() {
         let fin = order["finalize"].as_str().unwrap().to_owned();
         let r = c.post(&fin, Some(&json!({"csr": b64(&der)}))).await;
         assert_eq!(problem(&r), "badCSR");
+        let order_url = header(&r, "location").unwrap_or_else(|| fin.replace("/finalize", ""));
+        let r = c.post(&order_url, None).await;
+        let still: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(
+            still["status"], "ready",
+            "a refused CSR leaves the order ready"
+        );
 
         // A bad signature: one bit of a valid JWS flipped.
         let new_order = c.url("newOrder");
@@ -649,5 +656,57 @@ fn a_data_dir_with_another_seal_key_is_refused() {
 
     std::fs::write(&key, &original).unwrap();
     server.restart();
+    server.assert_no_secret_leaks();
+}
+
+/// `acme accounts` and `acme deactivate` through the admin API print what
+/// the local verbs print, and the remote deactivation is audited with the
+/// admin as actor.
+#[test]
+fn acme_verbs_run_remotely_through_the_admin_api() {
+    let mut server = server();
+    let psk = server.psk_add(HOST, &[]);
+    block_on(async {
+        let mut c = Client::new(&server).await;
+        assert_eq!(c.new_account(HOST, &psk).await.status, 201);
+    });
+    let work = tempfile::tempdir().unwrap();
+    let admin = work.path().join("admin");
+    run_ok(
+        server
+            .cli()
+            .args(["admin-cert", "issue", "spawner", "--out"])
+            .arg(&admin),
+    );
+    let remote = |args: &[&str]| {
+        let mut cmd = Command::new(bin("ca-server"));
+        cmd.arg("--data-dir")
+            .arg(work.path().join("no-data-dir"))
+            .args(args)
+            .args(["--server", &server.url, "--admin-cert"])
+            .arg(&admin);
+        cmd
+    };
+    let local = run_ok(server.cli().args(["acme", "accounts", "--json"]));
+    assert_eq!(run_ok(&mut remote(&["acme", "accounts", "--json"])), local);
+    assert_eq!(
+        run_ok(&mut remote(&["acme", "accounts", "--host", HOST])),
+        run_ok(server.cli().args(["acme", "accounts", "--host", HOST]))
+    );
+    let id = accounts(&server, HOST)[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = run_ok(&mut remote(&["acme", "deactivate", &id]));
+    assert!(out.contains("deactivated"), "{out}");
+    let missing = run(&mut remote(&["acme", "deactivate", "no-such-account"]));
+    assert_eq!(missing.status.code(), Some(3), "not found");
+    assert_eq!(accounts(&server, HOST)[0]["status"], "deactivated");
+    let audit = run_ok(
+        server
+            .cli()
+            .args(["audit", "--since", "1h", "--event", "acme_account"]),
+    );
+    assert!(audit.contains("admin:CN=spawner"), "{audit}");
     server.assert_no_secret_leaks();
 }

@@ -30,7 +30,9 @@ CREATE TABLE acme_orders (
 );
 CREATE INDEX acme_orders_account ON acme_orders (account_id);
 
--- Replay-Nonces handed out and not yet used: a nonce is good once, on any replica.
+-- Replay-Nonces used (edge/acme/nonce.rs: nonces are HMAC-tagged, not
+-- stored when handed out): a nonce is good once, on any replica, until it
+-- would have expired anyway.
 CREATE TABLE acme_nonces (
     nonce      TEXT PRIMARY KEY NOT NULL,
     expires_at BIGINT NOT NULL

@@ -32,6 +32,8 @@ pub const KEY_FILE: &str = "psk-seal.key";
 /// The sealing key of this process.
 pub struct SealKey {
     key: LessSafeKey,
+    /// SHA-256 of the raw key, from which other keys are derived ([`SealKey::derive`]).
+    root: Zeroizing<[u8; 32]>,
     /// Names the key without revealing it (the store's `psk_seal_key`).
     id: String,
 }
@@ -118,8 +120,11 @@ fn key_from(bytes: &[u8]) -> Result<SealKey> {
         &base64::engine::general_purpose::URL_SAFE_NO_PAD,
         &ctx.finish().as_ref()[..16],
     );
+    let mut root = Zeroizing::new([0u8; 32]);
+    root.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
     Ok(SealKey {
         key: LessSafeKey::new(key),
+        root,
         id,
     })
 }
@@ -139,6 +144,18 @@ fn aad(hostname: &str, hash: &PskHash) -> Vec<u8> {
 }
 
 impl SealKey {
+    /// A 32-byte key for another purpose (`label`), derived from this one:
+    /// HMAC-SHA256(SHA-256(key), label). Shared by every replica with the file.
+    pub fn derive(&self, label: &[u8]) -> Zeroizing<[u8; 32]> {
+        let tag = ring::hmac::sign(
+            &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.root[..]),
+            label,
+        );
+        let mut out = Zeroizing::new([0u8; 32]);
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+
     /// The key's id (SHA-256 of a label and the key, 16 bytes, base64url).
     pub fn id(&self) -> &str {
         &self.id

@@ -389,35 +389,32 @@ impl Store {
         Ok(row.map(|r| r.try_get("account_id")).transpose()?)
     }
 
-    /// Records a Replay-Nonce handed out, good until `expires_at`; now and
-    /// then sweeps the expired ones.
-    pub async fn put_acme_nonce(&self, nonce: &str, now: i64, expires_at: i64) -> StoreResult<()> {
+    /// Uses up a genuine nonce good until `expires_at`: `true` the first
+    /// time, on whichever replica, `false` ever after. Now and then sweeps
+    /// the rows of nonces that have expired anyway.
+    pub async fn use_acme_nonce(
+        &self,
+        nonce: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> StoreResult<bool> {
         let mut conn = self.conn().await?;
-        sqlx::query("INSERT INTO acme_nonces (nonce, expires_at) VALUES ($1, $2)")
-            .bind(nonce)
-            .bind(expires_at)
-            .execute(&mut *conn)
-            .await?;
-        // One nonce in 64 (by its first character) sweeps: no extra task.
-        if nonce.starts_with('A') {
+        let n = sqlx::query(
+            "INSERT INTO acme_nonces (nonce, expires_at) VALUES ($1, $2) \
+             ON CONFLICT (nonce) DO NOTHING",
+        )
+        .bind(nonce)
+        .bind(expires_at)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        // About one use in 64 (by the nonce's last character) sweeps: no extra task.
+        if nonce.ends_with('A') {
             sqlx::query("DELETE FROM acme_nonces WHERE expires_at <= $1")
                 .bind(now)
                 .execute(&mut *conn)
                 .await?;
         }
-        Ok(())
-    }
-
-    /// Uses up a nonce: `true` exactly once for a nonce handed out and not
-    /// expired at `now`, on whichever replica.
-    pub async fn take_acme_nonce(&self, nonce: &str, now: i64) -> StoreResult<bool> {
-        let row = sqlx::query(
-            "DELETE FROM acme_nonces WHERE nonce = $1 AND expires_at > $2 RETURNING nonce",
-        )
-        .bind(nonce)
-        .bind(now)
-        .fetch_optional(&mut *self.conn().await?)
-        .await?;
-        Ok(row.is_some())
+        Ok(n == 1)
     }
 }

@@ -13,6 +13,7 @@
 //! through another.
 
 pub mod jws;
+pub mod nonce;
 pub mod problem;
 
 use crate::http::{AppState, BODY_LIMIT, Peer, error::Outcome, read_body};
@@ -31,8 +32,6 @@ use serde_json::{Value, json};
 use std::future::Future;
 use std::net::SocketAddr;
 
-/// How long a Replay-Nonce stays good.
-pub const NONCE_LIFETIME: i64 = 3600;
 /// Media type of every ACME POST body.
 const JOSE_JSON: &str = "application/jose+json";
 
@@ -137,15 +136,10 @@ impl Answer {
     }
 }
 
-/// A fresh nonce, recorded in the store (good once, on any replica).
-async fn fresh_nonce(state: &AppState) -> Result<String, Problem> {
-    let id = crate::issue::acme::random_id().map_err(Problem::from)?;
-    let now = state.authority.clock.now();
-    state
-        .store
-        .put_acme_nonce(&id, now, now + NONCE_LIFETIME)
-        .await?;
-    Ok(id)
+/// A fresh nonce ([`nonce`]: good once, on any replica).
+fn fresh_nonce(state: &AppState) -> Result<String, Problem> {
+    nonce::issue(state.authority.clock.now())
+        .ok_or_else(|| Problem::server_internal("no nonce could be made"))
 }
 
 fn set(resp: &mut Response, name: header::HeaderName, value: &str) {
@@ -158,7 +152,7 @@ fn set(resp: &mut Response, name: header::HeaderName, value: &str) {
 /// answer carries the nonce the client retries with), the `index` link and
 /// no caching.
 async fn finish(state: &AppState, base: Option<&str>, result: Result<Answer, Problem>) -> Response {
-    let nonce = match fresh_nonce(state).await {
+    let nonce = match fresh_nonce(state) {
         Ok(n) => Some(n),
         Err(p) => return problem_response(&p, base, None),
     };
@@ -408,12 +402,11 @@ async fn authenticate(
     let Some(nonce) = jws.header.nonce.as_deref() else {
         return Err(Problem::bad_nonce());
     };
-    if nonce.len() > 64
-        || !authority
-            .store
-            .take_acme_nonce(nonce, authority.clock.now())
-            .await?
-    {
+    let now = authority.clock.now();
+    let Some(expires) = nonce::check(nonce, now) else {
+        return Err(Problem::bad_nonce());
+    };
+    if !authority.store.use_acme_nonce(nonce, now, expires).await? {
         return Err(Problem::bad_nonce());
     }
     Ok(Signed { jws, key, account })

@@ -319,6 +319,40 @@ mod tests {
     }
 
     #[test]
+    fn es384_and_eddsa_keys_verify_through_their_jwks() {
+        use ring::signature::{ECDSA_P384_SHA384_FIXED_SIGNING, Ed25519KeyPair};
+        let rng = SystemRandom::new();
+        let msg = b"protected.payload";
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, &rng).unwrap();
+        let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .unwrap();
+        let point = kp.public_key().as_ref();
+        let jwk = serde_json::json!({"kty": "EC", "crv": "P-384",
+            "x": URL_SAFE_NO_PAD.encode(&point[1..49]), "y": URL_SAFE_NO_PAD.encode(&point[49..])});
+        let key = AccountKey::from_jwk(&jwk).unwrap();
+        let sig = kp.sign(&rng, msg).unwrap();
+        key.verify("ES384", msg, sig.as_ref()).unwrap();
+        assert!(key.verify("ES256", msg, sig.as_ref()).is_err());
+
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let kp = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        let jwk = serde_json::json!({"kty": "OKP", "crv": "Ed25519",
+            "x": URL_SAFE_NO_PAD.encode(kp.public_key().as_ref())});
+        let key = AccountKey::from_jwk(&jwk).unwrap();
+        key.verify("EdDSA", msg, kp.sign(msg).as_ref()).unwrap();
+        assert_eq!(
+            key.verify("EdDSA", b"other", kp.sign(msg).as_ref()),
+            Err(JwsError::BadSignature)
+        );
+        // RSA under 2048 bits is refused at the JWK already.
+        let small = serde_json::json!({"kty": "RSA", "e": "AQAB", "n": URL_SAFE_NO_PAD.encode([0xc5u8; 128])});
+        assert!(matches!(
+            AccountKey::from_jwk(&small),
+            Err(JwsError::Malformed(_))
+        ));
+    }
+
+    #[test]
     fn thumbprint_matches_rfc_7638_example() {
         // RFC 7638 §3.1.
         let jwk = serde_json::json!({

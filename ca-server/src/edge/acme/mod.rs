@@ -17,7 +17,7 @@ pub mod nonce;
 pub mod problem;
 
 use crate::http::{AppState, BODY_LIMIT, Peer, error::Outcome, read_body};
-use crate::issue::acme::{AcmeError, NewAccount, RevokeBy, grant_of};
+use crate::issue::acme::{AcmeError, NewAccount, RevokeBy};
 use crate::store::{AcmeAccount, AcmeOrder};
 use axum::Router;
 use axum::extract::{Path, Request, State};
@@ -217,13 +217,12 @@ fn problem_response(p: &Problem, base: Option<&str>, nonce: Option<&str>) -> Res
     resp
 }
 
-async fn directory(State(state): State<AppState>, req: Request) -> Response {
+async fn directory(req: Request) -> Response {
     let ctx = match Ctx::of(&req) {
         Ok(c) => c,
         Err(p) => return problem_response(&p, None, None),
     };
     let b = &ctx.base;
-    let _ = state;
     let mut resp = axum::Json(json!({
         "newNonce": format!("{b}/acme/new-nonce"),
         "newAccount": format!("{b}/acme/new-account"),
@@ -435,7 +434,6 @@ fn account_json(ctx: &Ctx, a: &AcmeAccount) -> Value {
         "status": a.status,
         "contact": a.contact,
         "orders": format!("{}/orders", ctx.account_url(&a.id)),
-        "externalAccountBinding": {"kid": a.hostname},
     })
 }
 
@@ -919,7 +917,6 @@ async fn key_change(State(state): State<AppState>, req: Request) -> Response {
                     "the account's key changed meanwhile",
                 ));
             }
-            let _ = grant_of(&account)?;
             Ok(
                 Answer::json(StatusCode::OK, account_json(&ctx, &account), "key_changed")
                     .at(ctx.account_url(&account.id)),

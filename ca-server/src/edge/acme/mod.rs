@@ -320,27 +320,11 @@ async fn authenticate(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     if ct.split(';').next().unwrap_or("").trim() != JOSE_JSON {
-        return Err(Problem::new(
-            "malformed",
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "ACME requests are application/jose+json",
-        ));
+        return Err(Problem::unsupported_media_type());
     }
     let body = read_body(body, headers, BODY_LIMIT, state.body_timeout)
         .await
-        .map_err(|e| match e {
-            crate::http::body::BodyError::TooLarge(limit) => Problem::new(
-                "malformed",
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the JWS is over {} KiB", limit / 1024),
-            ),
-            crate::http::body::BodyError::Timeout(t) => Problem::new(
-                "malformed",
-                StatusCode::REQUEST_TIMEOUT,
-                format!("the body did not arrive within {} s", t.as_secs()),
-            ),
-            _ => Problem::malformed("the body could not be read"),
-        })?;
+        .map_err(Problem::from)?;
     let jws = Jws::parse(&body)?;
     if !jws::supported_alg(&jws.header.alg) {
         return Err(JwsError::BadAlgorithm(jws::clip(&jws.header.alg)).into());
@@ -498,12 +482,7 @@ async fn new_account(State(state): State<AppState>, req: Request) -> Response {
             return Err(AcmeError::AccountDoesNotExist.into());
         }
         let Some(eab) = payload.get("externalAccountBinding") else {
-            return Err(Problem::new(
-                "externalAccountRequired",
-                StatusCode::UNAUTHORIZED,
-                "this CA requires an external account binding: kid = the hostname, \
-                 HMAC key = its PSK",
-            ));
+            return Err(Problem::external_account_required());
         };
         let eab: Flattened = serde_json::from_value(eab.clone()).map_err(|e| {
             Problem::malformed(format!(
@@ -879,13 +858,10 @@ async fn key_change(State(state): State<AppState>, req: Request) -> Response {
             }
             let thumbprint = new_key.thumbprint();
             if let Some(other) = state.store.acme_account_by_key(&thumbprint).await? {
-                let mut p = Problem::new(
-                    "conflict",
-                    StatusCode::CONFLICT,
+                return Err(Problem::conflict(
                     "the new key already belongs to an account",
-                );
-                p.location = Some(ctx.account_url(&other.id));
-                return Err(p);
+                    Some(ctx.account_url(&other.id)),
+                ));
             }
             let audit = crate::store::AuditEvent {
                 at: state.authority.clock.now(),
@@ -911,10 +887,9 @@ async fn key_change(State(state): State<AppState>, req: Request) -> Response {
                 )
                 .await?
             {
-                return Err(Problem::new(
-                    "conflict",
-                    StatusCode::CONFLICT,
+                return Err(Problem::conflict(
                     "the account's key changed meanwhile",
+                    None,
                 ));
             }
             Ok(

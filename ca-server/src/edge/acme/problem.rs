@@ -5,6 +5,7 @@
 
 use super::jws::JwsError;
 use crate::authority::SignError;
+use crate::http::body::BodyError;
 use crate::issue::acme::AcmeError;
 use crate::store::StoreError;
 use axum::http::StatusCode;
@@ -53,6 +54,31 @@ impl Problem {
         Problem::new("malformed", StatusCode::NOT_FOUND, detail)
     }
 
+    /// newAccount without a binding.
+    pub fn external_account_required() -> Problem {
+        Problem::new(
+            "externalAccountRequired",
+            StatusCode::UNAUTHORIZED,
+            "this CA requires an external account binding: kid = the hostname, \
+             HMAC key = its PSK",
+        )
+    }
+
+    /// A key rollover that cannot happen; `location`: the account holding the key.
+    pub fn conflict(detail: &str, location: Option<String>) -> Problem {
+        let mut p = Problem::new("conflict", StatusCode::CONFLICT, detail);
+        p.location = location;
+        p
+    }
+
+    pub fn unsupported_media_type() -> Problem {
+        Problem::new(
+            "malformed",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "ACME requests are application/jose+json",
+        )
+    }
+
     pub fn rate_limited(retry: std::time::Duration) -> Problem {
         let secs = crate::throttle::retry_after_secs(retry);
         let mut p = Problem::new(
@@ -90,6 +116,24 @@ impl Problem {
             "detail": self.detail,
             "status": self.status.as_u16(),
         })
+    }
+}
+
+impl From<BodyError> for Problem {
+    fn from(e: BodyError) -> Problem {
+        match e {
+            BodyError::TooLarge(limit) => Problem::new(
+                "malformed",
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the JWS is over {} KiB", limit / 1024),
+            ),
+            BodyError::Timeout(t) => Problem::new(
+                "malformed",
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the body did not arrive within {} s", t.as_secs()),
+            ),
+            _ => Problem::malformed("the body could not be read"),
+        }
     }
 }
 

@@ -656,6 +656,50 @@ fn a_data_dir_with_another_seal_key_is_refused() {
 
     std::fs::write(&key, &original).unwrap();
     server.restart();
+    // That unsealed PSK (like one added before ACME existed) cannot bind an
+    // ACME account, and stays unspent for /v1/sign.
+    let other_psk = added["psk"].as_str().unwrap().to_owned();
+    block_on(async {
+        let mut c = Client::new(&server).await;
+        assert_eq!(
+            problem(&c.new_account(OTHER, &other_psk).await),
+            "unauthorized"
+        );
+    });
+    let audit = run_ok(
+        server
+            .cli()
+            .args(["audit", "--since", "1h", "--event", "acme"]),
+    );
+    assert!(audit.contains("psk_not_sealed"), "{audit}");
+    let work = tempfile::tempdir().unwrap();
+    let psk_file = write_file(work.path(), "psk", &other_psk);
+    run_ok(&mut server.bootstrap_cmd(OTHER, &psk_file, &work.path().join("tls")));
+    server.assert_no_secret_leaks();
+}
+
+/// An expired PSK binds no account (and is burned).
+#[test]
+fn an_expired_psk_binds_no_account() {
+    let mut server = server();
+    let psk = server.psk_add(HOST, &["--ttl", "1s"]);
+    // Past the PSK's lifetime (whole seconds: it ends at added + 1).
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    block_on(async {
+        let mut c = Client::new(&server).await;
+        assert_eq!(problem(&c.new_account(HOST, &psk).await), "unauthorized");
+    });
+    let audit = run_ok(
+        server
+            .cli()
+            .args(["audit", "--since", "1h", "--event", "acme"]),
+    );
+    assert!(audit.contains("psk_expired"), "{audit}");
+    assert!(
+        !run_ok(server.cli().args(["psk", "list"])).contains(HOST),
+        "burned"
+    );
+    assert!(accounts(&server, HOST).is_empty());
     server.assert_no_secret_leaks();
 }
 

@@ -751,18 +751,21 @@ impl Admin {
         match (&remote.server, &remote.admin_cert) {
             (Some(server), Some(dir)) => Ok(Admin::Remote(remote::Remote::load(server, dir)?)),
             _ => Ok(Admin::Local {
-                store: {
-                    let store = Store::open(url).await?;
-                    // PSKs added here are sealed for ACME when this is the CA's data dir.
-                    if crate::ca::CaPaths::new(data_dir).is_initialised()
-                        && let Err(e) = crate::pki::psk_seal::install(data_dir, &store).await
-                    {
-                        eprintln!("warning: {e:#}; PSKs added now will not work for ACME");
-                    }
-                    store
-                },
+                store: Store::open(url).await?,
                 data_dir: data_dir.to_owned(),
             }),
+        }
+    }
+
+    /// Loads the data dir's PSK seal key so that PSKs added here are sealed
+    /// for ACME; without it (not the CA's data dir, no key yet, another key
+    /// than the store's) they are not, and the spawner is told why.
+    async fn load_seal_key(store: &Store, data_dir: &std::path::Path) {
+        if !crate::ca::CaPaths::new(data_dir).is_initialised() {
+            return;
+        }
+        if let Err(e) = crate::pki::psk_seal::install(data_dir, store, false).await {
+            eprintln!("warning: {e:#}; PSKs added now will not work for ACME");
         }
     }
 
@@ -784,6 +787,7 @@ impl Admin {
     ) -> Result<PskAdded, AdminError> {
         match self {
             Admin::Local { store, data_dir } => {
+                Admin::load_seal_key(store, data_dir).await;
                 let root = crate::ca::CaPaths::new(data_dir).root_cert;
                 let hints = Hints {
                     fingerprint: crate::ca::read_cert_der(&root)
@@ -811,7 +815,10 @@ impl Admin {
         reserved: &ReservedNames,
     ) -> Result<Vec<PskIssued>, AdminError> {
         match self {
-            Admin::Local { store, .. } => Admin::local_ops(store).psk_batch(req, reserved).await,
+            Admin::Local { store, data_dir } => {
+                Admin::load_seal_key(store, data_dir).await;
+                Admin::local_ops(store).psk_batch(req, reserved).await
+            }
             Admin::Remote(r) => r.psk_batch(req).await,
         }
     }

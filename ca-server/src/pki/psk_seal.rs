@@ -46,13 +46,22 @@ impl std::fmt::Debug for SealKey {
 
 static KEY: OnceLock<SealKey> = OnceLock::new();
 
-/// Loads the data dir's seal key, creating it (0600, exclusively: two
-/// processes starting at once end up with the same key) if the data dir
-/// holds a CA but no key yet, checks it is the key the store's sealed PSKs
-/// are under (claiming an unclaimed store), and makes it this process's key.
-pub async fn install(data_dir: &Path, store: &crate::store::Store) -> Result<()> {
+/// Loads the data dir's seal key (with `create`, creating it if missing:
+/// 0600, exclusively, so two processes starting at once end up with the
+/// same key), checks it is the key the store's PSKs are sealed under
+/// (claiming an unclaimed store), and makes it this process's key. `serve`
+/// creates; the CLI only loads, so a key file is never created by another
+/// user than the server's.
+pub async fn install(data_dir: &Path, store: &crate::store::Store, create: bool) -> Result<()> {
     if KEY.get().is_some() {
         return Ok(());
+    }
+    let path = data_dir.join(KEY_FILE);
+    if !create && !path.exists() {
+        anyhow::bail!(
+            "{} does not exist yet (`init` or the first `serve` creates it)",
+            path.display()
+        );
     }
     let key = load_or_create(data_dir)?;
     let claimed = store

@@ -264,6 +264,9 @@ pub struct RevokeReport {
     /// The reason given (what `revoke` prints for the newly revoked).
     pub reason: String,
     pub revoked: Vec<RevokedCert>,
+    /// ACME accounts `revoke --host` deactivated (ids).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub acme_accounts_deactivated: Vec<String>,
 }
 
 /// `audit` filters (defaults as the CLI's: the last hour, 1000 rows).
@@ -569,6 +572,7 @@ impl Ops<'_> {
             now: self.now,
             actor: &self.actor,
         };
+        let mut deactivated = Vec::new();
         let (revoked, already) = match (&req.serial, &req.host) {
             (Some(serial), None) => {
                 let Some(normal) = normalize_serial(serial) else {
@@ -596,8 +600,11 @@ impl Ops<'_> {
                     outcome: "deactivated".into(),
                     ..audit
                 };
-                self.store.deactivate_host_accounts(host, &audit).await?;
-                if revoked.is_empty() && self.store.list_certs(Some(host), None).await?.is_empty() {
+                deactivated = self.store.deactivate_host_accounts(host, &audit).await?;
+                if revoked.is_empty()
+                    && deactivated.is_empty()
+                    && self.store.list_certs(Some(host), None).await?.is_empty()
+                {
                     return Err(AdminError::NotFound(format!(
                         "no certificate for host {}",
                         escape_for_display(host)
@@ -608,6 +615,7 @@ impl Ops<'_> {
             _ => return Err(invalid("name a serial or a host (not both)")),
         };
         let mut report = RevokeReport {
+            acme_accounts_deactivated: deactivated,
             already_revoked: already.iter().map(RevokedCert::from).collect(),
             crl_number: None,
             crl_listed: None,

@@ -546,7 +546,9 @@ fn key_rollover_deactivation_and_revoke_host() {
         assert_eq!(c.new_account(HOST, &psk2).await.status, 201);
         c.issue(&[HOST]).await;
         let kid = c.kid.clone().unwrap();
-        run_ok(server.cli().args(["revoke", "--host", HOST]));
+        let out = run_ok(server.cli().args(["revoke", "--host", HOST]));
+        let id = kid.rsplit('/').next().unwrap();
+        assert!(out.contains(&format!("deactivated ACME account {id}")), "{out}");
         let r = c.post(&kid, None).await;
         assert_eq!(problem(&r), "unauthorized");
         assert!(String::from_utf8_lossy(&r.body).contains("deactivated"));

@@ -548,7 +548,10 @@ fn key_rollover_deactivation_and_revoke_host() {
         let kid = c.kid.clone().unwrap();
         let out = run_ok(server.cli().args(["revoke", "--host", HOST]));
         let id = kid.rsplit('/').next().unwrap();
-        assert!(out.contains(&format!("deactivated ACME account {id}")), "{out}");
+        assert!(
+            out.contains(&format!("deactivated ACME account {id}")),
+            "{out}"
+        );
         let r = c.post(&kid, None).await;
         assert_eq!(problem(&r), "unauthorized");
         assert!(String::from_utf8_lossy(&r.body).contains("deactivated"));

@@ -345,6 +345,11 @@ fn refusals_carry_their_acme_error_types() {
                 .post_raw(&kid, c.key.sign(&hdr, None).to_string().into_bytes())
                 .await;
             assert_eq!(problem(&r), "badSignatureAlgorithm", "{alg}");
+            let body: Value = serde_json::from_slice(&r.body).unwrap();
+            assert_eq!(
+                body["algorithms"],
+                json!(["ES256", "ES384", "RS256", "EdDSA"])
+            );
         }
 
         // A 64 KiB JWS.

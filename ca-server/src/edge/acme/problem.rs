@@ -111,11 +111,16 @@ impl Problem {
     }
 
     pub fn body(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut body = serde_json::json!({
             "type": format!("urn:ietf:params:acme:error:{}", self.kind),
             "detail": self.detail,
             "status": self.status.as_u16(),
-        })
+        });
+        // RFC 8555 §6.2: the algorithms the server accepts.
+        if self.kind == "badSignatureAlgorithm" {
+            body["algorithms"] = serde_json::json!(["ES256", "ES384", "RS256", "EdDSA"]);
+        }
+        body
     }
 }
 

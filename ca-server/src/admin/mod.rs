@@ -396,21 +396,9 @@ impl Ops<'_> {
     /// this process has no seal key or the PSK is not base64url (the PSK
     /// then works for /v1/sign and Puppet only).
     async fn seal_for_acme(&self, host: &str, psk: &Psk) -> Result<bool, AdminError> {
-        let Some(key) = crate::pki::psk_seal::installed() else {
+        let Some(sealed) = sealed_for_acme(host, psk)? else {
             return Ok(false);
         };
-        // ACME clients base64url-decode the HMAC key: a supplied PSK that
-        // does not decode (standard base64 with + or /) cannot be one.
-        let decodes = base64::Engine::decode(
-            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-            psk.expose().trim_end_matches('='),
-        )
-        .map(zeroize::Zeroizing::new)
-        .is_ok();
-        if !decodes {
-            return Ok(false);
-        }
-        let sealed = key.seal(host, psk).map_err(AdminError::Internal)?;
         self.store.seal_psk(host, &psk.hash(), &sealed).await?;
         Ok(true)
     }
@@ -484,9 +472,16 @@ impl Ops<'_> {
         self.store
             .put_psks(&entries, &allowed, self.now, self.now + ttl as i64, &audit)
             .await?;
+        // Sealed in one more transaction (one commit, not one per host).
+        let mut sealed = Vec::with_capacity(issued.len());
+        for (hostname, psk) in &issued {
+            if let Some(s) = sealed_for_acme(hostname, psk)? {
+                sealed.push((hostname.clone(), psk.hash(), s));
+            }
+        }
+        self.store.seal_psks(&sealed).await?;
         let mut out = Vec::with_capacity(issued.len());
         for (hostname, psk) in issued {
-            self.seal_for_acme(&hostname, &psk).await?;
             out.push(PskIssued {
                 hostname,
                 psk: psk.expose().to_owned(),
@@ -702,6 +697,25 @@ fn parse_grant(sans: &[String], ttl_secs: u64) -> Result<(Vec<AllowedName>, u64)
         return Err(invalid("--ttl is over 100 years"));
     }
     Ok((allowed, ttl_secs))
+}
+
+/// The PSK sealed for ACME's EAB (`pki::psk_seal`), or `None` when this
+/// process has no seal key or the PSK is not base64url (ACME clients
+/// base64url-decode the HMAC key; standard base64 with + or / cannot be one).
+fn sealed_for_acme(host: &str, psk: &Psk) -> Result<Option<Vec<u8>>, AdminError> {
+    let Some(key) = crate::pki::psk_seal::installed() else {
+        return Ok(None);
+    };
+    let decodes = base64::Engine::decode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        psk.expose().trim_end_matches('='),
+    )
+    .map(zeroize::Zeroizing::new)
+    .is_ok();
+    if !decodes {
+        return Ok(None);
+    }
+    key.seal(host, psk).map(Some).map_err(AdminError::Internal)
 }
 
 /// 32 bytes from the OS CSPRNG as a base64url PSK.

@@ -121,6 +121,24 @@ impl Store {
         Ok(row.try_get("key_id")?)
     }
 
+    /// [`Store::seal_psk`] for many PSKs, in one transaction (`psk batch`).
+    pub async fn seal_psks(&self, sealed: &[(String, PskHash, Vec<u8>)]) -> StoreResult<()> {
+        if sealed.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin().await?;
+        for (hostname, hash, value) in sealed {
+            sqlx::query("UPDATE psks SET psk_sealed = $1 WHERE hostname = $2 AND psk_hash = $3")
+                .bind(value.clone())
+                .bind(hostname)
+                .bind(hash.0.to_vec())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// The PSK row of `hostname` with its sealed copy (live or not: the caller judges).
     pub async fn sealed_psk(&self, hostname: &str) -> StoreResult<Option<SealedPsk>> {
         let row = sqlx::query(

@@ -764,3 +764,47 @@ fn acme_verbs_run_remotely_through_the_admin_api() {
     assert!(audit.contains("admin:CN=spawner"), "{audit}");
     server.assert_no_secret_leaks();
 }
+
+/// `psk batch` PSKs are sealed too: each binds an ACME account.
+#[test]
+fn psk_batch_psks_bind_acme_accounts() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut server = server();
+    let mut child = server
+        .cli()
+        .args(["psk", "batch", "--ttl", "1h"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{HOST}\n{OTHER}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let lines: Vec<(String, String)> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (h, p) = l.split_once('\t').unwrap();
+            (h.to_owned(), p.to_owned())
+        })
+        .collect();
+    assert_eq!(lines.len(), 2);
+    for (_, psk) in &lines {
+        server.remember_secret(psk);
+    }
+    block_on(async {
+        for (host, psk) in &lines {
+            let mut c = Client::new(&server).await;
+            let r = c.new_account(host, psk).await;
+            assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+            c.issue(&[host]).await;
+        }
+    });
+    server.assert_no_secret_leaks();
+}

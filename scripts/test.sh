@@ -13,9 +13,9 @@ cd "$(dirname "$0")/.."
 # faketime: client clock skew; sqlite3: fault injection into the live store;
 # python3-venv: pkilint from PyPI; g++: libFuzzer for cargo fuzz;
 # systemd: systemd-analyze for the example units (nothing is started);
-# prometheus: scrapes /metrics; man-db: man pages.
+# prometheus: scrapes /metrics; man-db: man pages; certbot, lego: ACME clients (e2e acme::).
 PACKAGES=(openssl curl ca-certificates postgresql nginx haproxy puppet-agent faketime sqlite3 python3 python3-venv g++
-  prometheus systemd man-db)
+  prometheus systemd man-db certbot lego)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -74,10 +74,10 @@ if [ $# -eq 0 ]; then
   # cargo-fuzz pass its -Z sanitizer flags). Longer runs: docs/security.md.
   FUZZ_SECONDS=${FUZZ_SECONDS:-60}
   command -v cargo-fuzz >/dev/null || { echo "==> installing cargo-fuzz"; cargo install --locked cargo-fuzz; }
-  for target in csr_decide http_body; do
+  for target in csr_decide http_body acme_decide; do
     echo "==> cargo fuzz run $target (${FUZZ_SECONDS}s)"
     mkdir -p "fuzz/corpus/$target"
-    [ "$target" = csr_decide ] && cp policy/tests/fixtures/*.der policy/tests/fixtures/*.pem "fuzz/corpus/$target/"
+    [ "$target" != http_body ] && cp policy/tests/fixtures/*.der policy/tests/fixtures/*.pem "fuzz/corpus/$target/"
     (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" "corpus/$target" -- \
        -max_total_time="$FUZZ_SECONDS" -print_final_stats=1 2>&1 | tail -n 12)
   done

@@ -82,6 +82,8 @@ pub enum Command {
     /// Move the store to another database.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// ACME accounts (here, or remotely with --server URL --admin-cert DIR).
+    Acme(crate::admin::acme::AcmeArgs),
     /// Show the audit log.
     Audit {
         /// How far back to look (e.g. 1h, 7d).
@@ -549,6 +551,8 @@ async fn run(cli: Cli, reserved: &policy::ReservedNames) -> Result<()> {
                 clock.now(),
                 root_crl.as_deref(),
             )?;
+            // The PSK seal key too, so one copy of the data dir serves every replica.
+            crate::pki::psk_seal::load_or_create(&cli.data_dir)?;
             if !out.created {
                 eprintln!("{} is already initialised", cli.data_dir.display());
             }
@@ -580,6 +584,7 @@ async fn run(cli: Cli, reserved: &policy::ReservedNames) -> Result<()> {
         }
         Command::Psk(args) => psk(args, &cli.data_dir, &url, reserved).await,
         Command::Cert(args) => cert(args, &cli.data_dir, &url).await,
+        Command::Acme(args) => crate::admin::acme::run(args, &cli.data_dir, &url).await,
         Command::AdminCert(cmd) => crate::admin::cert::run(cmd, &cli.data_dir, &url, &clock).await,
         Command::Revoke(args) => revocation::revoke(args, &cli.data_dir, &url).await,
         Command::Crl(args) => {

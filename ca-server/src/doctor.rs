@@ -1,7 +1,7 @@
 //! `ca-server doctor`: what an operator checks at 3 a.m., each finding with
 //! the command that fixes it.
 //!
-//! - key files (root, intermediate, retired intermediates) readable only by
+//! - key files (root, intermediate, retired intermediates, the PSK seal key) readable only by
 //!   their owner, the data dir and the SQLite store likewise;
 //! - the root, the intermediate and `root.crl` not expired or close to it;
 //! - the store reachable, its migrations matching this binary, and owned by
@@ -200,6 +200,8 @@ fn permissions(paths: &CaPaths, target: &Target<'_>, out: &mut Vec<Finding>) {
         )),
     }
     let mut keys: Vec<PathBuf> = vec![paths.intermediate_key.clone(), paths.root_key.clone()];
+    // The PSK seal key (ACME's EAB keys are sealed under it), once it exists.
+    keys.push(paths.dir.join(crate::pki::psk_seal::KEY_FILE));
     if let Ok(entries) = std::fs::read_dir(paths.dir.join("retired")) {
         let mut retired: Vec<PathBuf> = entries
             .flatten()

@@ -5,9 +5,10 @@
 //! signs, publishes and caches the revocation lists; [`store`] is the database; [`authority`] is the issuance flow
 //! and [`renewal`] the same for a host renewing with its certificate;
 //! [`revocation`] is the admin's `revoke`; [`http`], [`server`] and
-//! [`client_verifier`] are the HTTPS edge, [`edge`] the plain-HTTP one
-//! (CRLs, CA certificates, OCSP); [`pki`] holds the OCSP responder; [`cli`]
-//! and [`serve`] are the binary.
+//! [`client_verifier`] are the HTTPS edge; [`edge`] holds the plain-HTTP
+//! listener (CRLs, CA certificates, OCSP) and ACME's protocol handling,
+//! [`issue`] ACME's flows; [`pki`] holds the OCSP responder and the PSK
+//! seal; [`cli`] and [`serve`] are the binary.
 #![deny(unsafe_code)]
 
 pub mod admin;
@@ -23,6 +24,7 @@ pub mod doctor;
 pub mod edge;
 pub mod hardening;
 pub mod http;
+pub mod issue;
 pub mod metrics;
 pub mod pki;
 pub mod proxy_protocol;

@@ -53,6 +53,14 @@ struct RequestLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AcmeLabels {
+    /// The ACME route template (`/acme/new-order`).
+    route: String,
+    /// `ok`, `created`, `issued`, ... or the ACME error type (`badNonce`).
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabel {
     route: String,
 }
@@ -101,6 +109,7 @@ pub struct Metrics {
     issued: Family<RouteLabel, Counter>,
     replayed: Family<RouteLabel, Counter>,
     rejections: Family<ReasonLabel, Counter>,
+    acme: Family<AcmeLabels, Counter>,
     store_errors: Family<KindLabel, Counter>,
     refusal_audit_writes: Counter,
     connections_refused: Family<ReasonLabel, Counter>,
@@ -144,6 +153,7 @@ impl Metrics {
             issued: Family::default(),
             replayed: Family::default(),
             rejections: Family::default(),
+            acme: Family::default(),
             store_errors: Family::default(),
             refusal_audit_writes: Counter::default(),
             connections_refused: Family::default(),
@@ -184,6 +194,11 @@ impl Metrics {
             "Refused signing requests by error code (PSK failures are all psk_rejected; \
              the audit log has the precise reason)",
             m.rejections.clone(),
+        );
+        registry.register(
+            "acme_requests",
+            "ACME requests by route template and outcome (the ACME error type when refused)",
+            m.acme.clone(),
         );
         registry.register(
             "store_errors",
@@ -331,6 +346,14 @@ impl Metrics {
                 status,
             })
             .observe(elapsed.as_secs_f64());
+        if route.starts_with("/acme/") {
+            self.acme
+                .get_or_create(&AcmeLabels {
+                    route: route.to_owned(),
+                    outcome: if outcome.is_empty() { "none" } else { outcome },
+                })
+                .inc();
+        }
         match outcome {
             "issued" => {
                 self.issued

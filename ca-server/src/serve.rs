@@ -245,6 +245,9 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
     store
         .check_ca_identity(&signer.fingerprint, &signer.intermediate_der)
         .await?;
+    // The PSK seal key (ACME's EAB): created beside the CA keys if missing,
+    // and the one the store's PSKs are sealed under.
+    crate::pki::psk_seal::install(&opts.data_dir, &store, true).await?;
     // One durable commit per batch of waiting issuances (store/writer.rs),
     // one query per batch of waiting PSK lookups (store/reader.rs).
     store.start_group_commit();

@@ -8,12 +8,14 @@
 //!
 //! A renewal is decided the same way by [`decide_renewal`], with the old
 //! certificate's names as the allowance and the server's renewal grace for
-//! a certificate that already expired.
+//! a certificate that already expired, and an ACME finalize by
+//! [`decide_acme`] with the account's grant (the PSK it spent) and the order.
 //!
 //! The PSK extension's encoder lives here too ([`psk::encode_extension_value`]),
 //! so the client builds exactly what the server reads.
 #![forbid(unsafe_code)]
 
+pub mod acme;
 pub mod csr;
 pub mod decision;
 pub mod der;
@@ -23,6 +25,7 @@ pub mod psk;
 pub mod renewal;
 pub mod reserved;
 
+pub use acme::{AcmeGrant, IdentifierRefusal, check_order, decide_acme};
 pub use csr::{Csr, KeyKind, RequestedName, SignatureKind};
 pub use decision::{AllowedName, Decision, Profile, PskEntry, decide};
 pub use error::{Malformed, PskFailure, Rejection, RejectionClass, RenewalRefusal};

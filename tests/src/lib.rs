@@ -3,6 +3,7 @@
 //! wraps the CLIs and a pinned HTTPS client. Everything runs on 127.0.0.1
 //! and is cleaned up on drop.
 
+pub mod acme;
 pub mod curl;
 pub mod fleet;
 pub mod forge;

@@ -6,9 +6,12 @@
 //! prints the same answers the same way (`output.rs`), so local and remote
 //! output are identical.
 //!
+//! `acme.rs` holds the `acme accounts|deactivate` verbs.
+//!
 //! Admin certificates themselves (`cert.rs`) and the authentication of
 //! admin requests (`auth.rs`) live beside them.
 
+pub mod acme;
 pub mod auth;
 pub mod cert;
 pub mod output;
@@ -87,6 +90,13 @@ impl Drop for PskAddRequest {
 #[derive(Clone, Serialize, Deserialize)]
 pub struct PskAdded {
     pub allowed_sans: Vec<String>,
+    /// ACME External Account Binding HMAC key: the PSK itself (as printed),
+    /// present when the PSK was sealed for ACME (docs/acme.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eab_hmac_key: Option<String>,
+    /// ACME External Account Binding key id: the hostname.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eab_kid: Option<String>,
     pub expires_at: String,
     /// The root fingerprint to pin.
     pub fingerprint: Option<String>,
@@ -100,6 +110,11 @@ impl std::fmt::Debug for PskAdded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PskAdded")
             .field("allowed_sans", &self.allowed_sans)
+            .field(
+                "eab_hmac_key",
+                &self.eab_hmac_key.as_ref().map(|_| REDACTED),
+            )
+            .field("eab_kid", &self.eab_kid)
             .field("expires_at", &self.expires_at)
             .field("fingerprint", &self.fingerprint)
             .field("hostname", &self.hostname)
@@ -112,6 +127,7 @@ impl std::fmt::Debug for PskAdded {
 impl Drop for PskAdded {
     fn drop(&mut self) {
         self.psk.zeroize();
+        self.eab_hmac_key.zeroize();
     }
 }
 
@@ -262,6 +278,9 @@ pub struct RevokeReport {
     /// The reason given (what `revoke` prints for the newly revoked).
     pub reason: String,
     pub revoked: Vec<RevokedCert>,
+    /// ACME accounts `revoke --host` deactivated (ids).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub acme_accounts_deactivated: Vec<String>,
 }
 
 /// `audit` filters (defaults as the CLI's: the last hour, 1000 rows).
@@ -387,6 +406,17 @@ impl Ops<'_> {
         Ok(())
     }
 
+    /// Stores the PSK sealed for ACME's EAB (`pki::psk_seal`); `false` when
+    /// this process has no seal key or the PSK is not base64url (the PSK
+    /// then works for /v1/sign and Puppet only).
+    async fn seal_for_acme(&self, host: &str, psk: &Psk) -> Result<bool, AdminError> {
+        let Some(sealed) = sealed_for_acme(host, psk)? else {
+            return Ok(false);
+        };
+        self.store.seal_psk(host, &psk.hash(), &sealed).await?;
+        Ok(true)
+    }
+
     /// Creates or replaces the PSK of a host; none for the CA's own names.
     pub async fn psk_add(
         &self,
@@ -419,8 +449,11 @@ impl Ops<'_> {
                 &audit,
             )
             .await?;
+        let eab = self.seal_for_acme(&req.hostname, &psk).await?;
         Ok(PskAdded {
             allowed_sans: req.sans.clone(),
+            eab_hmac_key: eab.then(|| psk.expose().to_owned()),
+            eab_kid: eab.then(|| req.hostname.clone()),
             expires_at: rfc3339(expires_at),
             fingerprint: hints.fingerprint.clone(),
             hostname: req.hostname.clone(),
@@ -443,10 +476,7 @@ impl Ops<'_> {
             self.refuse_reserved(reserved, host, &allowed).await?;
             let psk = generate_psk()?;
             entries.push((host.clone(), psk.hash()));
-            issued.push(PskIssued {
-                hostname: host.clone(),
-                psk: psk.expose().to_owned(),
-            });
+            issued.push((host.clone(), psk));
         }
         let audit = self.audit_event(
             "psk_added",
@@ -456,7 +486,22 @@ impl Ops<'_> {
         self.store
             .put_psks(&entries, &allowed, self.now, self.now + ttl as i64, &audit)
             .await?;
-        Ok(issued)
+        // Sealed in one more transaction (one commit, not one per host).
+        let mut sealed = Vec::with_capacity(issued.len());
+        for (hostname, psk) in &issued {
+            if let Some(s) = sealed_for_acme(hostname, psk)? {
+                sealed.push((hostname.clone(), psk.hash(), s));
+            }
+        }
+        self.store.seal_psks(&sealed).await?;
+        let mut out = Vec::with_capacity(issued.len());
+        for (hostname, psk) in issued {
+            out.push(PskIssued {
+                hostname,
+                psk: psk.expose().to_owned(),
+            });
+        }
+        Ok(out)
     }
 
     pub async fn psk_list(&self) -> Result<Vec<PskInfo>, AdminError> {
@@ -566,6 +611,7 @@ impl Ops<'_> {
             now: self.now,
             actor: &self.actor,
         };
+        let mut deactivated = Vec::new();
         let (revoked, already) = match (&req.serial, &req.host) {
             (Some(serial), None) => {
                 let Some(normal) = normalize_serial(serial) else {
@@ -587,7 +633,17 @@ impl Ops<'_> {
             }
             (None, Some(host)) => {
                 let revoked = self.store.revoke_host(host, &how).await?;
-                if revoked.is_empty() && self.store.list_certs(Some(host), None).await?.is_empty() {
+                // The host's ACME accounts could order again: they end with it.
+                let audit = self.audit_event("acme_account", Some(host.clone()), None);
+                let audit = AuditEvent {
+                    outcome: "deactivated".into(),
+                    ..audit
+                };
+                deactivated = self.store.deactivate_host_accounts(host, &audit).await?;
+                if revoked.is_empty()
+                    && deactivated.is_empty()
+                    && self.store.list_certs(Some(host), None).await?.is_empty()
+                {
                     return Err(AdminError::NotFound(format!(
                         "no certificate for host {}",
                         escape_for_display(host)
@@ -598,6 +654,7 @@ impl Ops<'_> {
             _ => return Err(invalid("name a serial or a host (not both)")),
         };
         let mut report = RevokeReport {
+            acme_accounts_deactivated: deactivated,
             already_revoked: already.iter().map(RevokedCert::from).collect(),
             crl_number: None,
             crl_listed: None,
@@ -686,6 +743,25 @@ fn parse_grant(sans: &[String], ttl_secs: u64) -> Result<(Vec<AllowedName>, u64)
     Ok((allowed, ttl_secs))
 }
 
+/// The PSK sealed for ACME's EAB (`pki::psk_seal`), or `None` when this
+/// process has no seal key or the PSK is not base64url (ACME clients
+/// base64url-decode the HMAC key; standard base64 with + or / cannot be one).
+fn sealed_for_acme(host: &str, psk: &Psk) -> Result<Option<Vec<u8>>, AdminError> {
+    let Some(key) = crate::pki::psk_seal::installed() else {
+        return Ok(None);
+    };
+    let decodes = base64::Engine::decode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        psk.expose().trim_end_matches('='),
+    )
+    .map(zeroize::Zeroizing::new)
+    .is_ok();
+    if !decodes {
+        return Ok(None);
+    }
+    key.seal(host, psk).map(Some).map_err(AdminError::Internal)
+}
+
 /// 32 bytes from the OS CSPRNG as a base64url PSK.
 fn generate_psk() -> Result<Psk, AdminError> {
     let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
@@ -747,6 +823,18 @@ impl Admin {
         }
     }
 
+    /// Loads the data dir's PSK seal key so that PSKs added here are sealed
+    /// for ACME; without it (not the CA's data dir, no key yet, another key
+    /// than the store's) they are not, and the spawner is told why.
+    async fn load_seal_key(store: &Store, data_dir: &std::path::Path) {
+        if !crate::ca::CaPaths::new(data_dir).is_initialised() {
+            return;
+        }
+        if let Err(e) = crate::pki::psk_seal::install(data_dir, store, false).await {
+            eprintln!("warning: {e:#}; PSKs added now will not work for ACME");
+        }
+    }
+
     fn local_ops(store: &Store) -> Ops<'_> {
         Ops {
             store,
@@ -765,6 +853,7 @@ impl Admin {
     ) -> Result<PskAdded, AdminError> {
         match self {
             Admin::Local { store, data_dir } => {
+                Admin::load_seal_key(store, data_dir).await;
                 let root = crate::ca::CaPaths::new(data_dir).root_cert;
                 let hints = Hints {
                     fingerprint: crate::ca::read_cert_der(&root)
@@ -792,7 +881,10 @@ impl Admin {
         reserved: &ReservedNames,
     ) -> Result<Vec<PskIssued>, AdminError> {
         match self {
-            Admin::Local { store, .. } => Admin::local_ops(store).psk_batch(req, reserved).await,
+            Admin::Local { store, data_dir } => {
+                Admin::load_seal_key(store, data_dir).await;
+                Admin::local_ops(store).psk_batch(req, reserved).await
+            }
             Admin::Remote(r) => r.psk_batch(req).await,
         }
     }
@@ -869,6 +961,8 @@ mod tests {
         };
         let added = PskAdded {
             allowed_sans: vec![],
+            eab_hmac_key: Some(SECRET.into()),
+            eab_kid: Some("web.example.internal".into()),
             expires_at: "2026-12-04T00:00:00Z".into(),
             fingerprint: None,
             hostname: "web.example.internal".into(),

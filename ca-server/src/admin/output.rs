@@ -115,13 +115,19 @@ pub fn revoke(report: &RevokeReport, json: bool) {
         eprintln!("{note}");
     }
     if json {
-        let out = serde_json::json!({
+        let mut out = serde_json::json!({
             "revoked": report.revoked,
             "already_revoked": report.already_revoked,
             "crl_number": report.crl_number,
         });
+        if !report.acme_accounts_deactivated.is_empty() {
+            out["acme_accounts_deactivated"] = serde_json::json!(report.acme_accounts_deactivated);
+        }
         println!("{out}");
         return;
+    }
+    for id in &report.acme_accounts_deactivated {
+        println!("deactivated ACME account {id}");
     }
     for c in &report.revoked {
         println!(

@@ -146,6 +146,27 @@ impl Remote {
         self.post("/v1/admin/revoke", req).await
     }
 
+    pub async fn acme_accounts(
+        &self,
+        q: &super::acme::AcmeAccountQuery,
+    ) -> Result<Vec<super::acme::AcmeAccountView>, AdminError> {
+        let query: Vec<String> = q
+            .host
+            .iter()
+            .map(|h| format!("host={}", encode(h)))
+            .collect();
+        let path = with_query("/v1/admin/acme/accounts", &query);
+        self.call(Method::GET, &path, None).await
+    }
+
+    pub async fn acme_deactivate(
+        &self,
+        id: &str,
+    ) -> Result<super::acme::AcmeAccountView, AdminError> {
+        let path = format!("/v1/admin/acme/accounts/{}/deactivate", encode(id));
+        self.post(&path, &serde_json::json!({})).await
+    }
+
     pub async fn audit(&self, q: &AuditQuery) -> Result<Vec<AuditEvent>, AdminError> {
         let mut query = vec![
             format!("since_secs={}", q.since_secs),

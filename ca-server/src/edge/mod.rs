@@ -1,4 +1,7 @@
-//! Listeners and their routes. So far the plain-HTTP listener
-//! ([`plain_http`]); the HTTPS one (`server`, `http`) moves here later.
+//! Listeners and protocol edges beyond the HTTPS JSON API: the plain-HTTP
+//! listener ([`plain_http`]: CRLs, CA certificates, OCSP) and [`acme`]
+//! (RFC 8555 for stock ACME clients, on the HTTPS listener). The HTTPS
+//! listener itself (`server`, `http`) moves here later.
 
+pub mod acme;
 pub mod plain_http;

@@ -17,6 +17,8 @@
 //! | `GET /v1/admin/certs` | `?host=&expiring_secs=&stale=&renew_grace_secs=` | `[CertView]` (`stale`: the server's own grace unless given) |
 //! | `GET /v1/admin/certs/{serial-or-host}` | | `CertView` with `pem` |
 //! | `POST /v1/admin/revoke` | `RevokeRequest` | `RevokeReport` |
+//! | `GET /v1/admin/acme/accounts` | `?host=` | `[AcmeAccountView]` |
+//! | `POST /v1/admin/acme/accounts/{id}/deactivate` | `{}` | `AcmeAccountView` |
 //! | `GET /v1/admin/audit` | `?since_secs=&limit=&host=&event=` | `[AuditEvent]` |
 
 use super::error::ApiError;
@@ -46,6 +48,8 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/certs/{target}", get(cert_show))
         .route("/revoke", post(revoke))
         .route("/audit", get(audit))
+        .route("/acme/accounts", get(acme_accounts))
+        .route("/acme/accounts/{id}/deactivate", post(acme_deactivate))
         .route("/", any(|| async { ApiError::not_found() }))
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
@@ -244,4 +248,28 @@ async fn audit(
     ops.audit_read(&format!("audit ({} rows)", rows.len()))
         .await?;
     Ok(Json(rows).into_response())
+}
+
+async fn acme_accounts(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    q: Result<
+        Query<crate::admin::acme::AcmeAccountQuery>,
+        axum::extract::rejection::QueryRejection,
+    >,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let ops = caller.ops(&state);
+    let list = ops.acme_accounts(&q).await?;
+    ops.audit_read(&format!("acme accounts ({} entries)", list.len()))
+        .await?;
+    Ok(Json(list).into_response())
+}
+
+async fn acme_deactivate(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(caller.ops(&state).acme_deactivate(&id).await?).into_response())
 }

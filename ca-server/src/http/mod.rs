@@ -64,6 +64,7 @@ pub fn router(state: AppState) -> Router {
         .merge(renew::routes())
         .merge(metrics::routes())
         .merge(admin::routes(state.clone()))
+        .merge(crate::edge::acme::routes())
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(middleware::from_fn(log_request))

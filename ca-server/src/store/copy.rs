@@ -33,6 +33,10 @@ pub const TABLES: &[&str] = &[
     "crl_published",
     "ca_identity",
     "ocsp_responders",
+    "acme_accounts",
+    "acme_orders",
+    "acme_nonces",
+    "psk_seal_key",
 ];
 
 /// Tables that must be empty in the target (`crl_state` holds its seed row).
@@ -43,6 +47,10 @@ const DATA_TABLES: &[&str] = &[
     "crl_published",
     "ca_identity",
     "ocsp_responders",
+    "acme_accounts",
+    "acme_orders",
+    "acme_nonces",
+    "psk_seal_key",
 ];
 
 /// Most bind parameters in one INSERT (SQLite allows 32766, PostgreSQL 65535).

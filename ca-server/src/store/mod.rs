@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod acme;
 mod availability;
 mod batch;
 pub mod copy;
@@ -22,6 +23,7 @@ mod crl;
 pub mod inspect;
 mod ocsp;
 mod ownership;
+pub use acme::{AcmeAccount, AcmeOrder, SealedPsk};
 pub use crl::{CrlPoll, CrlSnapshot, PublishedCrls, RevokedEntry};
 pub use ocsp::StoredResponder;
 pub use stats::StoreStats;

@@ -2,6 +2,7 @@
 //! later modules, real nginx, PostgreSQL and HAProxy) on 127.0.0.1.
 //! One test binary; each test boots its own server in a temporary directory.
 
+mod acme;
 mod admin;
 mod backup;
 mod bootstrap;

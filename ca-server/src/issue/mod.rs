@@ -1,0 +1,4 @@
+//! Issuance flows beyond `/v1/sign` and `/v1/renew`: [`acme`] (accounts
+//! bound to a PSK, orders, finalize, revocation).
+
+pub mod acme;

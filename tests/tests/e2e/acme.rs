@@ -436,6 +436,32 @@ fn failed_bindings_are_throttled() {
     server.assert_no_secret_leaks();
 }
 
+/// Other refusals count too, a quarter each as on /v1/sign: with
+/// `--throttle-failures 1`, four malformed requests block the address (the
+/// right PSK then gets 429 and stays unspent).
+#[test]
+fn malformed_requests_are_throttled_like_on_v1_sign() {
+    let mut server = CaServer::start_with(ServerOptions {
+        args: vec!["--throttle-failures".into(), "1".into()],
+        ..Default::default()
+    });
+    let psk = server.psk_add(HOST, &[]);
+    block_on(async {
+        let mut c = Client::new(&server).await;
+        let url = c.url("newAccount");
+        for _ in 0..4 {
+            let r = c.post_raw(&url, b"{not a JWS".to_vec()).await;
+            assert_eq!(problem(&r), "malformed", "{r:?}");
+        }
+        let r = c.new_account(HOST, &psk).await;
+        assert_eq!(problem(&r), "rateLimited", "{r:?}");
+        assert_eq!(r.status, 429);
+    });
+    // The PSK was not touched.
+    assert!(run_ok(server.cli().args(["psk", "list"])).contains(HOST));
+    server.assert_no_secret_leaks();
+}
+
 #[test]
 fn twenty_parallel_redemptions_of_one_psk_make_one_account() {
     let mut server = server();

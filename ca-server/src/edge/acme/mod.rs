@@ -412,7 +412,30 @@ where
         Ok(signed) => f(state.clone(), ctx.clone(), signed).await,
         Err(p) => Err(p),
     };
+    if let Err(p) = &result {
+        count_refusal(&state, &ctx, p);
+    }
     finish(&state, Some(&ctx.base), result).await
+}
+
+/// Every refused ACME request counts against the address, as on `/v1/sign`:
+/// a quarter of a failure. Not `badNonce` (clients retry it by design, RFC
+/// 8555 6.5), not `rateLimited` (already throttled), not `unauthorized`
+/// (binding failures count in full where they are refused), not a lookup of
+/// an account that does not exist yet (every client's first step).
+fn count_refusal(state: &AppState, ctx: &Ctx, p: &Problem) {
+    let counted = p.status.is_client_error()
+        && !matches!(
+            p.code(),
+            "badNonce" | "rateLimited" | "unauthorized" | "accountDoesNotExist"
+        );
+    if counted {
+        state.authority.throttle.record_failure(
+            ctx.peer.ip(),
+            std::time::Instant::now(),
+            crate::throttle::Weight::Light,
+        );
+    }
 }
 
 fn account_json(ctx: &Ctx, a: &AcmeAccount) -> Value {

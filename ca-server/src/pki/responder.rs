@@ -588,23 +588,30 @@ mod tests {
         Store,
         tokio::sync::watch::Sender<i64>,
     ) {
+        fixture_with(Arc::new(Fixed(TEST_NOW)), OcspConfig::default()).await
+    }
+
+    /// A CA, a store and a responder on `clock` with `config`.
+    async fn fixture_with(
+        clock: Arc<dyn Clock>,
+        config: OcspConfig,
+    ) -> (
+        tempfile::TempDir,
+        Arc<Responder>,
+        Arc<Signer>,
+        Store,
+        tokio::sync::watch::Sender<i64>,
+    ) {
         let dir = tempfile::tempdir().unwrap();
-        let now = TEST_NOW;
         let paths = CaPaths::new(&dir.path().join("ca"));
-        crate::ca::init(&paths, "Test", now).unwrap();
+        crate::ca::init(&paths, "Test", TEST_NOW).unwrap();
         let signer = Arc::new(Signer::load(&paths, None).unwrap());
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display());
         let store = Store::open(&url).await.unwrap();
         let (tx, rx) = tokio::sync::watch::channel(0);
-        let r = Responder::start(
-            store.clone(),
-            signer.clone(),
-            Arc::new(Fixed(now)),
-            OcspConfig::default(),
-            rx,
-        )
-        .await
-        .unwrap();
+        let r = Responder::start(store.clone(), signer.clone(), clock, config, rx)
+            .await
+            .unwrap();
         (dir, r, signer, store, tx)
     }
 
@@ -729,23 +736,9 @@ mod tests {
     /// stored for the other replicas, and new answers are signed with it.
     #[tokio::test]
     async fn the_responder_certificate_is_renewed_at_half_its_life() {
-        let dir = tempfile::tempdir().unwrap();
-        let paths = CaPaths::new(&dir.path().join("ca"));
-        crate::ca::init(&paths, "Test", TEST_NOW).unwrap();
-        let signer = Arc::new(Signer::load(&paths, None).unwrap());
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display());
-        let store = Store::open(&url).await.unwrap();
         let clock = Arc::new(crate::testing::TestClock::at(TEST_NOW));
-        let (_tx, rx) = tokio::sync::watch::channel(0);
-        let r = Responder::start(
-            store.clone(),
-            signer.clone(),
-            clock.clone(),
-            OcspConfig::default(),
-            rx,
-        )
-        .await
-        .unwrap();
+        let (_dir, r, signer, store, _tx) =
+            fixture_with(clock.clone(), OcspConfig::default()).await;
         let first = r.responder_cert();
         let life = RESPONDER_VALIDITY.as_secs() as i64;
         clock.set(TEST_NOW + life / 2 - 3600);
@@ -789,26 +782,11 @@ mod tests {
     /// answered from the cache.
     #[tokio::test]
     async fn past_the_signature_budget_unknown_serials_get_try_later() {
-        let dir = tempfile::tempdir().unwrap();
-        let paths = CaPaths::new(&dir.path().join("ca"));
-        crate::ca::init(&paths, "Test", TEST_NOW).unwrap();
-        let signer = Arc::new(Signer::load(&paths, None).unwrap());
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display());
-        let store = Store::open(&url).await.unwrap();
-        let (_tx, rx) = tokio::sync::watch::channel(0);
         let config = OcspConfig {
             extra_signatures_per_sec: 1,
             ..OcspConfig::default()
         };
-        let r = Responder::start(
-            store.clone(),
-            signer.clone(),
-            Arc::new(Fixed(TEST_NOW)),
-            config,
-            rx,
-        )
-        .await
-        .unwrap();
+        let (_dir, r, signer, store, _tx) = fixture_with(Arc::new(Fixed(TEST_NOW)), config).await;
         let l = leaf(&signer);
         store
             .record_certificate(

@@ -634,16 +634,14 @@ mod tests {
             .unwrap()
     }
 
-    #[tokio::test]
-    async fn a_cached_answer_makes_no_signature_and_a_revocation_replaces_it() {
-        let (_dir, r, signer, store, tx) = fixture().await;
-        let now = TEST_NOW;
-        let l = leaf(&signer);
+    /// A host certificate signed and recorded in the store, as an issuance does.
+    async fn recorded_leaf(signer: &Signer, store: &Store) -> crate::ca::SignedLeaf {
+        let l = leaf(signer);
         store
             .record_certificate(
-                &l.to_record("web1.example.internal", "host", &[], now),
+                &l.to_record("web1.example.internal", "host", &[], TEST_NOW),
                 &crate::store::AuditEvent {
-                    at: now,
+                    at: TEST_NOW,
                     event: "issued".into(),
                     outcome: "issued".into(),
                     ..Default::default()
@@ -651,6 +649,14 @@ mod tests {
             )
             .await
             .unwrap();
+        l
+    }
+
+    #[tokio::test]
+    async fn a_cached_answer_makes_no_signature_and_a_revocation_replaces_it() {
+        let (_dir, r, signer, store, tx) = fixture().await;
+        let now = TEST_NOW;
+        let l = recorded_leaf(&signer, &store).await;
         let issuer = IssuerKeys::from_cert(&signer.intermediate_der).unwrap();
         let serial = ca_client::ocsp::cert_serial(&l.der).unwrap();
         let id = CertId::new(CertIdHash::Sha1, &issuer, &serial);
@@ -787,19 +793,7 @@ mod tests {
             ..OcspConfig::default()
         };
         let (_dir, r, signer, store, _tx) = fixture_with(Arc::new(Fixed(TEST_NOW)), config).await;
-        let l = leaf(&signer);
-        store
-            .record_certificate(
-                &l.to_record("web1.example.internal", "host", &[], TEST_NOW),
-                &crate::store::AuditEvent {
-                    at: TEST_NOW,
-                    event: "issued".into(),
-                    outcome: "issued".into(),
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
+        let l = recorded_leaf(&signer, &store).await;
         let issuer = IssuerKeys::from_cert(&signer.intermediate_der).unwrap();
         let known = encode_request(
             &CertId::new(

@@ -121,14 +121,18 @@ enum Body {
 }
 
 impl Answer {
-    fn json(status: StatusCode, body: Value, outcome: &'static str) -> Answer {
+    fn new(status: StatusCode, body: Body, outcome: &'static str) -> Answer {
         Answer {
             status,
-            body: Body::Json(body),
+            body,
             location: None,
             up: None,
             outcome,
         }
+    }
+
+    fn json(status: StatusCode, body: Value, outcome: &'static str) -> Answer {
+        Answer::new(status, Body::Json(body), outcome)
     }
     fn at(mut self, location: String) -> Answer {
         self.location = Some(location);
@@ -249,13 +253,7 @@ async fn new_nonce(State(state): State<AppState>, req: Request) -> Response {
     } else {
         StatusCode::NO_CONTENT
     };
-    let answer = Answer {
-        status,
-        body: Body::Empty,
-        location: None,
-        up: None,
-        outcome: "ok",
-    };
+    let answer = Answer::new(status, Body::Empty, "ok");
     finish(&state, Some(&ctx.base), Ok(answer)).await
 }
 
@@ -785,13 +783,11 @@ async fn certificate(
                 .get_cert(&serial)
                 .await?
                 .ok_or_else(|| Problem::not_found("no such certificate"))?;
-            Ok(Answer {
-                status: StatusCode::OK,
-                body: Body::Pem(state.authority.signer.chain_pem(&cert.der)),
-                location: None,
-                up: None,
-                outcome: "ok",
-            })
+            Ok(Answer::new(
+                StatusCode::OK,
+                Body::Pem(state.authority.signer.chain_pem(&cert.der)),
+                "ok",
+            ))
         },
     )
     .await
@@ -829,13 +825,7 @@ async fn revoke_cert(State(state): State<AppState>, req: Request) -> Response {
                 tracing::warn!(error = %format!("{e:#}"), serial = %revoked.serial,
                 "signing the CRL after an ACME revocation failed");
             }
-            Ok(Answer {
-                status: StatusCode::OK,
-                body: Body::Empty,
-                location: None,
-                up: None,
-                outcome: "revoked",
-            })
+            Ok(Answer::new(StatusCode::OK, Body::Empty, "revoked"))
         },
     )
     .await

@@ -11,14 +11,13 @@ use ca_client::fsutil::{self, KEY_MODE, PUBLIC_MODE};
 use policy::{AllowedName, KeyKind, Profile};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, CrlDistributionPoint,
-    DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair,
-    KeyUsagePurpose, PublicKeyData, SanType, SerialNumber, SigningKey,
+    DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyUsagePurpose,
+    PublicKeyData, SanType, SerialNumber,
 };
 use ring::rand::{SecureRandom, SystemRandom};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use time::OffsetDateTime;
-use zeroize::{Zeroize, Zeroizing};
 
 /// Root validity (10 years).
 pub const ROOT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 86_400 + 2 * 86_400);
@@ -35,6 +34,8 @@ pub struct CaPaths {
     pub root_key: PathBuf,
     pub intermediate_cert: PathBuf,
     pub intermediate_key: PathBuf,
+    /// Where the keys are: files beside the certificates, or a PKCS#11 token.
+    pub keys: KeySource,
 }
 
 impl CaPaths {
@@ -45,6 +46,15 @@ impl CaPaths {
             root_key: dir.join("root.key"),
             intermediate_cert: dir.join("intermediate.crt"),
             intermediate_key: dir.join("intermediate.key"),
+            keys: KeySource::Files,
+        }
+    }
+
+    /// The data dir with its keys in `keys`.
+    pub fn with_keys(dir: &Path, keys: KeySource) -> CaPaths {
+        CaPaths {
+            keys,
+            ..CaPaths::new(dir)
         }
     }
 
@@ -63,56 +73,13 @@ impl CaPaths {
 
     /// The CA counts as initialised once the intermediate (what signs) exists.
     pub fn is_initialised(&self) -> bool {
-        self.root_cert.exists() && self.intermediate_cert.exists() && self.intermediate_key.exists()
+        self.root_cert.exists()
+            && self.intermediate_cert.exists()
+            && (self.intermediate_key.exists() || self.keys.token().is_some())
     }
 }
 
-/// A CA signing key that wipes its PKCS#8 bytes on drop (ring's internal
-/// state is not wiped; see docs/security.md).
-#[derive(Debug)]
-pub struct CaKey(KeyPair);
-
-impl Drop for CaKey {
-    fn drop(&mut self) {
-        self.0.zeroize();
-    }
-}
-
-impl PublicKeyData for CaKey {
-    fn der_bytes(&self) -> &[u8] {
-        self.0.der_bytes()
-    }
-    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
-        self.0.algorithm()
-    }
-}
-
-impl SigningKey for CaKey {
-    fn sign(&self, msg: &[u8]) -> std::result::Result<Vec<u8>, rcgen::Error> {
-        self.0.sign(msg)
-    }
-}
-
-impl CaKey {
-    pub(crate) fn generate() -> Result<CaKey> {
-        Ok(CaKey(KeyPair::generate_for(
-            &rcgen::PKCS_ECDSA_P256_SHA256,
-        )?))
-    }
-
-    fn load(path: &Path) -> Result<CaKey> {
-        let pem = Zeroizing::new(
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
-        );
-        Ok(CaKey(
-            KeyPair::from_pem(&pem).with_context(|| format!("parsing {}", path.display()))?,
-        ))
-    }
-
-    pub(crate) fn pem(&self) -> Zeroizing<String> {
-        Zeroizing::new(self.0.serialize_pem())
-    }
-}
+pub use crate::pki::key::{CaKey, KeySource};
 
 /// `sha256:<hex>` over a certificate's DER: how operators pin the root.
 pub fn fingerprint(der: &[u8]) -> String {
@@ -201,13 +168,19 @@ pub fn init_with(
     {
         bail!(
             "{} holds part of a CA (some of root.crt, intermediate.crt, intermediate.key are missing); \
-             refusing to overwrite it. Restore the missing files or use an empty data dir.",
+             refusing to overwrite it. Restore the missing files or use an empty data dir \
+             (if the CA keys are in a PKCS#11 token, pass --pkcs11-module, --pkcs11-token and \
+             --pkcs11-pin-file).",
             paths.dir.display()
         );
     }
 
     let backdate = BACKDATE.as_secs() as i64;
-    let root_key = CaKey::generate()?;
+    let (root_token, int_token) = match paths.keys.token() {
+        Some(t) => (t.root_label().to_owned(), t.label().to_owned()),
+        None => Default::default(),
+    };
+    let root_key = CaKey::generate_in(&paths.keys, &root_token, crate::pki::pkcs11::ROOT_LABEL)?;
     let root_params = ca_params(
         &format!("{name} Root CA"),
         now - backdate,
@@ -217,7 +190,14 @@ pub fn init_with(
     let root_cert = root_params.self_signed(&root_key)?;
     let root_issuer = Issuer::new(root_params, &root_key);
 
-    let int_key = CaKey::generate()?;
+    let int_key = CaKey::generate_in(
+        &paths.keys,
+        &int_token,
+        crate::pki::pkcs11::INTERMEDIATE_LABEL,
+    )?;
+    if let Some(k) = int_key.token_key() {
+        k.token().generate_wrap_secret(k.id())?;
+    }
     let mut int_params = ca_params(
         &format!("{name} Intermediate CA"),
         now - backdate,
@@ -232,9 +212,12 @@ pub fn init_with(
     }
     let int_cert = int_params.signed_by(&int_key, &root_issuer)?;
 
-    // Keys first: a crash leaves no certificate without its key.
-    fsutil::write_atomic(&paths.root_key, root_key.pem().as_bytes(), KEY_MODE)?;
-    fsutil::write_atomic(&paths.intermediate_key, int_key.pem().as_bytes(), KEY_MODE)?;
+    // Keys first: a crash leaves no certificate without its key. Token keys
+    // have no file: they are already in the token.
+    if let (Some(root_pem), Some(int_pem)) = (root_key.pem(), int_key.pem()) {
+        fsutil::write_atomic(&paths.root_key, root_pem.as_bytes(), KEY_MODE)?;
+        fsutil::write_atomic(&paths.intermediate_key, int_pem.as_bytes(), KEY_MODE)?;
+    }
     fsutil::write_atomic(
         &paths.intermediate_cert,
         int_cert.pem().as_bytes(),
@@ -319,6 +302,8 @@ pub struct Signer {
     plain_http: Option<PlainHttpUrls>,
     /// Wraps the OCSP responder key in the store (derived from the intermediate key).
     ocsp_wrap: crate::pki::ocsp::WrapKey,
+    /// Where the key is (a token's state is what `/healthz` reports).
+    keys: KeySource,
     rng: SystemRandom,
 }
 
@@ -380,8 +365,12 @@ impl Signer {
     /// belongs to the intermediate and the intermediate to the root.
     pub fn load(paths: &CaPaths, crl_url: Option<String>) -> Result<Signer> {
         let root_der = read_cert_der(&paths.root_cert)?;
-        let (intermediate_der, key) =
-            load_ca_pair(&paths.intermediate_cert, &paths.intermediate_key)?;
+        let (intermediate_der, key) = load_ca_pair_in(
+            paths,
+            &paths.intermediate_cert,
+            &paths.intermediate_key,
+            |t| t.label(),
+        )?;
 
         let (_, int) = x509_parser::parse_x509_certificate(&intermediate_der)
             .map_err(|e| anyhow!("parsing {}: {e}", paths.intermediate_cert.display()))?;
@@ -391,9 +380,15 @@ impl Signer {
             .map_err(|_| anyhow!("the intermediate is not signed by the root"))?;
         let intermediate_not_after = int.validity().not_after.timestamp();
 
-        let ocsp_wrap = {
-            let pkcs8 = Zeroizing::new(key.0.serialize_der());
-            crate::pki::ocsp::WrapKey::derive(&pkcs8)
+        let ocsp_wrap = match (key.pkcs8(), key.token_key()) {
+            (Some(pkcs8), _) => crate::pki::ocsp::WrapKey::derive(&pkcs8),
+            // No key bytes to derive from in a token: an HMAC under a secret
+            // that never leaves it (docs/pkcs11.md).
+            (None, Some(k)) => crate::pki::ocsp::WrapKey::derive(
+                &k.token()
+                    .wrap_secret_mac(k.id(), crate::pki::ocsp::TOKEN_WRAP_INPUT)?,
+            ),
+            (None, None) => bail!("the intermediate key has neither bytes nor a token"),
         };
         let issuer = Issuer::from_ca_cert_der(&intermediate_der.clone().into(), key)
             .context("reading the intermediate as an issuer")?;
@@ -410,6 +405,7 @@ impl Signer {
             crl_url,
             plain_http: None,
             ocsp_wrap,
+            keys: paths.keys.clone(),
             rng: SystemRandom::new(),
         })
     }
@@ -480,6 +476,17 @@ impl Signer {
         })
     }
 
+    /// Whether the intermediate key can sign now (a token key: the token
+    /// answers); `Err` says why not.
+    pub fn key_available(&self) -> std::result::Result<(), crate::pki::pkcs11::TokenError> {
+        match self.keys.token() {
+            Some(t) if !t.is_up() => Err(crate::pki::pkcs11::TokenError::Unavailable(
+                t.last_error().unwrap_or_else(|| "not connected".into()),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Unix time at which the intermediate expires.
     pub fn intermediate_not_after(&self) -> i64 {
         self.intermediate_not_after
@@ -535,6 +542,8 @@ impl Signer {
         if spki.subject_public_key_info() != spki_der {
             bail!("subject public key uses an encoding that cannot be reproduced exactly");
         }
+        // A lost token fails at once, without a call that would time out.
+        self.key_available()?;
         let serial = random_serial(&self.rng)?;
         let not_before = now - BACKDATE.as_secs() as i64;
         let not_after = (now + validity.as_secs() as i64).min(self.intermediate_not_after);
@@ -600,10 +609,16 @@ impl std::fmt::Debug for RootSigner {
 impl RootSigner {
     /// `None` when `root.key` is not in the data dir.
     pub fn load(paths: &CaPaths) -> Result<Option<RootSigner>> {
-        if !paths.root_key.exists() {
+        if let Some(token) = paths.keys.token() {
+            // The root token may be kept offline: then there is no root signer.
+            if !token.has_token(token.root_label()) {
+                return Ok(None);
+            }
+        } else if !paths.root_key.exists() {
             return Ok(None);
         }
-        let (root_der, key) = load_ca_pair(&paths.root_cert, &paths.root_key)?;
+        let (root_der, key) =
+            load_ca_pair_in(paths, &paths.root_cert, &paths.root_key, |t| t.root_label())?;
         let issuer = Issuer::from_ca_cert_der(&root_der.clone().into(), key)
             .context("reading the root as an issuer")?;
         Ok(Some(RootSigner { issuer, root_der }))
@@ -629,6 +644,26 @@ pub(crate) fn load_ca_pair(cert_path: &Path, key_path: &Path) -> Result<(Vec<u8>
         );
     }
     Ok((der, key))
+}
+
+/// [`load_ca_pair`] from where `paths` keeps keys: in a token, the key
+/// whose CKA_ID matches the certificate's public key in the token `label` picks.
+pub(crate) fn load_ca_pair_in(
+    paths: &CaPaths,
+    cert_path: &Path,
+    key_path: &Path,
+    label: impl Fn(&crate::pki::pkcs11::Token) -> &str,
+) -> Result<(Vec<u8>, CaKey)> {
+    let Some(token) = paths.keys.token() else {
+        return load_ca_pair(cert_path, key_path);
+    };
+    let der = read_cert_der(cert_path)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| anyhow!("parsing {}: {e}", cert_path.display()))?;
+    let key = token
+        .find_key(label(token), cert.public_key().raw)
+        .with_context(|| format!("finding the key of {}", cert_path.display()))?;
+    Ok((der, CaKey::Token(key)))
 }
 
 /// Signs `params` with `issuer`, whose certificate is `issuer_der`. The CRL's
@@ -664,6 +699,7 @@ pub fn crl_url_for(public_url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rcgen::KeyPair;
 
     fn now() -> i64 {
         1_800_000_000

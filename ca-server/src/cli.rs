@@ -48,6 +48,9 @@ pub struct Cli {
     /// [serve] for serve's. Flags and CA_* variables override it.
     #[arg(long, env = crate::config::CONFIG_ENV, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// CA keys in a PKCS#11 token instead of files (docs/pkcs11.md).
+    #[command(flatten)]
+    pub pkcs11: crate::pki::pkcs11::Pkcs11Args,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -381,6 +384,7 @@ pub fn main() -> i32 {
             };
             let url = database_url(&cli);
             let target = crate::doctor::Target {
+                pkcs11: &cli.pkcs11,
                 data_dir: &cli.data_dir,
                 database_url: &url,
                 config: parsed.file.as_ref(),
@@ -531,6 +535,17 @@ fn configured_server_names(file: Option<&crate::config::ConfigFile>) -> policy::
     reserved
 }
 
+/// Where this run's CA keys are: a PKCS#11 token when `--pkcs11-module` is
+/// set (opened and logged in here, so a wrong PIN, a missing module or an
+/// absent token stops the verb with its cause), else the data dir's files.
+fn ca_paths(dir: &std::path::Path, pkcs11: &crate::pki::pkcs11::Pkcs11Args) -> Result<CaPaths> {
+    let keys = match pkcs11.open()? {
+        Some(token) => ca::KeySource::Token(token),
+        None => ca::KeySource::Files,
+    };
+    Ok(CaPaths::with_keys(dir, keys))
+}
+
 async fn run(cli: Cli, reserved: &policy::ReservedNames) -> Result<()> {
     let url = database_url(&cli);
     let clock = SystemClock;
@@ -546,7 +561,7 @@ async fn run(cli: Cli, reserved: &policy::ReservedNames) -> Result<()> {
                 })
                 .transpose()?;
             let out = ca::init_with(
-                &CaPaths::new(&cli.data_dir),
+                &ca_paths(&cli.data_dir, &cli.pkcs11)?,
                 &name,
                 clock.now(),
                 root_crl.as_deref(),
@@ -560,7 +575,9 @@ async fn run(cli: Cli, reserved: &policy::ReservedNames) -> Result<()> {
             Ok(())
         }
         Command::Serve(args) => {
+            let keys = ca_paths(&cli.data_dir, &cli.pkcs11)?.keys;
             serve::serve(ServeOptions {
+                keys,
                 data_dir: cli.data_dir,
                 database_url: url,
                 listen: args.listen,
@@ -585,10 +602,14 @@ async fn run(cli: Cli, reserved: &policy::ReservedNames) -> Result<()> {
         Command::Psk(args) => psk(args, &cli.data_dir, &url, reserved).await,
         Command::Cert(args) => cert(args, &cli.data_dir, &url).await,
         Command::Acme(args) => crate::admin::acme::run(args, &cli.data_dir, &url).await,
-        Command::AdminCert(cmd) => crate::admin::cert::run(cmd, &cli.data_dir, &url, &clock).await,
+        Command::AdminCert(cmd) => {
+            let paths = ca_paths(&cli.data_dir, &cli.pkcs11)?;
+            crate::admin::cert::run(cmd, &paths, &url, &clock).await
+        }
         Command::Revoke(args) => revocation::revoke(args, &cli.data_dir, &url).await,
         Command::Crl(args) => {
-            revocation::crl(args, &cli.data_dir, &url, std::sync::Arc::new(clock)).await
+            let paths = ca_paths(&cli.data_dir, &cli.pkcs11)?;
+            revocation::crl(args, &paths, &url, std::sync::Arc::new(clock)).await
         }
         Command::Store(StoreCommand::Copy { to, json }) => {
             store_copy(&url, &to, json, &clock).await
@@ -625,7 +646,7 @@ async fn run(cli: Cli, reserved: &policy::ReservedNames) -> Result<()> {
                 })
                 .transpose()?;
             crate::rotate::run(
-                &cli.data_dir,
+                &ca_paths(&cli.data_dir, &cli.pkcs11)?,
                 root_key.as_deref(),
                 validity.into(),
                 json,

@@ -86,6 +86,8 @@ impl Finding {
 /// Where doctor looks.
 #[derive(Debug, Clone)]
 pub struct Target<'a> {
+    /// The PKCS#11 options: with a module, the token and its keys are checked.
+    pub pkcs11: &'a crate::pki::pkcs11::Pkcs11Args,
     pub data_dir: &'a Path,
     pub database_url: &'a str,
     pub config: Option<&'a ConfigFile>,
@@ -140,8 +142,8 @@ pub async fn run(target: &Target<'_>, json: bool, clock: &dyn Clock) -> Result<(
 /// Every check, in the order they are printed.
 pub async fn check(target: &Target<'_>, clock: &dyn Clock) -> Vec<Finding> {
     let now = clock.now();
-    let paths = CaPaths::new(target.data_dir);
     let mut out = Vec::new();
+    let paths = CaPaths::with_keys(target.data_dir, pkcs11(target, &mut out));
     permissions(&paths, target, &mut out);
     let intermediate = expiry(&paths, now, &mut out);
     root_crl(&paths, now, &mut out);
@@ -150,6 +152,109 @@ pub async fn check(target: &Target<'_>, clock: &dyn Clock) -> Vec<Finding> {
         server(&paths, url, *named, intermediate.as_deref(), now, &mut out).await;
     }
     out
+}
+
+/// With `--pkcs11-module`: the token opens and logs in, the root and
+/// intermediate keys are in it, and every private or secret key in it is
+/// sensitive and never extractable. Returns where the keys are for the other checks.
+fn pkcs11(target: &Target<'_>, out: &mut Vec<Finding>) -> ca::KeySource {
+    const CHECK: &str = "pkcs11";
+    let token = match target.pkcs11.open() {
+        Ok(Some(t)) => t,
+        Ok(None) => return ca::KeySource::Files,
+        Err(e) => {
+            out.push(
+                Finding::new(Level::Fail, CHECK, format!("{e:#}"))
+                    .fix("see docs/pkcs11.md#failures: the message names what to change"),
+            );
+            return ca::KeySource::Files;
+        }
+    };
+    out.push(Finding::new(
+        Level::Ok,
+        CHECK,
+        format!(
+            "token {:?} in {} opened, user logged in",
+            token.label(),
+            token.module().display()
+        ),
+    ));
+    let paths = CaPaths::with_keys(target.data_dir, ca::KeySource::Token(token.clone()));
+    for (what, cert, label) in [
+        ("intermediate", &paths.intermediate_cert, token.label()),
+        ("root", &paths.root_cert, token.root_label()),
+    ] {
+        if what == "root" && !token.has_token(label) {
+            out.push(Finding::new(
+                Level::Ok,
+                CHECK,
+                format!("the root token {label:?} is not present (offline root)"),
+            ));
+            continue;
+        }
+        let found = ca::read_cert_der(cert).and_then(|der| {
+            let (_, c) = x509_parser::parse_x509_certificate(&der)
+                .map_err(|e| anyhow::anyhow!("parsing {}: {e}", cert.display()))?;
+            token.find_key(label, c.public_key().raw)
+        });
+        match found {
+            Ok(k) => out.push(Finding::new(
+                Level::Ok,
+                CHECK,
+                format!(
+                    "the {what} key is in token {label:?} (CKA_ID {})",
+                    hex::encode(k.id())
+                ),
+            )),
+            Err(e) => out.push(
+                Finding::new(Level::Fail, CHECK, format!("the {what} key: {e:#}"))
+                    .fix("initialise the CA with these --pkcs11-* options, or point them at the token that holds its keys"),
+            ),
+        }
+    }
+    let mut labels = vec![token.label().to_owned()];
+    if token.root_label() != token.label() && token.has_token(token.root_label()) {
+        labels.push(token.root_label().to_owned());
+    }
+    for label in labels {
+        match token.key_attributes(&label) {
+            Ok(keys) => {
+                for k in keys {
+                    if k.kept_inside() {
+                        out.push(Finding::new(
+                            Level::Ok,
+                            CHECK,
+                            format!(
+                                "{} key {:?} (CKA_ID {}) in {label:?}: sensitive, never extractable",
+                                k.class, k.label, k.id
+                            ),
+                        ));
+                    } else {
+                        out.push(
+                            Finding::new(
+                                Level::Fail,
+                                CHECK,
+                                format!(
+                                    "{} key {:?} (CKA_ID {}) in {label:?} is not kept inside: sensitive={} \
+                                     extractable={} always_sensitive={} never_extractable={}",
+                                    k.class,
+                                    k.label,
+                                    k.id,
+                                    k.sensitive,
+                                    k.extractable,
+                                    k.always_sensitive,
+                                    k.never_extractable
+                                ),
+                            )
+                            .fix("a key that was ever extractable may have left the token: rotate it (ca-server intermediate rotate)"),
+                        );
+                    }
+                }
+            }
+            Err(e) => out.push(Finding::new(Level::Fail, CHECK, format!("{e:#}"))),
+        }
+    }
+    ca::KeySource::Token(token)
 }
 
 fn mode_of(path: &Path) -> Option<u32> {
@@ -213,6 +318,9 @@ fn permissions(paths: &CaPaths, target: &Target<'_>, out: &mut Vec<Finding>) {
     }
     for key in keys {
         let Some(mode) = mode_of(&key) else {
+            if paths.keys.token().is_some() {
+                continue;
+            }
             if key == paths.intermediate_key {
                 out.push(
                     Finding::new(
@@ -231,6 +339,23 @@ fn permissions(paths: &CaPaths, target: &Target<'_>, out: &mut Vec<Finding>) {
             }
             continue;
         };
+        if paths.keys.token().is_some() && (key == paths.intermediate_key || key == paths.root_key)
+        {
+            out.push(
+                Finding::new(
+                    Level::Warn,
+                    CHECK,
+                    format!(
+                        "{} is a private key file, but the CA keys are in the PKCS#11 token",
+                        key.display()
+                    ),
+                )
+                .fix(format!(
+                    "it does not sign anything: destroy it (shred -u {}) unless it is a backup you mean to keep offline",
+                    key.display()
+                )),
+            );
+        }
         match exposure(mode) {
             Some(how) => out.push(
                 Finding::new(
@@ -678,7 +803,13 @@ mod tests {
         let start = 1_800_000_000;
         ca::init(&CaPaths::new(&data), "Test", start).unwrap();
         let url = format!("sqlite://{}", data.join("ca.db").display());
+        let pkcs11 = <crate::pki::pkcs11::Pkcs11Args as clap::FromArgMatches>::from_arg_matches(
+            &<crate::pki::pkcs11::Pkcs11Args as clap::Args>::augment_args(clap::Command::new("t"))
+                .get_matches_from(["t"]),
+        )
+        .unwrap();
         let target = Target {
+            pkcs11: &pkcs11,
             data_dir: &data,
             database_url: &url,
             config: None,

@@ -123,10 +123,10 @@ pub async fn revoke(args: RevokeArgs, data_dir: &Path, url: &str) -> Result<()> 
 
 /// `ca-server crl`: the published CRL bundle (intermediate then root), signing
 /// a new generation first if none is current and this data dir can sign.
-pub async fn crl(args: CrlArgs, data_dir: &Path, url: &str, clock: Arc<dyn Clock>) -> Result<()> {
+pub async fn crl(args: CrlArgs, paths: &CaPaths, url: &str, clock: Arc<dyn Clock>) -> Result<()> {
     let store = Store::open(url).await?;
     let now = clock.now();
-    let service = crl_service(data_dir, &store, clock, args.validity.config())?;
+    let service = crl_service_in(paths, &store, clock, args.validity.config())?;
     let set = match service.load_published().await? {
         Some(set) if set.intermediate.is_current(now) && !args.sign => set,
         _ => service.regenerate().await?,
@@ -165,8 +165,17 @@ pub(crate) fn crl_service(
     clock: Arc<dyn Clock>,
     config: CrlConfig,
 ) -> Result<CrlService> {
-    let paths = CaPaths::new(data_dir);
-    let signer = Signer::load(&paths, None)
-        .with_context(|| format!("loading the intermediate from {}", data_dir.display()))?;
-    CrlService::new(&paths, store.clone(), Arc::new(signer), clock, config)
+    crl_service_in(&CaPaths::new(data_dir), store, clock, config)
+}
+
+/// [`crl_service`] with the keys where `paths` says (a PKCS#11 token).
+pub(crate) fn crl_service_in(
+    paths: &CaPaths,
+    store: &Store,
+    clock: Arc<dyn Clock>,
+    config: CrlConfig,
+) -> Result<CrlService> {
+    let signer = Signer::load(paths, None)
+        .with_context(|| format!("loading the intermediate from {}", paths.dir.display()))?;
+    CrlService::new(paths, store.clone(), Arc::new(signer), clock, config)
 }

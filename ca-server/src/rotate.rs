@@ -26,26 +26,22 @@ pub struct Rotated {
     pub not_after: String,
     pub root_fingerprint: String,
     pub retired_cert: PathBuf,
-    pub retired_key: PathBuf,
+    /// The old key's file; none when the key is in a PKCS#11 token (it stays there).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retired_key: Option<PathBuf>,
 }
 
 /// Rotates the intermediate in `data_dir`, signing with `root_key` (default:
 /// the data dir's `root.key`), and prints what it did.
 pub fn run(
-    data_dir: &Path,
+    paths: &CaPaths,
     root_key: Option<&Path>,
     validity: Duration,
     json: bool,
     clock: &dyn Clock,
     root_crl_url: Option<&str>,
 ) -> Result<()> {
-    let out = rotate_with(
-        &CaPaths::new(data_dir),
-        root_key,
-        validity,
-        clock.now(),
-        root_crl_url,
-    )?;
+    let out = rotate_with(paths, root_key, validity, clock.now(), root_crl_url)?;
     if json {
         println!("{}", serde_json::to_string(&out)?);
     } else {
@@ -53,13 +49,21 @@ pub fn run(
             "new intermediate serial={} subject={:?} not_after={} root={}",
             out.serial, out.subject, out.not_after, out.root_fingerprint
         );
-        eprintln!(
-            "the old intermediate is kept as {} and {}.\n\
-             Next: copy intermediate.crt and intermediate.key to every replica's data dir and \
-             restart each `ca-server serve` (docs/runbooks.md#rotate-the-intermediate).",
-            out.retired_cert.display(),
-            out.retired_key.display()
-        );
+        match &out.retired_key {
+            Some(key) => eprintln!(
+                "the old intermediate is kept as {} and {}.\n\
+                 Next: copy intermediate.crt and intermediate.key to every replica's data dir and \
+                 restart each `ca-server serve` (docs/runbooks.md#rotate-the-intermediate).",
+                out.retired_cert.display(),
+                key.display()
+            ),
+            None => eprintln!(
+                "the old intermediate is kept as {}; its key stays in the token.\n\
+                 Next: copy intermediate.crt to every replica's data dir and restart each \
+                 `ca-server serve` (docs/pkcs11.md).",
+                out.retired_cert.display()
+            ),
+        }
     }
     Ok(())
 }
@@ -94,13 +98,22 @@ pub fn rotate_with(
         );
     }
     let root_key_path = root_key.unwrap_or(&paths.root_key);
-    if !root_key_path.exists() {
+    let token = paths.keys.token();
+    if let Some(t) = token {
+        if !t.has_token(t.root_label()) {
+            bail!(
+                "the root token {:?} is not present (kept offline?): plug it in to rotate",
+                t.root_label()
+            );
+        }
+    } else if !root_key_path.exists() {
         bail!(
             "the root key is not at {} (kept offline?): mount it and pass --root-key FILE",
             root_key_path.display()
         );
     }
-    let (root_der, root_key) = ca::load_ca_pair(&paths.root_cert, root_key_path)?;
+    let (root_der, root_key) =
+        ca::load_ca_pair_in(paths, &paths.root_cert, root_key_path, |t| t.root_label())?;
     let old_der = ca::read_cert_der(&paths.intermediate_cert)?;
     let (_, old) = x509_parser::parse_x509_certificate(&old_der)
         .map_err(|e| anyhow!("parsing {}: {e}", paths.intermediate_cert.display()))?;
@@ -150,7 +163,14 @@ pub fn rotate_with(
     }
     let issuer = Issuer::from_ca_cert_der(&root_der.clone().into(), root_key)
         .context("reading the root as an issuer")?;
-    let key = CaKey::generate()?;
+    let key = CaKey::generate_in(
+        &paths.keys,
+        token.map(|t| t.label()).unwrap_or_default(),
+        crate::pki::pkcs11::INTERMEDIATE_LABEL,
+    )?;
+    if let Some(k) = key.token_key() {
+        k.token().generate_wrap_secret(k.id())?;
+    }
     let mut params = ca::ca_params(
         &cn,
         not_before,
@@ -174,19 +194,26 @@ pub fn rotate_with(
     let retired = paths.dir.join("retired");
     fsutil::private_key_dir(&retired)?;
     let retired_cert = retired.join(format!("intermediate-{old_serial}.crt"));
-    let retired_key = retired.join(format!("intermediate-{old_serial}.key"));
-    let old_key = zeroize::Zeroizing::new(
-        std::fs::read(&paths.intermediate_key)
-            .with_context(|| format!("reading {}", paths.intermediate_key.display()))?,
-    );
-    fsutil::write_atomic(&retired_key, &old_key, KEY_MODE)?;
+    let retired_key = token
+        .is_none()
+        .then(|| retired.join(format!("intermediate-{old_serial}.key")));
+    // A token key stays in the token (found again by its certificate's public key).
+    if let Some(retired_key) = &retired_key {
+        let old_key = zeroize::Zeroizing::new(
+            std::fs::read(&paths.intermediate_key)
+                .with_context(|| format!("reading {}", paths.intermediate_key.display()))?,
+        );
+        fsutil::write_atomic(retired_key, &old_key, KEY_MODE)?;
+    }
     fsutil::write_atomic(
         &retired_cert,
         &std::fs::read(&paths.intermediate_cert)?,
         PUBLIC_MODE,
     )?;
     // Key then certificate, as `init` does.
-    fsutil::write_atomic(&paths.intermediate_key, key.pem().as_bytes(), KEY_MODE)?;
+    if let Some(pem) = key.pem() {
+        fsutil::write_atomic(&paths.intermediate_key, pem.as_bytes(), KEY_MODE)?;
+    }
     fsutil::write_atomic(&paths.intermediate_cert, cert.pem().as_bytes(), PUBLIC_MODE)?;
     // Prove the result loads the way `serve` will load it.
     ca::Signer::load(paths, None).context("loading the new intermediate")?;
@@ -222,7 +249,7 @@ mod tests {
             before.intermediate_der
         );
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&out.retired_key)
+        let mode = std::fs::metadata(out.retired_key.as_ref().unwrap())
             .unwrap()
             .permissions()
             .mode();

@@ -22,6 +22,8 @@ use std::time::Duration;
 /// Everything `serve` needs, after flags and environment are resolved.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
+    /// Where the CA keys are (files in the data dir, or a PKCS#11 token).
+    pub keys: ca::KeySource,
     pub data_dir: std::path::PathBuf,
     pub database_url: String,
     pub listen: SocketAddr,
@@ -194,7 +196,7 @@ async fn issue_server_cert(
 pub async fn serve(opts: ServeOptions) -> Result<()> {
     crate::hardening::disable_core_dumps();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let paths = CaPaths::new(&opts.data_dir);
+    let paths = CaPaths::with_keys(&opts.data_dir, opts.keys.clone());
     let names = server_names(&opts.hostnames)?;
     // Bound before init, so that a first start's intermediate can name the
     // root CRL at the plain-HTTP URL with its real port.

@@ -27,7 +27,7 @@ use ca_client::bootstrap::{CA_FILE, CERT_FILE, CHAIN_FILE, KEY_FILE};
 use ca_client::fsutil::{self, KEY_MODE, PUBLIC_MODE};
 use ca_client::keys::{HostKey, KeyType};
 use rcgen::{CertificateParams, CustomExtension, DistinguishedName, DnType, KeyUsagePurpose};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// The UUID behind [`ADMIN_EKU_OID`] (ITU-T X.667: an OID anyone may mint
@@ -163,7 +163,7 @@ pub enum AdminCertCommand {
 /// operator as actor), then write the directory.
 pub async fn run(
     cmd: AdminCertCommand,
-    data_dir: &Path,
+    paths: &CaPaths,
     url: &str,
     clock: &dyn Clock,
 ) -> Result<()> {
@@ -182,9 +182,8 @@ pub async fn run(
             );
         }
     }
-    let paths = CaPaths::new(data_dir);
-    let signer = Signer::load(&paths, None)
-        .with_context(|| format!("loading the intermediate from {}", data_dir.display()))?;
+    let signer = Signer::load(paths, None)
+        .with_context(|| format!("loading the intermediate from {}", paths.dir.display()))?;
     let key = HostKey::generate(KeyType::P256)?;
     let spki = key.spki_der();
     let now = clock.now();

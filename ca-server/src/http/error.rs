@@ -126,6 +126,14 @@ impl ApiError {
         )
     }
 
+    /// The CA key cannot sign now (a PKCS#11 token lost or not answering).
+    pub fn signer_unavailable() -> ApiError {
+        ApiError::unavailable(
+            "signer_unavailable",
+            "the CA could not sign; retry later (nothing was consumed)",
+        )
+    }
+
     /// 503 with `Retry-After: 5`.
     fn unavailable(code: &'static str, message: &str) -> ApiError {
         let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message);
@@ -190,13 +198,7 @@ impl From<SignError> for ApiError {
             }
             SignError::Signer(e) => {
                 tracing::error!(error = %format!("{e:#}"), "signing failed");
-                let mut e = ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "signer_unavailable",
-                    "the CA could not sign; retry later (nothing was consumed)",
-                );
-                e.retry_after = Some(5);
-                e
+                ApiError::signer_unavailable()
             }
         }
     }

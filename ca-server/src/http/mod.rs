@@ -115,6 +115,11 @@ async fn get_ca(State(state): State<AppState>) -> Response {
 }
 
 async fn healthz(State(state): State<AppState>) -> Response {
+    // A CA key in a lost PKCS#11 token cannot sign: the server is not healthy.
+    if let Err(e) = state.authority.signer.key_available() {
+        tracing::warn!(error = %e, "health check: signer unavailable");
+        return ApiError::signer_unavailable().into_response();
+    }
     match state.authority.store_ready().await {
         Ok(()) => (
             StatusCode::OK,

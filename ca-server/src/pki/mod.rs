@@ -1,9 +1,12 @@
 //! CA material beyond the intermediate itself: the OCSP responder's wire
 //! format and signing ([`ocsp`]) and its per-serial response cache
 //! ([`responder`]); [`psk_seal`] keeps PSKs sealed in the store so ACME can
-//! recompute an EAB HMAC key without the store holding it. The rest of the
+//! recompute an EAB HMAC key without the store holding it. [`key`] is the
+//! CA signing key whether a file or in a PKCS#11 token ([`pkcs11`]). The rest of the
 //! PKI (`ca`, `crl`) moves here later.
 
+pub mod key;
 pub mod ocsp;
+pub mod pkcs11;
 pub mod psk_seal;
 pub mod responder;

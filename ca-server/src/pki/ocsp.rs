@@ -249,6 +249,10 @@ impl std::fmt::Debug for WrapKey {
     }
 }
 
+/// What the token's wrap secret MACs when the intermediate key is in a
+/// PKCS#11 token (its output replaces the PKCS#8 bytes as HKDF input).
+pub const TOKEN_WRAP_INPUT: &[u8] = b"ca-server ocsp responder key wrap v1 (pkcs11)";
+
 const WRAP_SALT: &[u8] = b"ca-server ocsp responder key wrap v1";
 
 impl WrapKey {

@@ -222,11 +222,13 @@ impl CaServer {
             .tempdir()
             .expect("tempdir");
         let data_dir = tmp.path().join("data");
+        // `init` sees the server's environment too (a PKCS#11 token's settings).
         let fingerprint = run_ok(
             Command::new(bin("ca-server"))
                 .arg("--data-dir")
                 .arg(&data_dir)
-                .args(["init", "--name", "E2E"]),
+                .args(["init", "--name", "E2E"])
+                .envs(opts.env.iter().map(|(k, v)| (k, v))),
         )
         .trim()
         .to_owned();

@@ -17,6 +17,7 @@ mod install_attacks;
 mod lint;
 mod ocsp;
 mod operability;
+mod pkcs11;
 mod proxy_protocol;
 mod puppet;
 mod rejections;

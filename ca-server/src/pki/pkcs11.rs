@@ -262,6 +262,8 @@ struct State {
     out: usize,
     last_error: Option<String>,
     last_attempt: Option<Instant>,
+    /// A connection attempt is running (outside the lock).
+    connecting: bool,
 }
 
 struct Conn {
@@ -308,6 +310,7 @@ impl Token {
                 out: 0,
                 last_error: None,
                 last_attempt: None,
+                connecting: false,
             }),
             jobs: Mutex::new(None),
         });
@@ -685,35 +688,50 @@ impl Inner {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Marks generation `generation_seen` lost (once): its sessions and the module are
-    /// dropped so the monitor can initialise again.
+    /// Marks generation `generation_seen` lost (once): its sessions and the
+    /// module are dropped so the monitor can initialise again.
     fn lose(&self, generation_seen: u64, why: String) {
-        let mut state = self.lock();
-        if state.generation != generation_seen || state.conn.is_none() {
-            return;
-        }
-        tracing::error!(token = %self.config.label, error = %why, "PKCS#11 token lost: signing is unavailable until it answers again");
-        state.conn = None;
-        state.generation += 1;
-        state.stale_out += state.out;
-        state.out = 0;
-        state.last_error = Some(why);
+        let conn = {
+            let mut state = self.lock();
+            if state.generation != generation_seen || state.conn.is_none() {
+                return;
+            }
+            tracing::error!(token = %self.config.label, error = %why, "PKCS#11 token lost: signing is unavailable until it answers again");
+            state.generation += 1;
+            state.stale_out += state.out;
+            state.out = 0;
+            state.last_error = Some(why);
+            state.conn.take()
+        };
+        // Closing sessions calls into the module, which may be the thing
+        // that hangs: never on a request's thread, never under the lock.
+        let _ = std::thread::Builder::new()
+            .name("pkcs11-close".into())
+            .spawn(move || drop(conn));
     }
 
     /// Tries to connect again (not more than once a second, never while a
-    /// session of the lost connection is still out).
-    fn reconnect(&self, state: &mut State) {
-        if state.conn.is_some() || state.stale_out > 0 {
-            return;
-        }
-        if state
-            .last_attempt
-            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+    /// session of the lost connection is still out). The module is called
+    /// outside the lock, so a hung module never blocks `/healthz`.
+    fn reconnect(&self) {
         {
-            return;
+            let mut state = self.lock();
+            if state.conn.is_some() || state.stale_out > 0 || state.connecting {
+                return;
+            }
+            if state
+                .last_attempt
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+            {
+                return;
+            }
+            state.last_attempt = Some(Instant::now());
+            state.connecting = true;
         }
-        state.last_attempt = Some(Instant::now());
-        match connect(&self.config) {
+        let result = connect(&self.config);
+        let mut state = self.lock();
+        state.connecting = false;
+        match result {
             Ok(conn) => {
                 tracing::info!(token = %self.config.label, "PKCS#11 token available again");
                 state.conn = Some(conn);
@@ -728,9 +746,10 @@ impl Inner {
         label: &str,
         f: impl FnOnce(&Session, &mut Handles<'_>) -> Result<R, P11Error>,
     ) -> Result<R, TokenError> {
-        let (session, generation_seen) = {
+        self.reconnect();
+        // An idle session, or what opening one needs (opened outside the lock).
+        let (idle, generation_seen) = {
             let mut state = self.lock();
-            self.reconnect(&mut state);
             let generation_seen = state.generation;
             let Some(conn) = state.conn.as_mut() else {
                 return Err(TokenError::Unavailable(
@@ -740,54 +759,66 @@ impl Inner {
                         .unwrap_or_else(|| "not connected".into()),
                 ));
             };
-            let session = match conn.idle.iter().position(|(l, _)| l == label) {
-                Some(i) => conn.idle.swap_remove(i).1,
-                None => match open_session(conn, label, &self.config) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        drop(state);
-                        self.lose(generation_seen, format!("{e:#}"));
-                        return Err(TokenError::Unavailable(format!("{e:#}")));
-                    }
-                },
+            let idle = match conn.idle.iter().position(|(l, _)| l == label) {
+                Some(i) => Ok(conn.idle.swap_remove(i).1),
+                None => Err((conn.module.clone(), conn.slots.get(label).copied())),
             };
             state.out += 1;
-            (session, generation_seen)
+            (idle, generation_seen)
+        };
+        let opened = match idle {
+            Ok(session) => Ok(session),
+            Err((module, slot)) => open_session(&module, slot, label, &self.config),
+        };
+        let (session, result) = match opened {
+            Ok(session) => {
+                let result = {
+                    let mut handles = Handles {
+                        session: &session,
+                        cache: &self.state,
+                        generation: generation_seen,
+                    };
+                    f(&session, &mut handles)
+                };
+                (
+                    Some(session),
+                    result.map_err(|e| (is_loss(&e), e.to_string())),
+                )
+            }
+            Err(e) => (None, Err((true, format!("{e:#}")))),
         };
         let result = {
-            let mut handles = Handles {
-                session: &session,
-                cache: &self.state,
-                generation: generation_seen,
-            };
-            f(&session, &mut handles)
+            let mut state = self.lock();
+            match result {
+                Ok(r) if state.generation == generation_seen => {
+                    state.out -= 1;
+                    if let (Some(conn), Some(session)) = (state.conn.as_mut(), session) {
+                        conn.idle.push((label.to_owned(), session));
+                    }
+                    return Ok(r);
+                }
+                other => other,
+            }
         };
-        let mut state = self.lock();
-        if state.generation == generation_seen {
-            state.out -= 1;
-        } else {
-            state.stale_out = state.stale_out.saturating_sub(1);
-        }
-        match result {
-            Ok(r) => {
-                if state.generation == generation_seen
-                    && let Some(conn) = state.conn.as_mut()
-                {
-                    conn.idle.push((label.to_owned(), session));
-                }
-                Ok(r)
-            }
-            Err(e) => {
-                drop(session);
-                drop(state);
-                if is_loss(&e) {
-                    self.lose(generation_seen, format!("{e}"));
-                    Err(TokenError::Unavailable(format!("{e}")))
-                } else {
-                    Err(TokenError::Other(anyhow!("{e}")))
-                }
+        // Closed outside the lock, and counted back only once closed: the
+        // module is initialised again only when no session of it is left.
+        drop(session);
+        {
+            let mut state = self.lock();
+            if state.generation == generation_seen {
+                state.out -= 1;
+            } else {
+                state.stale_out = state.stale_out.saturating_sub(1);
             }
         }
+        result.map_err(|(loss, e)| {
+            if loss {
+                self.lose(generation_seen, e.clone());
+                TokenError::Unavailable(e)
+            } else {
+                TokenError::Other(anyhow!("{e}"))
+            }
+        })
     }
 }
 
@@ -797,23 +828,24 @@ fn monitor(weak: std::sync::Weak<Inner>) {
         std::thread::sleep(Duration::from_secs(1));
         let Some(inner) = weak.upgrade() else { return };
         let probe = {
-            let mut state = inner.lock();
-            match state.conn.as_ref() {
-                Some(conn) => conn
-                    .slots
-                    .get(&inner.config.label)
-                    .map(|slot| (conn.module.clone(), *slot, state.generation)),
-                None => {
-                    inner.reconnect(&mut state);
-                    None
+            let state = inner.lock();
+            state.conn.as_ref().map(|conn| {
+                (
+                    conn.module.clone(),
+                    conn.slots.get(&inner.config.label).copied(),
+                    state.generation,
+                )
+            })
+        };
+        match probe {
+            // Outside the lock: a hung module stalls only this thread.
+            Some((module, Some(slot), generation_seen)) => {
+                if let Err(e) = module.get_token_info(slot) {
+                    inner.lose(generation_seen, format!("probing the token: {e}"));
                 }
             }
-        };
-        if let Some((module, slot, generation_seen)) = probe {
-            // Outside the lock: a hung module stalls only this thread.
-            if let Err(e) = module.get_token_info(slot) {
-                inner.lose(generation_seen, format!("probing the token: {e}"));
-            }
+            Some((_, None, _)) => {}
+            None => inner.reconnect(),
         }
     }
 }
@@ -870,21 +902,25 @@ fn connect(config: &TokenConfig) -> Result<Conn> {
                 }
             );
         }
-        let session = open_session(&mut conn, label, config)?;
+        let session = open_session(&conn.module, conn.slots.get(label).copied(), label, config)?;
         conn.idle.push((label.clone(), session));
     }
     Ok(conn)
 }
 
-/// A read-write session on token `label`, logged in as the user.
-fn open_session(conn: &mut Conn, label: &str, config: &TokenConfig) -> Result<Session> {
-    let slot = *conn.slots.get(label).with_context(|| {
+/// A read-write session on token `label` (in `slot`), logged in as the user.
+fn open_session(
+    module: &Module,
+    slot: Option<Slot>,
+    label: &str,
+    config: &TokenConfig,
+) -> Result<Session> {
+    let slot = slot.with_context(|| {
         format!(
             "the root token {label:?} is not present (kept offline?): plug it in for init, rotation and the root CRL"
         )
     })?;
-    let session = conn
-        .module
+    let session = module
         .open_rw_session(slot)
         .map_err(|e| anyhow!("opening a session on token {label:?}: {e}"))?;
     let (_, pin, pin_file) = config

@@ -492,3 +492,173 @@ fn intermediate_rotate_generates_the_new_key_in_the_token() {
     assert!(issuer.contains("Intermediate CA"), "{issuer}");
     ca.stop();
 }
+
+#[test]
+fn p384_keys_in_the_token_sign_with_ecdsa_sha384() {
+    let Some(hsm) = Hsm::new() else { return };
+    let mut opts = server_options(&hsm, vec![]);
+    opts.env.push(("CA_PKCS11_KEY_TYPE".into(), "p384".into()));
+    let mut ca = CaServer::start_with(opts);
+    let work = tempfile::tempdir().unwrap();
+    let host = bootstrap(&mut ca, "p384.example.internal", work.path(), "p384");
+    verify_leaf(&ca, &host);
+    let leaf = openssl_text(&host.dir.join("cert.pem"));
+    assert!(leaf.contains("ecdsa-with-SHA384"), "{leaf}");
+    let intermediate = openssl_text(&ca.intermediate_pem());
+    assert!(
+        intermediate.contains("ecdsa-with-SHA384") && intermediate.contains("P-384"),
+        "{intermediate}"
+    );
+    assert_keys_kept_inside(&hsm, 2);
+    ca.stop();
+}
+
+/// The directory SoftHSM2 keeps the token labelled `label` in.
+fn token_dir(hsm: &Hsm, label: &str) -> PathBuf {
+    std::fs::read_dir(&hsm.tokens)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            std::fs::read(p.join("token.object")).is_ok_and(|b| {
+                b.windows(label.len() + 1)
+                    .any(|w| &w[..label.len()] == label.as_bytes() && w[label.len()] == b' ')
+            })
+        })
+        .unwrap_or_else(|| panic!("no token directory for {label}"))
+}
+
+#[test]
+fn the_root_on_its_own_token_may_stay_offline_while_serving() {
+    const ROOT: &str = "ca-e2e-root";
+    let Some(hsm) = Hsm::new() else { return };
+    run_ok(hsm.cmd("softhsm2-util").args([
+        "--init-token",
+        "--free",
+        "--label",
+        ROOT,
+        "--pin",
+        PIN,
+        "--so-pin",
+        SO_PIN,
+    ]));
+    let mut opts = server_options(&hsm, vec![]);
+    opts.env.push(("CA_PKCS11_ROOT_TOKEN".into(), ROOT.into()));
+    let mut ca = CaServer::start_with(opts);
+    // One key pair in each token (plus the intermediate's wrap secret).
+    assert_keys_kept_inside(&hsm, 1);
+    ca.stop();
+
+    // The root token goes offline; serving and issuing go on.
+    let root_dir = token_dir(&hsm, ROOT);
+    let offline = hsm.dir.path().join("root-offline");
+    std::fs::rename(&root_dir, &offline).unwrap();
+    ca.restart();
+    let work = tempfile::tempdir().unwrap();
+    let host = bootstrap(&mut ca, "offline-root.example.internal", work.path(), "h");
+    verify_leaf(&ca, &host);
+
+    // Rotation needs the root: refused with the reason while it is away.
+    let mut env = hsm.env();
+    env.push(("CA_PKCS11_ROOT_TOKEN".into(), ROOT.into()));
+    let out = run(ca.cli().envs(env.clone()).args(["intermediate", "rotate"]));
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("the root token \"ca-e2e-root\" is not present"),
+        "{}",
+        text(&out)
+    );
+    std::fs::rename(&offline, &root_dir).unwrap();
+    run_ok(ca.cli().envs(env).args(["intermediate", "rotate"]));
+    assert_no_private_key_file(&ca.data_dir);
+    ca.stop();
+}
+
+/// Holds POSIX (fcntl) locks on every file of the token until dropped:
+/// SoftHSM2 waits for them (F_SETLKW) when it re-reads an object, so a
+/// `C_Sign` hangs for as long as they are held. Another process holds
+/// them, since fcntl locks are per process.
+struct TokenLocks(std::process::Child);
+
+impl TokenLocks {
+    fn hold(hsm: &Hsm) -> TokenLocks {
+        use std::io::BufRead;
+        let mut child = Command::new("python3")
+            .args([
+                "-c",
+                "import fcntl,glob,sys,time\n\
+                 fs=[open(p,'r+b') for p in glob.glob(sys.argv[1]+'/*/*')]\n\
+                 [fcntl.lockf(f,fcntl.LOCK_EX) for f in fs]\n\
+                 print('locked',len(fs),flush=True)\n\
+                 time.sleep(600)",
+            ])
+            .arg(&hsm.tokens)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("locked "), "{line}");
+        TokenLocks(child)
+    }
+}
+
+impl Drop for TokenLocks {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_hung_token_call_answers_503_at_the_deadline_then_recovers() {
+    if !require_tool("python3") {
+        return;
+    }
+    let Some(hsm) = Hsm::new() else { return };
+    let mut opts = server_options(&hsm, vec![]);
+    opts.env.push(("CA_PKCS11_TIMEOUT".into(), "1s".into()));
+    let mut ca = CaServer::start_with(opts);
+    let host = "hung.example.internal";
+    let psk = ca.psk_add(host, &[]);
+    let body = forge(&p256(), &CsrSpec::host(host, &psk));
+    let client = ca.client();
+
+    let locks = TokenLocks::hold(&hsm);
+    block_on(async {
+        // The token never answers while the locks are held: the request is
+        // answered anyway, with 503, and the signer reported down.
+        let reply = sign_csr(&client, body.clone()).await.unwrap();
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(error_code(&reply), "signer_unavailable");
+        let health = client
+            .send(Method::GET, "/healthz", None, Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(health.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(error_code(&health), "signer_unavailable");
+    });
+    assert!(
+        ca.logs().contains("a token call took longer than 1s"),
+        "{}",
+        ca.logs()
+    );
+    drop(locks);
+
+    wait_for(Duration::from_secs(30), "/healthz to recover", || {
+        (get(&ca, "/healthz").status == StatusCode::OK).then_some(())
+    });
+    block_on(async {
+        let reply = sign_csr(&client, body).await.unwrap();
+        assert_eq!(
+            reply.status,
+            StatusCode::CREATED,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+    });
+    ca.stop();
+}

@@ -9,7 +9,10 @@
 #
 #   scripts/bench.sh                 everything (about 10-15 minutes)
 #   QUICK=1 scripts/bench.sh         fewer requests, no scale runs
-#   ONLY=sqlite|postgres|cfssl|scale|crypto|flood scripts/bench.sh
+#   ONLY=sqlite|postgres|cfssl|scale|crypto|flood|pkcs11 scripts/bench.sh
+#
+# ONLY=pkcs11: c=8 keep-alive on SQLite with the CA keys as files, then in a
+# SoftHSM2 token made in the work dir (issue 20).
 #
 # ONLY=flood (under a minute): 20,000 malformed CSRs from 127.0.0.2 over one
 # HTTP/2 connection while 8 honest clients bootstrap from 127.0.0.1, after
@@ -258,6 +261,33 @@ SQL
   ENTRIES=$(openssl crl -in "$WORK/crl.pem" -noout -text | grep -c "Serial Number:")
   echo "ca-server crl --sign (process start, store read, intermediate + Puppet + root CRLs signed and published): ${CRL_MS} ms, $ENTRIES entries in the first CRL's text"
   echo "{\"label\":\"crl 100k revoked\",\"ms\":$CRL_MS,\"entries\":$ENTRIES}" >> "$OUT"
+fi
+
+if want pkcs11; then
+  # Issue 20: the same load against file keys and against keys in a SoftHSM2
+  # token (one made here, in the work dir), c=8 keep-alive, SQLite.
+  need_pkg softhsm2
+  echo "==> PKCS#11 token (SoftHSM2) against file keys"
+  N_P11=${N_P11:-$N_KA}
+  H=$WORK/softhsm; mkdir -p "$H/tokens"
+  printf 'directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n' "$H/tokens" > "$H/softhsm2.conf"
+  echo bench-pin-1234 > "$H/pin"; chmod 600 "$H/pin"
+  SOFTHSM2_CONF=$H/softhsm2.conf softhsm2-util --init-token --free --label bench \
+    --pin bench-pin-1234 --so-pin bench-so-5678 >/dev/null
+  for keys in files pkcs11; do
+    D=$WORK/keys-$keys
+    if [ "$keys" = pkcs11 ]; then
+      export SOFTHSM2_CONF=$H/softhsm2.conf CA_PKCS11_MODULE=/usr/lib/softhsm/libsofthsm2.so \
+        CA_PKCS11_TOKEN=bench CA_PKCS11_PIN_FILE=$H/pin
+    fi
+    "$BIN/ca-server" --data-dir "$D" --log warn init >/dev/null
+    start_ca "$D"
+    loadgen "keys $keys c=8 keepalive" --server "$SERVER_URL" --root "$D/root.crt" --target ours \
+      --requests "$N_P11" --concurrency 8 --mode keepalive --ca-server "$BIN/ca-server" \
+      --data-dir "$D" --server-pid "$SERVER_PID" --csr-cache "$WORK/csrs-keepalive-8.json"
+    kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
+    unset SOFTHSM2_CONF CA_PKCS11_MODULE CA_PKCS11_TOKEN CA_PKCS11_PIN_FILE
+  done
 fi
 
 echo

@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 # systemd: systemd-analyze for the example units (nothing is started);
 # prometheus: scrapes /metrics; man-db: man pages; certbot, lego: ACME clients (e2e acme::).
 PACKAGES=(openssl curl ca-certificates postgresql nginx haproxy puppet-agent faketime sqlite3 python3 python3-venv g++
-  prometheus systemd man-db certbot lego)
+  prometheus systemd man-db certbot lego softhsm2 opensc)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

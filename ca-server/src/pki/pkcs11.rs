@@ -168,7 +168,9 @@ impl Curve {
 
     /// The curve of a certificate's EC public key (SPKI DER), with its point.
     pub fn of_spki(spki_der: &[u8]) -> Result<(Curve, Vec<u8>)> {
-        let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der_spki(spki_der)?;
+        use x509_parser::prelude::FromDer;
+        let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(spki_der)
+            .map_err(|e| anyhow!("parsing a public key: {e}"))?;
         let curve = spki
             .algorithm
             .parameters
@@ -181,19 +183,6 @@ impl Curve {
             other => bail!("the CA key is not on P-256 or P-384 ({other:?}): a token key must be"),
         };
         Ok((curve, spki.subject_public_key.data.to_vec()))
-    }
-}
-
-/// Small helper so `SubjectPublicKeyInfo` parses from a whole SPKI DER.
-trait FromDerSpki<'a>: Sized {
-    fn from_der_spki(der: &'a [u8]) -> Result<(&'a [u8], Self)>;
-}
-
-impl<'a> FromDerSpki<'a> for x509_parser::x509::SubjectPublicKeyInfo<'a> {
-    fn from_der_spki(der: &'a [u8]) -> Result<(&'a [u8], Self)> {
-        use x509_parser::prelude::FromDer;
-        x509_parser::x509::SubjectPublicKeyInfo::from_der(der)
-            .map_err(|e| anyhow!("parsing a public key: {e}"))
     }
 }
 

@@ -1051,6 +1051,55 @@ mod tests {
         assert!(ecdsa_raw_to_der(&[1, 2, 3]).is_none());
     }
 
+    fn args(argv: &[&str]) -> Pkcs11Args {
+        use clap::{Args, FromArgMatches};
+        let cmd = Pkcs11Args::augment_args(clap::Command::new("t"));
+        Pkcs11Args::from_arg_matches(&cmd.get_matches_from([&["t"], argv].concat())).unwrap()
+    }
+
+    #[test]
+    fn settings_without_a_module_are_files_or_a_precise_error() {
+        assert!(args(&[]).open().unwrap().is_none());
+        let err = args(&["--pkcs11-token", "x"]).open().unwrap_err();
+        assert!(
+            format!("{err:#}").contains("without --pkcs11-module"),
+            "{err:#}"
+        );
+        let err = args(&["--pkcs11-module", "/nonexistent/p11.so"])
+            .open()
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("--pkcs11-token"), "{err:#}");
+        let dir = tempfile::tempdir().unwrap();
+        let pin = dir.path().join("pin");
+        std::fs::write(&pin, "\n").unwrap();
+        let pin = pin.display().to_string();
+        let err = args(&[
+            "--pkcs11-module",
+            "/nonexistent/p11.so",
+            "--pkcs11-token",
+            "x",
+            "--pkcs11-pin-file",
+            &pin,
+        ])
+        .open()
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("is empty"), "{err:#}");
+        std::fs::write(&pin, "1234\n").unwrap();
+        let err = args(&[
+            "--pkcs11-module",
+            "/nonexistent/p11.so",
+            "--pkcs11-token",
+            "x",
+            "--pkcs11-pin-file",
+            &pin,
+        ])
+        .open()
+        .unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("/nonexistent/p11.so does not exist"), "{msg}");
+        assert!(!msg.contains("1234"), "{msg}");
+    }
+
     #[test]
     fn points_are_read_bare_or_wrapped() {
         let mut point = vec![0x04];

@@ -237,6 +237,9 @@ type Job = Box<dyn FnOnce(&Inner) + Send>;
 struct Inner {
     config: TokenConfig,
     state: Mutex<State>,
+    /// Lost connections still being closed on their own thread: the module
+    /// is initialised again only once none is left.
+    closing: Arc<std::sync::atomic::AtomicUsize>,
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
 }
 
@@ -302,6 +305,7 @@ impl Token {
                 connecting: false,
             }),
             jobs: Mutex::new(None),
+            closing: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         });
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
@@ -694,9 +698,19 @@ impl Inner {
         };
         // Closing sessions calls into the module, which may be the thing
         // that hangs: never on a request's thread, never under the lock.
-        let _ = std::thread::Builder::new()
+        use std::sync::atomic::Ordering;
+        let closing = self.closing.clone();
+        closing.fetch_add(1, Ordering::SeqCst);
+        let spawned = std::thread::Builder::new()
             .name("pkcs11-close".into())
-            .spawn(move || drop(conn));
+            .spawn(move || {
+                drop(conn);
+                closing.fetch_sub(1, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            // The closure, and the connection with it, was dropped here.
+            self.closing.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 
     /// Tries to connect again (not more than once a second, never while a
@@ -705,7 +719,11 @@ impl Inner {
     fn reconnect(&self) {
         {
             let mut state = self.lock();
-            if state.conn.is_some() || state.stale_out > 0 || state.connecting {
+            if state.conn.is_some()
+                || state.stale_out > 0
+                || state.connecting
+                || self.closing.load(std::sync::atomic::Ordering::SeqCst) > 0
+            {
                 return;
             }
             if state

@@ -328,7 +328,9 @@ fn permissions(paths: &CaPaths, target: &Target<'_>, out: &mut Vec<Finding>) {
                         CHECK,
                         format!("{} is missing: the CA cannot sign", key.display()),
                     )
-                    .fix("restore intermediate.key from the backup (docs/runbooks.md#back-up-and-restore)"),
+                    .fix("restore intermediate.key from the backup (docs/runbooks.md#back-up-and-restore); \
+                          if the CA keys are in a PKCS#11 token, pass --pkcs11-module, --pkcs11-token and \
+                          --pkcs11-pin-file (docs/pkcs11.md)"),
                 );
             } else if key == paths.root_key {
                 out.push(Finding::new(

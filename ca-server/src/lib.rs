@@ -12,29 +12,15 @@
 #![deny(unsafe_code)]
 
 pub mod admin;
-pub mod authority;
-pub mod ca;
 pub mod cli;
-pub mod client_verifier;
 pub mod clock;
 pub mod config;
-pub mod crl;
 pub mod diskguard;
-pub mod doctor;
 pub mod edge;
-pub mod hardening;
-pub mod http;
 pub mod issue;
 pub mod metrics;
 pub mod pki;
-pub mod proxy_protocol;
-pub mod rejection_log;
-pub mod renewal;
-pub mod revocation;
-pub mod rotate;
 pub mod serve;
-pub mod server;
 pub mod store;
 #[cfg(test)]
 mod testing;
-pub mod throttle;

@@ -18,9 +18,9 @@
 //! can read would tell an attacker which hostnames have a live PSK, which
 //! the single 403 exists to hide. The audit log keeps the precise reason.
 
-use crate::ca::Signer;
 use crate::clock::Clock;
-use crate::crl::CrlService;
+use crate::pki::ca::Signer;
+use crate::pki::crl::CrlService;
 use crate::store::{Store, StoreStats};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

@@ -10,7 +10,7 @@
 //! actor (event `admin`, outcome `rejected`).
 
 use super::cert::{STORE_PREFIX, has_admin_mark};
-use crate::authority::{Authority, SignError, clip};
+use crate::issue::sign::{Authority, SignError, clip};
 use crate::store::{AuditEvent, CertRecord, StoreError};
 use rustls::pki_types::CertificateDer;
 use std::net::SocketAddr;
@@ -158,7 +158,7 @@ impl Authority {
         presented: Option<Presented<'_>>,
         r: AdminRefusal,
     ) -> AdminAuthError {
-        self.count_refusal(peer, crate::throttle::Weight::Full);
+        self.count_refusal(peer, crate::issue::throttle::Weight::Full);
         let event = AuditEvent {
             at: now,
             event: "admin".into(),
@@ -189,7 +189,7 @@ struct Presented<'a> {
 mod tests {
     use super::*;
     use crate::admin::cert::sign_admin;
-    use crate::ca::LeafRequest;
+    use crate::pki::ca::LeafRequest;
     use crate::testing::{NOW, fixture};
     use ca_client::keys::{HostKey, KeyType};
     use policy::{KeyKind, Profile};

@@ -18,9 +18,9 @@
 //! Every admin request needs both the row (`kind = admin`, the exact DER)
 //! and the EKU mark in the presented certificate ([`crate::admin::auth`]).
 
-use crate::ca::{CaPaths, SignedLeaf, Signer};
 use crate::cli::{actor, rfc3339};
 use crate::clock::Clock;
+use crate::pki::ca::{CaPaths, SignedLeaf, Signer};
 use crate::store::{AuditEvent, Store};
 use anyhow::{Context, Result, bail};
 use ca_client::bootstrap::{CA_FILE, CERT_FILE, CHAIN_FILE, KEY_FILE};
@@ -245,7 +245,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ca::LeafRequest;
+    use crate::pki::ca::LeafRequest;
     use crate::testing::{NOW, fixture};
     use policy::{AllowedName, KeyKind, Profile};
 

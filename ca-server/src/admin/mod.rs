@@ -14,12 +14,15 @@
 pub mod acme;
 pub mod auth;
 pub mod cert;
+pub mod doctor;
 pub mod output;
 pub mod remote;
+pub mod revocation;
+pub mod rotate;
 
+use crate::admin::revocation::Reason;
 use crate::cli::{normalize_serial, rfc3339};
-use crate::crl::CrlService;
-use crate::revocation::Reason;
+use crate::pki::crl::CrlService;
 use crate::store::{
     AuditEvent, AuditFilter, CertRecord, PskInfo, Revocation, RevokeOutcome, Store, StoreError,
 };
@@ -329,7 +332,7 @@ pub enum Publisher {
     Service(Arc<CrlService>),
     DataDir {
         dir: std::path::PathBuf,
-        config: crate::crl::CrlConfig,
+        config: crate::pki::crl::CrlConfig,
         clock: Arc<dyn crate::clock::Clock>,
     },
 }
@@ -694,14 +697,17 @@ impl Ops<'_> {
 /// Signs and publishes the CRL after a revocation; on failure, the note for
 /// the operator (the revocation itself is recorded either way, and running
 /// servers sign it within seconds).
-async fn publish(store: &Store, publisher: &Publisher) -> Result<Arc<crate::crl::CrlSet>, String> {
+async fn publish(
+    store: &Store,
+    publisher: &Publisher,
+) -> Result<Arc<crate::pki::crl::CrlSet>, String> {
     match publisher {
         Publisher::Service(service) => service.regenerate().await.map_err(|e| {
             tracing::warn!(error = %format!("{e:#}"), "signing the CRL after a revocation failed");
             "the revocation is recorded, but signing the CRL failed; the servers retry within seconds".to_owned()
         }),
         Publisher::DataDir { dir, config, clock } => {
-            let service = match crate::revocation::crl_service(dir, store, clock.clone(), *config) {
+            let service = match crate::admin::revocation::crl_service(dir, store, clock.clone(), *config) {
                 Ok(s) => s,
                 Err(e) => {
                     return Err(format!(
@@ -827,7 +833,7 @@ impl Admin {
     /// for ACME; without it (not the CA's data dir, no key yet, another key
     /// than the store's) they are not, and the spawner is told why.
     async fn load_seal_key(store: &Store, data_dir: &std::path::Path) {
-        if !crate::ca::CaPaths::new(data_dir).is_initialised() {
+        if !crate::pki::ca::CaPaths::new(data_dir).is_initialised() {
             return;
         }
         if let Err(e) = crate::pki::psk_seal::install(data_dir, store, false).await {
@@ -854,11 +860,11 @@ impl Admin {
         match self {
             Admin::Local { store, data_dir } => {
                 Admin::load_seal_key(store, data_dir).await;
-                let root = crate::ca::CaPaths::new(data_dir).root_cert;
+                let root = crate::pki::ca::CaPaths::new(data_dir).root_cert;
                 let hints = Hints {
-                    fingerprint: crate::ca::read_cert_der(&root)
+                    fingerprint: crate::pki::ca::read_cert_der(&root)
                         .ok()
-                        .map(|d| crate::ca::fingerprint(&d)),
+                        .map(|d| crate::pki::ca::fingerprint(&d)),
                     server_url: None,
                 };
                 Admin::local_ops(store).psk_add(req, &hints, reserved).await
@@ -922,7 +928,7 @@ impl Admin {
     pub async fn revoke(
         &self,
         req: &RevokeRequest,
-        crl: crate::crl::CrlConfig,
+        crl: crate::pki::crl::CrlConfig,
     ) -> Result<RevokeReport, AdminError> {
         match self {
             Admin::Local { store, data_dir } => {

@@ -4,4 +4,9 @@
 //! listener itself (`server`, `http`) moves here later.
 
 pub mod acme;
+pub mod client_verifier;
+pub mod hardening;
+pub mod http;
 pub mod plain_http;
+pub mod proxy_protocol;
+pub mod server;

@@ -6,8 +6,8 @@
 //! by the certificate's key. The HTTP side (JWS, nonces, problem documents)
 //! is `edge::acme`; the rows are `store::acme`.
 
-use crate::authority::{Authority, SignError, clip};
 use crate::edge::acme::jws::{AccountKey, Jws, JwsError};
+use crate::issue::sign::{Authority, SignError, clip};
 use crate::store::{
     AcmeAccount, AcmeOrder, AuditEvent, CertRecord, Revocation, RevokeOutcome, StoreError,
 };
@@ -236,7 +236,11 @@ impl Authority {
     ) -> AcmeError {
         if self
             .throttle
-            .record_failure(peer.ip(), Instant::now(), crate::throttle::Weight::Full)
+            .record_failure(
+                peer.ip(),
+                Instant::now(),
+                crate::issue::throttle::Weight::Full,
+            )
             .is_some()
         {
             tracing::warn!(peer = %peer.ip(), "too many PSK failures; throttling this address");

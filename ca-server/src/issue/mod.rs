@@ -2,3 +2,7 @@
 //! bound to a PSK, orders, finalize, revocation).
 
 pub mod acme;
+pub mod rejection_log;
+pub mod renew;
+pub mod sign;
+pub mod throttle;

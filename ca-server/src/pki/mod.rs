@@ -4,6 +4,8 @@
 //! recompute an EAB HMAC key without the store holding it. The rest of the
 //! PKI (`ca`, `crl`) moves here later.
 
+pub mod ca;
+pub mod crl;
 pub mod ocsp;
 pub mod psk_seal;
 pub mod responder;

@@ -235,7 +235,8 @@ pub fn encode_response(key: &ResponderKey, f: &ResponseFields<'_>) -> Result<Vec
 
 /// The CRLReason code of a stored reason name (none for `unspecified`).
 pub fn reason_code(name: Option<&str>) -> Option<u8> {
-    name.and_then(crate::crl::parse_reason).map(|r| r as u8)
+    name.and_then(crate::pki::crl::parse_reason)
+        .map(|r| r as u8)
 }
 
 /// The key that wraps the responder key in the store: HKDF-SHA256 over the

@@ -13,8 +13,8 @@
 //! so a flood of random requests cannot make the responder sign without bound.
 
 use super::ocsp::{self, OcspRequest, ResponderKey, ResponseFields};
-use crate::ca::Signer;
 use crate::clock::Clock;
+use crate::pki::ca::Signer;
 use crate::store::{Store, StoredResponder};
 use anyhow::{Context, Result};
 use bytes::Bytes;
@@ -567,8 +567,8 @@ fn open(signer: &Signer, r: &StoredResponder) -> Result<ResponderKey> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ca::{CaPaths, LeafRequest};
     use crate::clock::Clock;
+    use crate::pki::ca::{CaPaths, LeafRequest};
     use ca_client::ocsp::{CertId, CertIdHash, encode_request, verify_response};
 
     const TEST_NOW: i64 = 1_800_000_000;
@@ -604,7 +604,7 @@ mod tests {
     ) {
         let dir = tempfile::tempdir().unwrap();
         let paths = CaPaths::new(&dir.path().join("ca"));
-        crate::ca::init(&paths, "Test", TEST_NOW).unwrap();
+        crate::pki::ca::init(&paths, "Test", TEST_NOW).unwrap();
         let signer = Arc::new(Signer::load(&paths, None).unwrap());
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display());
         let store = Store::open(&url).await.unwrap();
@@ -615,7 +615,7 @@ mod tests {
         (dir, r, signer, store, tx)
     }
 
-    fn leaf(signer: &Signer) -> crate::ca::SignedLeaf {
+    fn leaf(signer: &Signer) -> crate::pki::ca::SignedLeaf {
         let key = rcgen::KeyPair::generate().unwrap();
         use rcgen::PublicKeyData;
         let spki = key.subject_public_key_info();
@@ -635,7 +635,7 @@ mod tests {
     }
 
     /// A host certificate signed and recorded in the store, as an issuance does.
-    async fn recorded_leaf(signer: &Signer, store: &Store) -> crate::ca::SignedLeaf {
+    async fn recorded_leaf(signer: &Signer, store: &Store) -> crate::pki::ca::SignedLeaf {
         let l = leaf(signer);
         store
             .record_certificate(

@@ -16,7 +16,7 @@ pub mod jws;
 pub mod nonce;
 pub mod problem;
 
-use crate::http::{AppState, BODY_LIMIT, Peer, error::Outcome, read_body};
+use crate::edge::http::{AppState, BODY_LIMIT, Peer, error::Outcome, read_body};
 use crate::issue::acme::{AcmeError, NewAccount, RevokeBy};
 use crate::store::{AcmeAccount, AcmeOrder};
 use axum::Router;
@@ -368,7 +368,7 @@ async fn authenticate(
             authority.throttle.record_failure(
                 ctx.peer.ip(),
                 std::time::Instant::now(),
-                crate::throttle::Weight::Full,
+                crate::issue::throttle::Weight::Full,
             );
             authority
                 .acme_refusal(
@@ -431,7 +431,7 @@ fn count_refusal(state: &AppState, ctx: &Ctx, p: &Problem) {
         state.authority.throttle.record_failure(
             ctx.peer.ip(),
             std::time::Instant::now(),
-            crate::throttle::Weight::Light,
+            crate::issue::throttle::Weight::Light,
         );
     }
 }

@@ -4,9 +4,9 @@
 //! API's mapping (`http/error.rs`) is separate.
 
 use super::jws::JwsError;
-use crate::authority::SignError;
-use crate::http::body::BodyError;
+use crate::edge::http::body::BodyError;
 use crate::issue::acme::AcmeError;
+use crate::issue::sign::SignError;
 use crate::store::StoreError;
 use axum::http::StatusCode;
 use policy::RejectionClass;
@@ -80,7 +80,7 @@ impl Problem {
     }
 
     pub fn rate_limited(retry: std::time::Duration) -> Problem {
-        let secs = crate::throttle::retry_after_secs(retry);
+        let secs = crate::issue::throttle::retry_after_secs(retry);
         let mut p = Problem::new(
             "rateLimited",
             StatusCode::TOO_MANY_REQUESTS,

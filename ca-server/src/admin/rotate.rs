@@ -7,8 +7,8 @@
 //! dir (named by serial): certificates it signed stay valid until they expire
 //! or are renewed. Servers pick the new intermediate up at their next start.
 
-use crate::ca::{self, BACKDATE, CaKey, CaPaths};
 use crate::clock::Clock;
+use crate::pki::ca::{self, BACKDATE, CaKey, CaPaths};
 use anyhow::{Context, Result, anyhow, bail};
 use ca_client::fsutil::{self, KEY_MODE, PUBLIC_MODE};
 use rcgen::Issuer;

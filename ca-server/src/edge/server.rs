@@ -23,9 +23,9 @@
 //! hold much: [`H2_MAX_STREAMS`] concurrent streams, flow-control windows
 //! sized to the 64 KiB body limit, and a header list bound.
 
-use crate::http::Peer;
-use crate::proxy_protocol::TrustedProxies;
-use crate::throttle::{Key, key_of};
+use crate::edge::http::Peer;
+use crate::edge::proxy_protocol::TrustedProxies;
+use crate::issue::throttle::{Key, key_of};
 use anyhow::{Context, Result};
 use axum::Router;
 use axum::body::Body;
@@ -245,7 +245,7 @@ impl TlsSource {
 /// Builds the server's rustls configuration: its own chain and key, and
 /// optional client certificates verified against `client_roots` (requests
 /// without one still get through; handlers that need one check [`Peer`]
-/// against the store; see [`crate::client_verifier`]).
+/// against the store; see [`crate::edge::client_verifier`]).
 pub fn server_config(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
@@ -259,7 +259,7 @@ pub fn server_config(
             .context("adding a client trust anchor")?;
     }
     let verifier =
-        crate::client_verifier::ClientVerifier::build(Arc::new(roots), provider.clone())?;
+        crate::edge::client_verifier::ClientVerifier::build(Arc::new(roots), provider.clone())?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
@@ -351,7 +351,7 @@ pub async fn run(
             if proxied {
                 let header = tokio::time::timeout(
                     limits.handshake_timeout,
-                    crate::proxy_protocol::read_header(&mut tcp),
+                    crate::edge::proxy_protocol::read_header(&mut tcp),
                 )
                 .await;
                 match header {

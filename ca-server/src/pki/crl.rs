@@ -30,8 +30,8 @@
 //! expired. Signing never runs on the issuance path, and handlers only read
 //! the cache; an expired CRL is never served.
 
-use crate::ca::{BACKDATE, CaPaths, RootSigner, Signer};
 use crate::clock::Clock;
+use crate::pki::ca::{BACKDATE, CaPaths, RootSigner, Signer};
 use crate::store::{CrlSnapshot, PublishedCrls, RevokedEntry, Store};
 use anyhow::{Context, Result, anyhow, bail};
 use ca_client::fsutil::{self, PUBLIC_MODE};

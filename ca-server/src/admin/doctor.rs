@@ -13,9 +13,9 @@
 //! Expiry is judged against a [`Clock`], so tests control time. Exit code:
 //! 0 all good, 4 warnings only, 1 something to fix.
 
-use crate::ca::{self, CaPaths};
 use crate::clock::Clock;
 use crate::config::ConfigFile;
+use crate::pki::ca::{self, CaPaths};
 use anyhow::{Result, anyhow};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

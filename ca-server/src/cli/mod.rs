@@ -7,14 +7,14 @@
 //! too), 3 not found, 4 `doctor` found only warnings.
 
 use crate::admin::output as admin_output;
+use crate::admin::revocation::{self, CrlArgs, CrlValidityArgs, RevokeArgs};
 use crate::admin::{
     Admin, AdminError, AuditQuery, CertQuery, PskAddRequest, PskAdded, PskBatchRequest, RemoteArgs,
 };
-use crate::ca::{self, CaPaths};
 use crate::clock::{Clock, SystemClock};
-use crate::revocation::{self, CrlArgs, CrlValidityArgs, RevokeArgs};
+use crate::edge::server::Limits;
+use crate::pki::ca::{self, CaPaths};
 use crate::serve::{self, ServeOptions};
-use crate::server::Limits;
 use crate::store::{AuditEvent, Store};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -110,7 +110,7 @@ pub enum Command {
     Config(ConfigCommand),
     /// Check key file permissions, CA and CRL expiry, the store and its
     /// migrations, and the running server; print what to fix.
-    Doctor(crate::doctor::DoctorArgs),
+    Doctor(crate::admin::doctor::DoctorArgs),
     /// Replace the intermediate CA (the signer) under the same root.
     #[command(subcommand)]
     Intermediate(IntermediateCommand),
@@ -192,9 +192,9 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub crl: CrlValidityArgs,
     #[command(flatten)]
-    pub limits: crate::server::LimitArgs,
+    pub limits: crate::edge::server::LimitArgs,
     #[command(flatten)]
-    pub throttle: crate::throttle::ThrottleArgs,
+    pub throttle: crate::issue::throttle::ThrottleArgs,
     /// Also serve CRLs, CA certificates and OCSP over plain HTTP on this
     /// address (GET/POST only, nothing secret); new leaves then name it in
     /// their CRL distribution point and authorityInfoAccess.
@@ -376,17 +376,17 @@ pub fn main() -> i32 {
                 (Some(url), false) => Some((url.clone(), true)),
                 (None, false) => crate::config::effective(parsed.file.as_ref(), &parsed.matches)
                     .ok()
-                    .and_then(|s| crate::doctor::default_server(&s))
+                    .and_then(|s| crate::admin::doctor::default_server(&s))
                     .map(|url| (url, false)),
             };
             let url = database_url(&cli);
-            let target = crate::doctor::Target {
+            let target = crate::admin::doctor::Target {
                 data_dir: &cli.data_dir,
                 database_url: &url,
                 config: parsed.file.as_ref(),
                 server,
             };
-            runtime.block_on(crate::doctor::run(&target, args.json, &SystemClock))
+            runtime.block_on(crate::admin::doctor::run(&target, args.json, &SystemClock))
         }
         _ => {
             let reserved = configured_server_names(parsed.file.as_ref());
@@ -624,7 +624,7 @@ async fn run(cli: Cli, reserved: &policy::ReservedNames) -> Result<()> {
                     serve::check_http_public_url(u).map(|u| ca::PlainHttpUrls::new(&u).root_crl)
                 })
                 .transpose()?;
-            crate::rotate::run(
+            crate::admin::rotate::run(
                 &cli.data_dir,
                 root_key.as_deref(),
                 validity.into(),

@@ -113,7 +113,7 @@ impl ClientCertVerifier for ClientVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ca::{LeafRequest, Signer};
+    use crate::pki::ca::{LeafRequest, Signer};
     use crate::testing::{NOW, fixture};
     use policy::{AllowedName, KeyKind, Profile};
     use rcgen::PublicKeyData;

@@ -578,7 +578,7 @@ impl Signer {
     }
 
     /// Signs a CRL with the intermediate (it covers every leaf). The content
-    /// is decided by `crate::crl`; the issuer's key identifier is set here.
+    /// is decided by `crate::pki::crl`; the issuer's key identifier is set here.
     pub fn sign_crl(&self, params: CertificateRevocationListParams) -> Result<Vec<u8>> {
         sign_crl_with(&self.issuer, &self.intermediate_der, params)
     }

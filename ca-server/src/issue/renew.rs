@@ -19,7 +19,7 @@
 //! at once. A lost response is recovered like a lost bootstrap: the old
 //! certificate with the same new key gets the certificate already issued.
 
-use crate::authority::{Authority, Issued, SignError, clip, weight_of};
+use crate::issue::sign::{Authority, Issued, SignError, clip, weight_of};
 use crate::store::{AuditEvent, CertRecord, StoreError};
 use policy::csr::Csr;
 use policy::{AllowedName, Decision, Rejection, RenewalGrant, RenewalRefusal, Standing};
@@ -296,7 +296,7 @@ fn names_of(der: &[u8]) -> Result<Vec<AllowedName>, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ca::LeafRequest;
+    use crate::pki::ca::LeafRequest;
     use crate::testing::{NOW, fixture};
     use ca_client::keys::{HostKey, KeyType};
     use policy::{KeyKind, Profile};
@@ -332,7 +332,7 @@ mod tests {
                 key: KeyKind::EcdsaP256,
                 spki_der: &old_key.spki_der(),
                 now: NOW,
-                validity: crate::ca::DEFAULT_LEAF_VALIDITY,
+                validity: crate::pki::ca::DEFAULT_LEAF_VALIDITY,
             })
             .unwrap();
         let record = leaf.to_record(HOST, "host", &old_key.spki_der(), NOW);

@@ -5,15 +5,15 @@
 //! reason in the audit log, and the revocation sequence bumped in the same
 //! transaction); then, when the intermediate key is in the data dir, a new
 //! CRL generation is signed and published at once. Running servers serve it
-//! within one poll ([`crate::crl::POLL_INTERVAL`]); where the key is not
+//! within one poll ([`crate::pki::crl::POLL_INTERVAL`]); where the key is not
 //! available (an admin host with only the database URL), the servers see the
 //! bumped sequence and sign it themselves.
 
 use crate::admin::{Admin, RemoteArgs, RevokeRequest};
-use crate::ca::{CaPaths, Signer};
 use crate::cli::rfc3339;
 use crate::clock::Clock;
-use crate::crl::{CrlConfig, CrlService};
+use crate::pki::ca::{CaPaths, Signer};
+use crate::pki::crl::{CrlConfig, CrlService};
 use crate::store::Store;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};

@@ -9,12 +9,12 @@
 //! ([`Authority::count_refusal`]) and records refusals through the
 //! aggregating [`RejectionLog`].
 
-use crate::ca::{LeafRequest, SignedLeaf, Signer};
 use crate::clock::Clock;
 use crate::diskguard::DiskGuard;
-use crate::rejection_log::RejectionLog;
+use crate::issue::rejection_log::RejectionLog;
+use crate::issue::throttle::{Throttle, Weight, retry_after_secs};
+use crate::pki::ca::{LeafRequest, SignedLeaf, Signer};
 use crate::store::{AuditEvent, Issuance, Store, StoreError};
-use crate::throttle::{Throttle, Weight, retry_after_secs};
 use policy::csr::Csr;
 use policy::{Decision, Profile, PskFailure, Rejection};
 use std::net::SocketAddr;

@@ -191,8 +191,8 @@ mod tests {
     use crate::admin::cert::sign_admin;
     use crate::pki::ca::LeafRequest;
     use crate::testing::{NOW, fixture};
-    use ca_client::keys::{HostKey, KeyType};
     use policy::{KeyKind, Profile};
+    use proto::keys::{HostKey, KeyType};
 
     const PEER: SocketAddr = SocketAddr::new(
         std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 9)),

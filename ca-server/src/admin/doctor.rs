@@ -526,8 +526,8 @@ async fn server(
 ) {
     const CHECK: &str = "server";
     let client = match ca::read_cert_der(&paths.root_cert).and_then(|root| {
-        let config = ca_client::trust::pinned_client_config(&root, None)?;
-        ca_client::https::HttpsClient::new(url, config)
+        let config = proto::trust::pinned_client_config(&root, None)?;
+        proto::https::HttpsClient::new(url, config)
     }) {
         Ok(c) => c,
         Err(e) => {

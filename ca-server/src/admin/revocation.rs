@@ -140,11 +140,7 @@ pub async fn crl(args: CrlArgs, data_dir: &Path, url: &str, clock: Arc<dyn Clock
     let bundle = set.bundle_pem(now);
     match args.out {
         Some(path) => {
-            ca_client::fsutil::write_atomic(
-                &path,
-                bundle.as_bytes(),
-                ca_client::fsutil::PUBLIC_MODE,
-            )?;
+            proto::fsutil::write_atomic(&path, bundle.as_bytes(), proto::fsutil::PUBLIC_MODE)?;
             eprintln!(
                 "wrote CRL number {} ({} certificates listed, next update {}) to {}",
                 set.generation(),

@@ -10,7 +10,7 @@
 use crate::clock::Clock;
 use crate::pki::ca::{self, BACKDATE, CaKey, CaPaths};
 use anyhow::{Context, Result, anyhow, bail};
-use ca_client::fsutil::{self, KEY_MODE, PUBLIC_MODE};
+use proto::fsutil::{self, KEY_MODE, PUBLIC_MODE};
 use rcgen::Issuer;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -635,19 +635,19 @@ async fn run(cli: Cli, reserved: &policy::ReservedNames) -> Result<()> {
         }
         Command::Completions { shell } => {
             use clap::CommandFactory;
-            ca_client::clidocs::completions(Cli::command(), "ca-server", shell);
+            proto::clidocs::completions(Cli::command(), "ca-server", shell);
             Ok(())
         }
         Command::Man { out_dir } => {
             use clap::CommandFactory;
-            ca_client::clidocs::man_pages(Cli::command(), &out_dir)
+            proto::clidocs::man_pages(Cli::command(), &out_dir)
         }
     }
 }
 
 /// Unix seconds as RFC 3339 UTC.
 pub fn rfc3339(t: i64) -> String {
-    ca_client::timefmt::rfc3339(t)
+    proto::timefmt::rfc3339(t)
 }
 
 async fn psk(
@@ -735,7 +735,7 @@ fn write_bundle(added: &PskAdded, path: &std::path::Path, json: bool) -> Result<
             escape_for_display(&added.hostname)
         );
     };
-    let bundle = ca_client::bundle::Bundle {
+    let bundle = proto::bundle::Bundle {
         server: server.clone(),
         fingerprint: fingerprint.clone(),
         hostname: added.hostname.clone(),

@@ -148,8 +148,7 @@ mod tests {
         roots
             .add(CertificateDer::from(f.signer.root_der.clone()))
             .unwrap();
-        let verifier =
-            ClientVerifier::build(Arc::new(roots), ca_client::trust::provider()).unwrap();
+        let verifier = ClientVerifier::build(Arc::new(roots), proto::trust::provider()).unwrap();
         let int = [CertificateDer::from(f.signer.intermediate_der.clone())];
         let other_int = [CertificateDer::from(other.signer.intermediate_der.clone())];
 

@@ -251,7 +251,7 @@ pub fn server_config(
     key: PrivateKeyDer<'static>,
     client_roots: &[CertificateDer<'static>],
 ) -> Result<ServerConfig> {
-    let provider = ca_client::trust::provider();
+    let provider = proto::trust::provider();
     let mut roots = rustls::RootCertStore::empty();
     for root in client_roots {
         roots

@@ -298,8 +298,8 @@ mod tests {
     use super::*;
     use crate::pki::ca::LeafRequest;
     use crate::testing::{NOW, fixture};
-    use ca_client::keys::{HostKey, KeyType};
     use policy::{KeyKind, Profile};
+    use proto::keys::{HostKey, KeyType};
     use std::sync::Arc;
 
     const HOST: &str = "h.example.internal";

@@ -7,8 +7,8 @@
 //! `intermediate.crt`, `intermediate.key`.
 
 use anyhow::{Context, Result, anyhow, bail};
-use ca_client::fsutil::{self, KEY_MODE, PUBLIC_MODE};
 use policy::{AllowedName, KeyKind, Profile};
+use proto::fsutil::{self, KEY_MODE, PUBLIC_MODE};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, CrlDistributionPoint,
     DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair,
@@ -116,7 +116,7 @@ impl CaKey {
 
 /// `sha256:<hex>` over a certificate's DER: how operators pin the root.
 pub fn fingerprint(der: &[u8]) -> String {
-    ca_client::trust::fingerprint(der)
+    proto::trust::fingerprint(der)
 }
 
 /// 16 CSPRNG bytes, top bit clear (positive) and second bit set (so the DER
@@ -354,7 +354,7 @@ pub const PLAIN_PATH_ROOT_CERT: &str = "/ca/root.crt";
 
 /// authorityInfoAccess (1.3.6.1.5.5.7.1.1) naming the OCSP responder and the issuer's certificate.
 fn aia_extension(ocsp: &str, ca_issuers: &str) -> rcgen::CustomExtension {
-    use ca_client::ocsp::der::{OID, seq, tlv};
+    use proto::ocsp::der::{OID, seq, tlv};
     let desc = |method: u8, uri: &str| {
         seq(&[
             &tlv(OID, &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, method]),

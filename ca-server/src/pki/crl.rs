@@ -34,7 +34,7 @@ use crate::clock::Clock;
 use crate::pki::ca::{BACKDATE, CaPaths, RootSigner, Signer};
 use crate::store::{CrlSnapshot, PublishedCrls, RevokedEntry, Store};
 use anyhow::{Context, Result, anyhow, bail};
-use ca_client::fsutil::{self, PUBLIC_MODE};
+use proto::fsutil::{self, PUBLIC_MODE};
 use rcgen::{CertificateRevocationListParams, KeyIdMethod, RevocationReason, RevokedCertParams};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};

@@ -18,7 +18,7 @@ use crate::pki::ca::Signer;
 use crate::store::{Store, StoredResponder};
 use anyhow::{Context, Result};
 use bytes::Bytes;
-use ca_client::ocsp::{CertStatus, IssuerKeys, ResponseStatus};
+use proto::ocsp::{CertStatus, IssuerKeys, ResponseStatus};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -569,7 +569,7 @@ mod tests {
     use super::*;
     use crate::clock::Clock;
     use crate::pki::ca::{CaPaths, LeafRequest};
-    use ca_client::ocsp::{CertId, CertIdHash, encode_request, verify_response};
+    use proto::ocsp::{CertId, CertIdHash, encode_request, verify_response};
 
     const TEST_NOW: i64 = 1_800_000_000;
 
@@ -658,7 +658,7 @@ mod tests {
         let now = TEST_NOW;
         let l = recorded_leaf(&signer, &store).await;
         let issuer = IssuerKeys::from_cert(&signer.intermediate_der).unwrap();
-        let serial = ca_client::ocsp::cert_serial(&l.der).unwrap();
+        let serial = proto::ocsp::cert_serial(&l.der).unwrap();
         let id = CertId::new(CertIdHash::Sha1, &issuer, &serial);
         let req = encode_request(&id, None);
 
@@ -680,7 +680,7 @@ mod tests {
 
         // With a nonce: its own signature, the nonce echoed.
         let with_nonce = r.answer(&encode_request(&id, Some(&[5; 16]))).await;
-        let (_, basic) = ca_client::ocsp::decode_response(&with_nonce.der).unwrap();
+        let (_, basic) = proto::ocsp::decode_response(&with_nonce.der).unwrap();
         assert_eq!(
             basic.unwrap().nonce.unwrap(),
             vec![5; 16],
@@ -772,7 +772,7 @@ mod tests {
         let issuer = IssuerKeys::from_cert(&signer.intermediate_der).unwrap();
         let id = CertId::new(CertIdHash::Sha256, &issuer, &[0x41; 16]);
         let a = r.answer(&encode_request(&id, None)).await;
-        let (_, basic) = ca_client::ocsp::decode_response(&a.der).unwrap();
+        let (_, basic) = proto::ocsp::decode_response(&a.der).unwrap();
         let basic = basic.unwrap();
         assert!(
             basic
@@ -799,7 +799,7 @@ mod tests {
             &CertId::new(
                 CertIdHash::Sha1,
                 &issuer,
-                &ca_client::ocsp::cert_serial(&l.der).unwrap(),
+                &proto::ocsp::cert_serial(&l.der).unwrap(),
             ),
             None,
         );

@@ -788,7 +788,7 @@ fn prepare_sqlite_file(url: &str) -> Result<()> {
         return Ok(());
     };
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        ca_client::fsutil::create_private_dir(parent)?;
+        proto::fsutil::create_private_dir(parent)?;
     }
     use std::os::unix::fs::OpenOptionsExt;
     match std::fs::OpenOptions::new()

@@ -28,7 +28,7 @@ impl From<&AcmeAccount> for AcmeAccountView {
             status: a.status.clone(),
             key_thumbprint: a.thumbprint.clone(),
             contact: a.contact.clone(),
-            created_at: crate::cli::rfc3339(a.created_at),
+            created_at: proto::timefmt::rfc3339(a.created_at),
         }
     }
 }

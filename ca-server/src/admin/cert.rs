@@ -18,7 +18,7 @@
 //! Every admin request needs both the row (`kind = admin`, the exact DER)
 //! and the EKU mark in the presented certificate ([`crate::admin::auth`]).
 
-use crate::cli::{actor, rfc3339};
+use crate::admin::actor;
 use crate::clock::Clock;
 use crate::pki::ca::{CaPaths, SignedLeaf, Signer};
 use crate::store::{AuditEvent, Store};
@@ -26,6 +26,7 @@ use anyhow::{Context, Result, bail};
 use proto::files::{CA_FILE, CERT_FILE, CHAIN_FILE, KEY_FILE};
 use proto::fsutil::{self, KEY_MODE, PUBLIC_MODE};
 use proto::keys::{HostKey, KeyType};
+use proto::timefmt::rfc3339;
 use rcgen::{CertificateParams, CustomExtension, DistinguishedName, DnType, KeyUsagePurpose};
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -21,13 +21,13 @@ pub mod revocation;
 pub mod rotate;
 
 use crate::admin::revocation::Reason;
-use crate::cli::{normalize_serial, rfc3339};
 use crate::pki::crl::CrlService;
 use crate::store::{
     AuditEvent, AuditFilter, CertRecord, PskInfo, Revocation, RevokeOutcome, Store, StoreError,
 };
 use policy::hostname::escape_for_display;
 use policy::{AllowedName, Psk, ReservedNames};
+use proto::timefmt::rfc3339;
 use ring::rand::SecureRandom;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -845,7 +845,7 @@ impl Admin {
         Ops {
             store,
             now: crate::clock::Clock::now(&crate::clock::SystemClock),
-            actor: crate::cli::actor(),
+            actor: actor(),
             peer: None,
         }
     }
@@ -951,6 +951,43 @@ impl Admin {
     }
 }
 
+/// Who runs this CLI, for the audit log.
+pub fn actor() -> String {
+    use std::os::unix::fs::MetadataExt;
+    let user = std::env::var("USER").unwrap_or_default();
+    let uid = std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(u32::MAX);
+    format!(
+        "cli:{}(uid {uid})",
+        if user.is_empty() { "?" } else { &user }
+    )
+}
+
+/// Normalises a serial as operators type it: any case, colons optional,
+/// leading zero bytes optional.
+pub fn normalize_serial(s: &str) -> Option<String> {
+    let hexs: String = s
+        .trim()
+        .chars()
+        .filter(|c| *c != ':')
+        .collect::<String>()
+        .to_ascii_lowercase();
+    if hexs.is_empty() || !hexs.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let trimmed = hexs.trim_start_matches('0');
+    let mut out = if trimmed.len() % 2 == 1 {
+        format!("0{trimmed}")
+    } else {
+        trimmed.to_owned()
+    };
+    if out.is_empty() {
+        out = "00".into();
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1012,5 +1049,13 @@ mod tests {
         // Locally only the lower bound holds.
         q(100_000).check_limit(None).unwrap();
         assert!(q(-1).check_limit(None).is_err());
+    }
+
+    #[test]
+    fn serials_normalise_like_openssl_prints_them() {
+        assert_eq!(normalize_serial("4A:3B:0C").as_deref(), Some("4a3b0c"));
+        assert_eq!(normalize_serial("004a3b0c").as_deref(), Some("4a3b0c"));
+        assert_eq!(normalize_serial("web1.example").as_deref(), None);
+        assert_eq!(normalize_serial("abc").as_deref(), Some("0abc"));
     }
 }

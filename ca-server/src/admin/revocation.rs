@@ -10,12 +10,12 @@
 //! bumped sequence and sign it themselves.
 
 use crate::admin::{Admin, RemoteArgs, RevokeRequest};
-use crate::cli::rfc3339;
 use crate::clock::Clock;
 use crate::pki::ca::{CaPaths, Signer};
 use crate::pki::crl::{CrlConfig, CrlService};
 use crate::store::Store;
 use anyhow::{Context, Result};
+use proto::timefmt::rfc3339;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

@@ -193,7 +193,7 @@ pub fn rotate_with(
     Ok(Rotated {
         serial,
         subject: format!("CN={cn}"),
-        not_after: crate::cli::rfc3339(not_after),
+        not_after: proto::timefmt::rfc3339(not_after),
         root_fingerprint: ca::fingerprint(&root_der),
         retired_cert,
         retired_key,

@@ -6,6 +6,8 @@
 //! Exit codes: 0 success, 1 error, 2 usage error (a bad configuration file
 //! too), 3 not found, 4 `doctor` found only warnings.
 
+use crate::admin::actor;
+use crate::admin::doctor::DoctorFindings;
 use crate::admin::output as admin_output;
 use crate::admin::revocation::{self, CrlArgs, CrlValidityArgs, RevokeArgs};
 use crate::admin::{
@@ -17,7 +19,7 @@ use crate::pki::ca::{self, CaPaths};
 use crate::serve::{self, ServeOptions};
 use crate::store::{AuditEvent, Store};
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use policy::Psk;
 use policy::hostname::escape_for_display;
 use std::io::Read;
@@ -337,17 +339,9 @@ pub(crate) struct NotFound(pub(crate) String);
 #[error("{0}")]
 pub struct UsageError(pub String);
 
-/// `doctor` found problems: how many, and whether any must be fixed.
-#[derive(Debug, thiserror::Error)]
-#[error("doctor found {failures} problem(s) to fix and {warnings} warning(s)")]
-pub struct DoctorFindings {
-    pub failures: usize,
-    pub warnings: usize,
-}
-
 /// Parses the command line, runs it, and returns the exit code.
 pub fn main() -> i32 {
-    let parsed = match crate::config::parse(std::env::args_os().collect()) {
+    let parsed = match crate::config::parse::<Cli>(std::env::args_os().collect()) {
         Ok(parsed) => parsed,
         Err(e) => {
             let _ = e.print();
@@ -374,10 +368,12 @@ pub fn main() -> i32 {
             let server = match (&args.server, args.no_server) {
                 (_, true) => None,
                 (Some(url), false) => Some((url.clone(), true)),
-                (None, false) => crate::config::effective(parsed.file.as_ref(), &parsed.matches)
-                    .ok()
-                    .and_then(|s| crate::admin::doctor::default_server(&s))
-                    .map(|url| (url, false)),
+                (None, false) => {
+                    crate::config::effective(Cli::command(), parsed.file.as_ref(), &parsed.matches)
+                        .ok()
+                        .and_then(|s| crate::admin::doctor::default_server(&s))
+                        .map(|url| (url, false))
+                }
             };
             let url = database_url(&cli);
             let target = crate::admin::doctor::Target {
@@ -455,7 +451,7 @@ fn config_check(
         None => None,
     };
     let file = explicit.as_ref().or(loaded);
-    let settings = crate::config::effective(file, matches)?;
+    let settings = crate::config::effective(Cli::command(), file, matches)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&settings)?);
     } else {
@@ -482,19 +478,6 @@ fn database_url(cli: &Cli) -> String {
     cli.database_url
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}", cli.data_dir.join("ca.db").display()))
-}
-
-/// Who runs this CLI, for the audit log.
-pub(crate) fn actor() -> String {
-    use std::os::unix::fs::MetadataExt;
-    let user = std::env::var("USER").unwrap_or_default();
-    let uid = std::fs::metadata("/proc/self")
-        .map(|m| m.uid())
-        .unwrap_or(u32::MAX);
-    format!(
-        "cli:{}(uid {uid})",
-        if user.is_empty() { "?" } else { &user }
-    )
 }
 
 /// The CA's own names as this machine's configuration gives them to `serve`
@@ -645,11 +628,6 @@ async fn run(cli: Cli, reserved: &policy::ReservedNames) -> Result<()> {
     }
 }
 
-/// Unix seconds as RFC 3339 UTC.
-pub fn rfc3339(t: i64) -> String {
-    proto::timefmt::rfc3339(t)
-}
-
 async fn psk(
     args: PskArgs,
     data_dir: &std::path::Path,
@@ -765,30 +743,6 @@ fn write_bundle(added: &PskAdded, path: &std::path::Path, json: bool) -> Result<
     Ok(())
 }
 
-/// Normalises a serial as operators type it: any case, colons optional,
-/// leading zero bytes optional.
-pub fn normalize_serial(s: &str) -> Option<String> {
-    let hexs: String = s
-        .trim()
-        .chars()
-        .filter(|c| *c != ':')
-        .collect::<String>()
-        .to_ascii_lowercase();
-    if hexs.is_empty() || !hexs.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let trimmed = hexs.trim_start_matches('0');
-    let mut out = if trimmed.len() % 2 == 1 {
-        format!("0{trimmed}")
-    } else {
-        trimmed.to_owned()
-    };
-    if out.is_empty() {
-        out = "00".into();
-    }
-    Some(out)
-}
-
 async fn cert(args: CertArgs, data_dir: &std::path::Path, url: &str) -> Result<()> {
     let admin = Admin::open(&args.remote, data_dir, url).await?;
     match args.command {
@@ -861,10 +815,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn serials_normalise_like_openssl_prints_them() {
-        assert_eq!(normalize_serial("4A:3B:0C").as_deref(), Some("4a3b0c"));
-        assert_eq!(normalize_serial("004a3b0c").as_deref(), Some("4a3b0c"));
-        assert_eq!(normalize_serial("web1.example").as_deref(), None);
-        assert_eq!(normalize_serial("abc").as_deref(), Some("0abc"));
+    fn every_configurable_flag_has_its_ca_environment_variable() {
+        let command = Cli::command();
+        for section in [None, Some(crate::config::SERVE_SECTION)] {
+            let args = crate::config::settable_args(&command, section);
+            assert!(!args.is_empty());
+            for arg in args {
+                let id = arg.get_id().as_str();
+                let want = format!("CA_{}", id.to_ascii_uppercase());
+                assert_eq!(
+                    arg.get_env().map(|e| e.to_string_lossy().into_owned()),
+                    Some(want),
+                    "flag {id} needs env = \"CA_{}\" to be configurable",
+                    id.to_ascii_uppercase()
+                );
+            }
+        }
     }
 }

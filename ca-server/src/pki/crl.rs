@@ -270,7 +270,7 @@ impl CrlService {
             None => match read_root_crl(&root_crl_path, &signer.root_der) {
                 Ok(Some(crl)) => {
                     tracing::info!(
-                        next_update = %crate::cli::rfc3339(crl.next_update),
+                        next_update = %proto::timefmt::rfc3339(crl.next_update),
                         "the root key is offline; serving root.crl"
                     );
                     RootCrlSource::File(crl)
@@ -347,7 +347,7 @@ impl CrlService {
             tracing::info!(
                 number = set.generation(),
                 revoked = set.revoked,
-                next_update = %crate::cli::rfc3339(set.intermediate.next_update),
+                next_update = %proto::timefmt::rfc3339(set.intermediate.next_update),
                 "signed and published the CRLs"
             );
         } else {
@@ -403,7 +403,7 @@ impl CrlService {
                 };
                 if crl.next_update - now < self.config.long_validity.as_secs() as i64 / 4 {
                     tracing::warn!(
-                        next_update = %crate::cli::rfc3339(crl.next_update),
+                        next_update = %proto::timefmt::rfc3339(crl.next_update),
                         "the root CRL expires soon; sign a new one where the root key is"
                     );
                 }

@@ -482,7 +482,7 @@ impl Responder {
         }
         let k = current_key(&self.store, &self.signer, &self.intermediate_sha256, now).await?;
         tracing::info!(
-            not_after = %crate::cli::rfc3339(k.not_after),
+            not_after = %proto::timefmt::rfc3339(k.not_after),
             "OCSP responder certificate renewed"
         );
         *self.key.write().expect("key lock") = Arc::new(k);

@@ -456,7 +456,7 @@ fn identifier_json(name: &str) -> Value {
 fn order_json(ctx: &Ctx, o: &AcmeOrder) -> Value {
     let mut v = json!({
         "status": o.status,
-        "expires": crate::cli::rfc3339(o.expires_at),
+        "expires": proto::timefmt::rfc3339(o.expires_at),
         "identifiers": o.identifiers.iter().map(|n| identifier_json(n)).collect::<Vec<_>>(),
         "authorizations": (0..o.identifiers.len())
             .map(|i| format!("{}/acme/authz/{}/{i}", ctx.base, o.id))
@@ -476,7 +476,7 @@ fn challenge_json(ctx: &Ctx, o: &AcmeOrder, idx: usize) -> Value {
         "type": "http-01",
         "url": format!("{}/acme/chall/{}/{idx}", ctx.base, o.id),
         "status": "valid",
-        "validated": crate::cli::rfc3339(o.created_at),
+        "validated": proto::timefmt::rfc3339(o.created_at),
         "token": URL_SAFE_NO_PAD.encode(token.as_ref()),
     })
 }
@@ -730,7 +730,7 @@ async fn authz(
                 json!({
                     "identifier": identifier_json(name),
                     "status": "valid",
-                    "expires": crate::cli::rfc3339(o.expires_at),
+                    "expires": proto::timefmt::rfc3339(o.expires_at),
                     "challenges": [challenge_json(&ctx, &o, idx)],
                 }),
                 "ok",

@@ -411,7 +411,10 @@ impl Metrics {
 
     /// Sets how the scrape reads the oldest cached OCSP response's time.
     pub fn set_ocsp_oldest(&self, source: OcspOldest) {
-        *self.ocsp_oldest.lock().expect("metrics lock") = Some(source);
+        *self
+            .ocsp_oldest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(source);
     }
 
     /// Refreshes the scrape-time gauges and encodes everything.
@@ -461,7 +464,7 @@ impl Metrics {
         let oldest = self
             .ocsp_oldest
             .lock()
-            .expect("metrics lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .as_ref()
             .and_then(|f| (f.0)());
         self.ocsp_oldest_age

@@ -149,7 +149,10 @@ impl PerAddress {
     /// A slot for one more connection from `ip`, or `None` at the limit.
     fn acquire(self: &Arc<PerAddress>, ip: IpAddr) -> Option<AddressSlot> {
         let key = key_of(ip, self.ipv6_prefix);
-        let mut open = self.open.lock().expect("connection table lock");
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let n = open.entry(key).or_insert(0);
         if *n >= self.max {
             return None;
@@ -164,7 +167,11 @@ impl PerAddress {
 
 impl Drop for AddressSlot {
     fn drop(&mut self) {
-        let mut open = self.table.open.lock().expect("connection table lock");
+        let mut open = self
+            .table
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(n) = open.get_mut(&self.key) {
             *n -= 1;
             if *n == 0 {
@@ -191,13 +198,19 @@ impl Activity {
 
     /// Marks a request in flight until the guard drops.
     fn begin(self: &Arc<Activity>) -> Busy {
-        self.0.lock().expect("activity lock").0 += 1;
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .0 += 1;
         Busy(self.clone())
     }
 
     /// When the connection will have been idle too long (`None` while busy).
     fn idle_deadline(&self, idle: Duration) -> Option<Instant> {
-        let (in_flight, since) = *self.0.lock().expect("activity lock");
+        let (in_flight, since) = *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         (in_flight == 0).then(|| since + idle)
     }
 }
@@ -207,7 +220,11 @@ struct Busy(Arc<Activity>);
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        let mut state = self.0.0.lock().expect("activity lock");
+        let mut state = self
+            .0
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         state.0 -= 1;
         state.1 = Instant::now();
     }
@@ -234,11 +251,17 @@ impl TlsSource {
     }
 
     pub fn current(&self) -> Arc<ServerConfig> {
-        self.0.read().expect("tls config lock").clone()
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     pub fn replace(&self, config: ServerConfig) {
-        *self.0.write().expect("tls config lock") = Arc::new(config);
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(config);
     }
 }
 

@@ -314,12 +314,18 @@ impl CrlService {
 
     /// The cached CRLs (none before the first generation).
     pub fn current(&self) -> Option<Arc<CrlSet>> {
-        self.current.read().expect("crl cache lock").clone()
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Caches `set` unless a newer generation is cached already; returns what is cached.
     fn cache(&self, set: Arc<CrlSet>) -> Arc<CrlSet> {
-        let mut current = self.current.write().expect("crl cache lock");
+        let mut current = self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match current.as_ref() {
             Some(have) if have.generation() >= set.generation() => have.clone(),
             _ => {
@@ -442,7 +448,10 @@ impl CrlService {
                 Ok(Some(self.cache(Arc::new(set))))
             }
             Err(e) => {
-                let mut refused = self.refused_generation.lock().expect("lock");
+                let mut refused = self
+                    .refused_generation
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 if *refused != Some(generation) {
                     *refused = Some(generation);
                     tracing::error!(

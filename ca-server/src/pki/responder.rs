@@ -140,7 +140,10 @@ impl Budget {
     }
 
     fn take(&self) -> bool {
-        let mut s = self.state.lock().expect("budget lock");
+        let mut s = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = Instant::now();
         s.1 = (s.1 + now.duration_since(s.0).as_secs_f64() * self.per_sec).min(self.per_sec);
         s.0 = now;
@@ -245,7 +248,11 @@ impl Responder {
 
     /// The responder certificate in use (DER).
     pub fn responder_cert(&self) -> Vec<u8> {
-        self.key.read().expect("key lock").cert_der.clone()
+        self.key
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .cert_der
+            .clone()
     }
 
     /// The oldest producedAt among the responses this replica would still serve.
@@ -253,7 +260,7 @@ impl Responder {
         let (now, seq) = (self.clock.now(), *self.revocations.borrow());
         self.cache
             .lock()
-            .expect("ocsp cache lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .values()
             .filter(|c| c.revocation_seq == seq && now < c.refresh_at)
             .map(|c| c.produced_at)
@@ -265,7 +272,7 @@ impl Responder {
         let (now, seq) = (self.clock.now(), *self.revocations.borrow());
         self.cache
             .lock()
-            .expect("ocsp cache lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .retain(|_, c| c.revocation_seq == seq && now < c.refresh_at);
     }
 
@@ -292,7 +299,7 @@ impl Responder {
         let lookup = || {
             self.cache
                 .lock()
-                .expect("ocsp cache lock")
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .get(&req.cert_id_der)
                 .filter(|c| c.revocation_seq == seq && now < c.refresh_at)
                 .cloned()
@@ -328,7 +335,11 @@ impl Responder {
         if let Some(n) = &req.nonce
             && self.budget.take()
         {
-            let key = self.key.read().expect("key lock").clone();
+            let key = self
+                .key
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
             self.signatures.fetch_add(1, Ordering::Relaxed);
             crate::metrics::metrics().ocsp_signature();
             let signed = ocsp::encode_response(
@@ -384,7 +395,11 @@ impl Responder {
         if status == CertStatus::Unknown && !self.budget.take() {
             return Err(FreshError::Busy);
         }
-        let key = self.key.read().expect("key lock").clone();
+        let key = self
+            .key
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         let this_update = now - 60;
         let next_update = now + self.config.validity.as_secs() as i64;
         let label = match status {
@@ -419,7 +434,10 @@ impl Responder {
             refresh_at,
             revocation_seq: seq,
         });
-        let mut cache = self.cache.lock().expect("ocsp cache lock");
+        let mut cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if cache.len() >= MAX_CACHED {
             cache.retain(|_, c| c.revocation_seq == seq && now < c.refresh_at);
             if cache.len() >= MAX_CACHED {
@@ -476,7 +494,11 @@ impl Responder {
     /// newer one another replica stored); `true` if the key changed.
     pub async fn renew_if_due(&self) -> Result<bool> {
         let now = self.clock.now();
-        let current = self.key.read().expect("key lock").clone();
+        let current = self
+            .key
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         if now < half_life(current.not_before, current.not_after) {
             return Ok(false);
         }
@@ -485,7 +507,10 @@ impl Responder {
             not_after = %proto::timefmt::rfc3339(k.not_after),
             "OCSP responder certificate renewed"
         );
-        *self.key.write().expect("key lock") = Arc::new(k);
+        *self
+            .key
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(k);
         Ok(true)
     }
 }

@@ -76,7 +76,7 @@ impl Store {
         };
         let cert = cert_from_row(&row)?;
         sqlx::query(BUMP_REVOCATION_SEQ).execute(&mut *tx).await?;
-        insert_audit(&mut *tx, &how.audit(&cert)).await?;
+        insert_audit(self.engine, &mut *tx, &how.audit(&cert)).await?;
         tx.commit().await?;
         Ok(Some(RevokeOutcome::Revoked(cert)))
     }
@@ -109,7 +109,7 @@ impl Store {
         }
         sqlx::query(BUMP_REVOCATION_SEQ).execute(&mut *tx).await?;
         for cert in &certs {
-            insert_audit(&mut *tx, &how.audit(cert)).await?;
+            insert_audit(self.engine, &mut *tx, &how.audit(cert)).await?;
         }
         tx.commit().await?;
         certs.sort_by(|a, b| a.serial.cmp(&b.serial));
@@ -179,8 +179,8 @@ impl Store {
             tx.rollback().await?;
             return Ok(false);
         }
-        insert_cert(&mut *tx, new).await?;
-        insert_audit(&mut *tx, audit).await?;
+        insert_cert(self.engine, &mut *tx, new).await?;
+        insert_audit(self.engine, &mut *tx, audit).await?;
         tx.commit().await?;
         Ok(true)
     }

@@ -1,12 +1,14 @@
 //! The admin verbs (`psk`, `cert`, `revoke`, `audit`) as one set of
 //! operations on the store ([`Ops`]), run by the local CLI and by the admin
-//! API's handlers (`http/admin.rs`) alike, with their inputs and answers as
+//! API's handlers (`edge/http/admin.rs`) alike, with their inputs and answers as
 //! wire types. The CLI reaches them either directly ([`Admin::Local`]) or
 //! over mTLS with an admin certificate ([`Admin::Remote`], `remote.rs`), and
 //! prints the same answers the same way (`output.rs`), so local and remote
 //! output are identical.
 //!
-//! `acme.rs` holds the `acme accounts|deactivate` verbs.
+//! `acme.rs` holds the `acme accounts|deactivate` verbs; `doctor.rs`,
+//! `rotate.rs` (`intermediate rotate`) and `revocation.rs` (`revoke`, `crl`)
+//! the operator's other verbs.
 //!
 //! Admin certificates themselves (`cert.rs`) and the authentication of
 //! admin requests (`auth.rs`) live beside them.
@@ -33,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use zeroize::Zeroize;
 
-/// Why an admin operation failed (mapped to HTTP in `http/error.rs`, to
+/// Why an admin operation failed (mapped to HTTP in `edge/http/error.rs`, to
 /// exit codes in the CLI).
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {

@@ -112,7 +112,7 @@ impl From<&ThrottleArgs> for ThrottleConfig {
 }
 
 /// Whom an entry counts: an IPv4 address or an IPv6 prefix. The listener
-/// counts connections per the same key (`server.rs`).
+/// counts connections per the same key (`edge/server.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Key {
     V4([u8; 4]),

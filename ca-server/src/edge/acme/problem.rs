@@ -1,7 +1,7 @@
 //! ACME's error mapping, in one place: every refusal of an ACME route is an
 //! RFC 7807 problem document (`application/problem+json`) with an ACME
 //! error type (`urn:ietf:params:acme:error:*`) and its status code. The JSON
-//! API's mapping (`http/error.rs`) is separate.
+//! API's mapping (`edge/http/error.rs`) is separate.
 
 use super::jws::JwsError;
 use crate::edge::http::body::BodyError;

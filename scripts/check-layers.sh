@@ -49,4 +49,14 @@ if hits=$(grep -rnE -A1 '\.(lock|read|write)\(\)$' ca-server/src --include='*.rs
   fail "a lock .expect()s on poison in ca-server/src (use unwrap_or_else(PoisonError::into_inner) or a lock that cannot poison)"
 fi
 
+# 5. Audit events, outcomes and certificate kinds are enums (store/kinds.rs)
+#    with one string form each: no string literal stands in for one outside
+#    unit tests (whose assertions keep the stored words).
+if hits=$(for f in $(find ca-server/src -name '*.rs' ! -path '*/store/kinds.rs'); do
+  awk -v f="$f" '/^mod tests/ { exit } { print f ":" FNR ":" $0 }' "$f"
+done | grep -E '(event|outcome): "[a-z_]+"\.(into|to_owned|to_string)\(\)|\.(event|outcome) ?[!=]= ?"|\.kind ?[!=]= ?"(host|admin|server)"|kind: "(host|admin|server)"'); then
+  echo "$hits" >&2
+  fail "an audit event, outcome or certificate kind written as a string literal (use store::{Event, Outcome, CertKind})"
+fi
+
 echo "layering rules hold"

@@ -11,6 +11,7 @@ use crate::issue::throttle::{Throttle, ThrottleConfig};
 use crate::pki::ca::{self, CaPaths, LeafRequest, Signer};
 use crate::pki::crl::{CrlConfig, CrlService};
 use crate::store::{AuditEvent, Store};
+use crate::store::{CertKind, Event, Outcome};
 use anyhow::{Context, Result, bail};
 use policy::{AllowedName, KeyKind, Profile};
 use rcgen::{KeyPair, PublicKeyData};
@@ -158,16 +159,16 @@ async fn issue_server_cert(
         now,
         validity,
     })?;
-    let record = leaf.to_record(&hostname, "server", &spki, now);
+    let record = leaf.to_record(&hostname, CertKind::Server, &spki, now);
     store
         .record_certificate(
             &record,
             &AuditEvent {
                 at: now,
-                event: "server_cert_issued".into(),
+                event: Event::ServerCertIssued.into(),
                 hostname: Some(hostname),
                 serial: Some(leaf.serial.clone()),
-                outcome: "issued".into(),
+                outcome: Outcome::Issued.into(),
                 actor: Some("ca-server".into()),
                 ..Default::default()
             },

@@ -91,7 +91,7 @@ impl Fixture {
         let record = CertRecord {
             serial: serial.into(),
             hostname: "h.example.internal".into(),
-            kind: "host".into(),
+            kind: crate::store::CertKind::Host.into(),
             public_key_sha256: vec![0; 32],
             psk_hash: None,
             psk_expires_at: None,

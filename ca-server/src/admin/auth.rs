@@ -12,6 +12,7 @@
 use super::cert::{STORE_PREFIX, has_admin_mark};
 use crate::issue::sign::{Authority, SignError, clip};
 use crate::store::{AuditEvent, CertRecord, StoreError};
+use crate::store::{CertKind, Event, Outcome};
 use rustls::pki_types::CertificateDer;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -82,7 +83,7 @@ pub fn judge(record: Option<&CertRecord>, leaf: &[u8], now: i64) -> Result<(), A
     let Some(record) = record.filter(|r| r.der == leaf) else {
         return Err(AdminRefusal::Unknown);
     };
-    if record.kind != "admin" || !has_admin_mark(leaf) {
+    if record.kind != CertKind::Admin || !has_admin_mark(leaf) {
         return Err(AdminRefusal::NotAdmin);
     }
     if record.revoked_at.is_some() {
@@ -161,9 +162,9 @@ impl Authority {
         self.count_refusal(peer, crate::issue::throttle::Weight::Full);
         let event = AuditEvent {
             at: now,
-            event: "admin".into(),
+            event: Event::Admin.into(),
             serial: presented.as_ref().and_then(|p| p.serial.map(str::to_owned)),
-            outcome: "rejected".into(),
+            outcome: Outcome::Rejected.into(),
             reason: Some(format!("{}: {r}", r.code())),
             peer: Some(peer.ip().to_string()),
             actor: presented
@@ -206,7 +207,12 @@ mod tests {
         let key = HostKey::generate(KeyType::P256).unwrap();
         let day = Duration::from_secs(86_400);
         let admin = sign_admin(&f.signer, "spawner", &key.spki_der(), NOW, day).unwrap();
-        let admin_row = admin.to_record("admin:spawner", "admin", &key.spki_der(), NOW);
+        let admin_row = admin.to_record(
+            "admin:spawner",
+            crate::store::CertKind::Admin,
+            &key.spki_der(),
+            NOW,
+        );
         let host = f
             .signer
             .sign_leaf(&LeafRequest {
@@ -217,7 +223,12 @@ mod tests {
                 validity: day,
             })
             .unwrap();
-        let host_row = host.to_record("web.example.internal", "host", &key.spki_der(), NOW);
+        let host_row = host.to_record(
+            "web.example.internal",
+            crate::store::CertKind::Host,
+            &key.spki_der(),
+            NOW,
+        );
 
         // The pure decision, case by case.
         assert_eq!(judge(Some(&admin_row), &admin.der, NOW), Ok(()));

@@ -22,6 +22,7 @@ use crate::admin::actor;
 use crate::clock::Clock;
 use crate::pki::ca::{CaPaths, SignedLeaf, Signer};
 use crate::store::{AuditEvent, Store};
+use crate::store::{CertKind, Event, Outcome};
 use anyhow::{Context, Result, bail};
 use proto::files::{CA_FILE, CERT_FILE, CHAIN_FILE, KEY_FILE};
 use proto::fsutil::{self, KEY_MODE, PUBLIC_MODE};
@@ -191,17 +192,17 @@ pub async fn run(
     let now = clock.now();
     let leaf = sign_admin(&signer, &name, &spki, now, validity.into())?;
     let hostname = format!("{STORE_PREFIX}{name}");
-    let record = leaf.to_record(&hostname, "admin", &spki, now);
+    let record = leaf.to_record(&hostname, CertKind::Admin, &spki, now);
     let store = Store::open(url).await?;
     store
         .record_certificate(
             &record,
             &AuditEvent {
                 at: now,
-                event: "admin_cert_issued".into(),
+                event: Event::AdminCertIssued.into(),
                 hostname: Some(hostname.clone()),
                 serial: Some(leaf.serial.clone()),
-                outcome: "issued".into(),
+                outcome: Outcome::Issued.into(),
                 reason: Some(format!("admin certificate for {name}")),
                 actor: Some(actor()),
                 ..Default::default()

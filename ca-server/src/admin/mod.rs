@@ -27,6 +27,7 @@ use crate::pki::crl::CrlService;
 use crate::store::{
     AuditEvent, AuditFilter, CertRecord, PskInfo, Revocation, RevokeOutcome, Store, StoreError,
 };
+use crate::store::{Event, Outcome};
 use policy::hostname::escape_for_display;
 use policy::{AllowedName, Psk, ReservedNames};
 use proto::timefmt::rfc3339;
@@ -360,7 +361,7 @@ pub struct Ops<'a> {
 impl Ops<'_> {
     fn audit_event(
         &self,
-        event: &str,
+        event: Event,
         hostname: Option<String>,
         reason: Option<String>,
     ) -> AuditEvent {
@@ -368,7 +369,7 @@ impl Ops<'_> {
             at: self.now,
             event: event.into(),
             hostname,
-            outcome: "ok".into(),
+            outcome: Outcome::Ok.into(),
             reason,
             peer: self.peer.clone(),
             actor: Some(self.actor.clone()),
@@ -380,7 +381,7 @@ impl Ops<'_> {
     /// every admin action is audited).
     pub async fn audit_read(&self, what: &str) -> Result<(), AdminError> {
         self.store
-            .audit(&self.audit_event("admin_read", None, Some(what.to_owned())))
+            .audit(&self.audit_event(Event::AdminRead, None, Some(what.to_owned())))
             .await?;
         Ok(())
     }
@@ -440,7 +441,7 @@ impl Ops<'_> {
         };
         let expires_at = self.now + ttl as i64;
         let audit = self.audit_event(
-            "psk_added",
+            Event::PskAdded,
             Some(req.hostname.clone()),
             Some(format!("ttl {ttl}s; extra names {}", allowed.len())),
         );
@@ -484,7 +485,7 @@ impl Ops<'_> {
             issued.push((host.clone(), psk));
         }
         let audit = self.audit_event(
-            "psk_added",
+            Event::PskAdded,
             None,
             Some(format!("batch; ttl {ttl}s; extra names {}", allowed.len())),
         );
@@ -514,7 +515,7 @@ impl Ops<'_> {
     }
 
     pub async fn psk_remove(&self, host: &str) -> Result<(), AdminError> {
-        let audit = self.audit_event("psk_removed", Some(host.to_owned()), None);
+        let audit = self.audit_event(Event::PskRemoved, Some(host.to_owned()), None);
         if self.store.remove_psk(host, &audit).await? {
             Ok(())
         } else {
@@ -639,9 +640,9 @@ impl Ops<'_> {
             (None, Some(host)) => {
                 let revoked = self.store.revoke_host(host, &how).await?;
                 // The host's ACME accounts could order again: they end with it.
-                let audit = self.audit_event("acme_account", Some(host.clone()), None);
+                let audit = self.audit_event(Event::AcmeAccount, Some(host.clone()), None);
                 let audit = AuditEvent {
-                    outcome: "deactivated".into(),
+                    outcome: Outcome::Deactivated.into(),
                     ..audit
                 };
                 deactivated = self.store.deactivate_host_accounts(host, &audit).await?;

@@ -18,6 +18,7 @@ use crate::edge::server::Limits;
 use crate::pki::ca::{self, CaPaths};
 use crate::serve::{self, ServeOptions};
 use crate::store::{AuditEvent, Store};
+use crate::store::{Event, Outcome};
 use anyhow::{Context, Result, bail};
 use clap::{CommandFactory, Parser, Subcommand};
 use policy::Psk;
@@ -785,8 +786,8 @@ async fn store_copy(from: &str, to: &str, json: bool, clock: &SystemClock) -> Re
     target
         .audit(&AuditEvent {
             at: clock.now(),
-            event: "store_copied".into(),
-            outcome: "ok".into(),
+            event: Event::StoreCopied.into(),
+            outcome: Outcome::Ok.into(),
             reason: Some(format!(
                 "from {from_shown}: {counts}; crl_number {}",
                 report.crl_number

@@ -11,6 +11,7 @@ use crate::issue::sign::{Authority, SignError, clip};
 use crate::store::{
     AcmeAccount, AcmeOrder, AuditEvent, CertRecord, Revocation, RevokeOutcome, StoreError,
 };
+use crate::store::{CertKind, Event, Outcome};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use policy::{AcmeGrant, AllowedName, Decision, IdentifierRefusal, Rejection};
@@ -200,9 +201,9 @@ impl Authority {
         };
         let audit = AuditEvent {
             at: now,
-            event: "acme_account".into(),
+            event: Event::AcmeAccount.into(),
             hostname: Some(host.clone()),
-            outcome: "created".into(),
+            outcome: Outcome::Created.into(),
             reason: Some(format!(
                 "account {}; key {thumbprint}; psk spent",
                 account.id
@@ -267,9 +268,9 @@ impl Authority {
     ) {
         let event = AuditEvent {
             at: now,
-            event: "acme".into(),
+            event: Event::Acme.into(),
             hostname: host.map(clip),
-            outcome: "rejected".into(),
+            outcome: Outcome::Rejected.into(),
             reason: Some(clip(&reason)),
             peer: Some(peer.ip().to_string()),
             ..Default::default()
@@ -316,9 +317,9 @@ impl Authority {
         };
         let audit = AuditEvent {
             at: now,
-            event: "acme_order".into(),
+            event: Event::AcmeOrder.into(),
             hostname: Some(account.hostname.clone()),
-            outcome: "ready".into(),
+            outcome: Outcome::Ready.into(),
             reason: Some(clip(&format!(
                 "order {}; key {}; names {}",
                 order.id,
@@ -392,13 +393,13 @@ impl Authority {
             return Err(refuse(r).await);
         }
         let leaf = self.sign_profile(&profile, &csr, now)?;
-        let record = leaf.to_record(&account.hostname, "host", &csr.spki_der, now);
+        let record = leaf.to_record(&account.hostname, CertKind::Host, &csr.spki_der, now);
         let audit = AuditEvent {
             at: now,
-            event: "issued".into(),
+            event: Event::Issued.into(),
             hostname: Some(account.hostname.clone()),
             serial: Some(leaf.serial.clone()),
-            outcome: "issued".into(),
+            outcome: Outcome::Issued.into(),
             reason: Some(format!(
                 "acme order {}; account key {}; key {}",
                 order.id, account.thumbprint, csr.key
@@ -450,7 +451,7 @@ impl Authority {
             .store
             .get_cert(&serial)
             .await?
-            .filter(|r| r.der == cert_der && r.kind == "host")
+            .filter(|r| r.der == cert_der && r.kind == CertKind::Host)
             .ok_or_else(|| {
                 AcmeError::Unauthorized("this CA issued no such host certificate".into())
             })?;
@@ -495,10 +496,10 @@ impl Authority {
                 self.store
                     .audit(&AuditEvent {
                         at: now,
-                        event: "acme_revoke".into(),
+                        event: Event::AcmeRevoke.into(),
                         hostname: Some(c.hostname.clone()),
                         serial: Some(c.serial.clone()),
-                        outcome: "revoked".into(),
+                        outcome: Outcome::Revoked.into(),
                         reason: Some(format!("{reason}; key {key}")),
                         peer: Some(peer.to_string()),
                         actor: Some(actor),

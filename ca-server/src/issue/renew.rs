@@ -21,6 +21,7 @@
 
 use crate::issue::sign::{Authority, Issued, SignError, clip, weight_of};
 use crate::store::{AuditEvent, CertRecord, StoreError};
+use crate::store::{CertKind, Event, Outcome};
 use policy::csr::Csr;
 use policy::{AllowedName, Decision, Rejection, RenewalGrant, RenewalRefusal, Standing};
 use rustls::pki_types::CertificateDer;
@@ -63,7 +64,8 @@ impl Authority {
             Some(serial) => self.store.get_cert(serial).await?,
             None => None,
         };
-        let Some(record) = record.filter(|r| r.der == leaf.as_ref() && r.kind == "host") else {
+        let Some(record) = record.filter(|r| r.der == leaf.as_ref() && r.kind == CertKind::Host)
+        else {
             let r = Rejection::Renewal(RenewalRefusal::UnknownCertificate);
             return Err(self.refuse_renewal(now, None, peer, r).await);
         };
@@ -133,24 +135,24 @@ impl Authority {
 
         // Sign (CPU only; discarded unless the record below commits).
         let leaf = self.sign_profile(&profile, &csr, now)?;
-        let record = leaf.to_record(&profile.hostname, "host", &csr.spki_der, now);
+        let record = leaf.to_record(&profile.hostname, CertKind::Host, &csr.spki_der, now);
         let (event, after_expiry) = match client.grant.check(now, grace) {
             Ok(Standing::ExpiredWithinGrace { expired_for }) => (
-                "renewed_after_expiry",
+                Event::RenewedAfterExpiry,
                 format!(
                     " after expiry (expired {} ago, {expired_for} s; grace {} s)",
                     policy::renewal::human_secs(expired_for),
                     grace
                 ),
             ),
-            _ => ("renewed", String::new()),
+            _ => (Event::Renewed, String::new()),
         };
         let audit = AuditEvent {
             at: now,
             event: event.into(),
             hostname: Some(profile.hostname.clone()),
             serial: Some(leaf.serial.clone()),
-            outcome: "issued".into(),
+            outcome: Outcome::Issued.into(),
             reason: Some(format!(
                 "renewal of {}{after_expiry}; key {}",
                 client.record.serial, csr.key
@@ -215,10 +217,10 @@ impl Authority {
         self.store
             .audit(&AuditEvent {
                 at: now,
-                event: "renew_replayed".into(),
+                event: Event::RenewReplayed.into(),
                 hostname: Some(next.hostname.clone()),
                 serial: Some(next.serial.clone()),
-                outcome: "issued".into(),
+                outcome: Outcome::Issued.into(),
                 reason: Some(format!(
                     "idempotent retry: renewal of {} with the same key",
                     client.record.serial
@@ -250,10 +252,10 @@ impl Authority {
         self.count_refusal(peer, weight_of(&r));
         let event = AuditEvent {
             at: now,
-            event: "renew".into(),
+            event: Event::Renew.into(),
             hostname: client.map(|c| c.record.hostname.clone()),
             serial: client.map(|c| c.record.serial.clone()),
-            outcome: "rejected".into(),
+            outcome: Outcome::Rejected.into(),
             reason: Some(clip(&r.reason())),
             peer: Some(peer.ip().to_string()),
             actor: client.map(ClientCert::actor),
@@ -335,7 +337,7 @@ mod tests {
                 validity: crate::pki::ca::DEFAULT_LEAF_VALIDITY,
             })
             .unwrap();
-        let record = leaf.to_record(HOST, "host", &old_key.spki_der(), NOW);
+        let record = leaf.to_record(HOST, crate::store::CertKind::Host, &old_key.spki_der(), NOW);
         f.store
             .record_certificate(&record, &AuditEvent::default())
             .await
@@ -474,7 +476,7 @@ mod tests {
                 validity: std::time::Duration::from_secs(3600),
             })
             .unwrap();
-        let record = leaf.to_record(HOST, "host", &key.spki_der(), now);
+        let record = leaf.to_record(HOST, crate::store::CertKind::Host, &key.spki_der(), now);
         f.store
             .record_certificate(&record, &AuditEvent::default())
             .await

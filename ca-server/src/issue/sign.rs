@@ -15,6 +15,7 @@ use crate::issue::rejection_log::RejectionLog;
 use crate::issue::throttle::{Throttle, Weight, retry_after_secs};
 use crate::pki::ca::{LeafRequest, SignedLeaf, Signer};
 use crate::store::{AuditEvent, Issuance, Store, StoreError};
+use crate::store::{CertKind, Event, Outcome};
 use policy::csr::Csr;
 use policy::{Decision, Profile, PskFailure, Rejection};
 use std::net::SocketAddr;
@@ -77,8 +78,8 @@ impl Authority {
         let cfg = self.throttle.config();
         let event = AuditEvent {
             at: self.clock.now(),
-            event: "sign".into(),
-            outcome: "throttled".into(),
+            event: Event::Sign.into(),
+            outcome: Outcome::Throttled.into(),
             reason: Some(format!(
                 "throttled: {} failures within {} s; retry in {} s",
                 cfg.max_failures,
@@ -176,15 +177,15 @@ impl Authority {
         let leaf = self.sign_profile(&profile, &csr, now)?;
 
         // 4. Record: spend the PSK and store the certificate atomically.
-        let mut record = leaf.to_record(&host, "host", &csr.spki_der, now);
+        let mut record = leaf.to_record(&host, CertKind::Host, &csr.spki_der, now);
         record.psk_hash = Some(psk_hash.0.to_vec());
         record.psk_expires_at = Some(entry.expires_at);
         let audit = AuditEvent {
             at: now,
-            event: "issued".into(),
+            event: Event::Issued.into(),
             hostname: Some(host.clone()),
             serial: Some(leaf.serial.clone()),
-            outcome: "issued".into(),
+            outcome: Outcome::Issued.into(),
             reason: Some(format!("psk; key {}", csr.key)),
             peer: Some(peer.to_string()),
             ..Default::default()
@@ -277,10 +278,10 @@ impl Authority {
                     self.store
                         .audit(&AuditEvent {
                             at: now,
-                            event: "replayed".into(),
+                            event: Event::Replayed.into(),
                             hostname: Some(host.to_owned()),
                             serial: Some(cert.serial.clone()),
-                            outcome: "issued".into(),
+                            outcome: Outcome::Issued.into(),
                             reason: Some("idempotent retry: same PSK and key".into()),
                             peer: Some(peer.to_string()),
                             ..Default::default()
@@ -318,9 +319,9 @@ impl Authority {
         self.count_refusal(peer, weight_of(&r));
         let event = AuditEvent {
             at: now,
-            event: "sign".into(),
+            event: Event::Sign.into(),
             hostname: hostname.map(|h| clip(&h)),
-            outcome: "rejected".into(),
+            outcome: Outcome::Rejected.into(),
             reason: Some(clip(&r.reason())),
             peer: Some(peer.ip().to_string()),
             ..Default::default()

@@ -282,14 +282,14 @@ impl SignedLeaf {
     pub fn to_record(
         &self,
         hostname: &str,
-        kind: &str,
+        kind: crate::store::CertKind,
         spki_der: &[u8],
         issued_at: i64,
     ) -> crate::store::CertRecord {
         crate::store::CertRecord {
             serial: self.serial.clone(),
             hostname: hostname.to_owned(),
-            kind: kind.to_owned(),
+            kind: kind.into(),
             public_key_sha256: policy::csr::spki_sha256(spki_der).to_vec(),
             psk_hash: None,
             psk_expires_at: None,

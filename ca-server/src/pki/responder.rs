@@ -664,7 +664,12 @@ mod tests {
         let l = leaf(signer);
         store
             .record_certificate(
-                &l.to_record("web1.example.internal", "host", &[], TEST_NOW),
+                &l.to_record(
+                    "web1.example.internal",
+                    crate::store::CertKind::Host,
+                    &[],
+                    TEST_NOW,
+                ),
                 &crate::store::AuditEvent {
                     at: TEST_NOW,
                     event: "issued".into(),

@@ -22,10 +22,12 @@ mod batch;
 pub mod copy;
 mod crl;
 pub mod inspect;
+mod kinds;
 mod ocsp;
 mod ownership;
 pub use acme::{AcmeAccount, AcmeOrder, SealedPsk};
 pub use crl::{CrlPoll, CrlSnapshot, PublishedCrls, RevokedEntry};
+pub use kinds::{CertKind, Event, Outcome, UnknownName};
 pub use ocsp::StoredResponder;
 pub use stats::StoreStats;
 
@@ -451,9 +453,9 @@ impl Store {
                 &mut *tx,
                 &AuditEvent {
                     at: now,
-                    event: "psk_expired".into(),
+                    event: Event::PskExpired.into(),
                     hostname: Some(host.clone()),
-                    outcome: "swept".into(),
+                    outcome: Outcome::Swept.into(),
                     actor: Some("ca-server".into()),
                     ..Default::default()
                 },

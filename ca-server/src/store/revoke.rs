@@ -7,6 +7,7 @@
 //! changes nothing, and of two renewals with one certificate only one wins.
 
 use super::{AuditEvent, CertRecord, Store, StoreResult, cert_from_row, insert_audit, insert_cert};
+use super::{Event, Outcome};
 
 /// What revoking one serial did.
 #[derive(Debug, Clone)]
@@ -31,10 +32,10 @@ impl Revocation<'_> {
     fn audit(&self, cert: &CertRecord) -> AuditEvent {
         AuditEvent {
             at: self.now,
-            event: "revoked".into(),
+            event: Event::Revoked.into(),
             hostname: Some(cert.hostname.clone()),
             serial: Some(cert.serial.clone()),
-            outcome: "revoked".into(),
+            outcome: Outcome::Revoked.into(),
             reason: Some(self.reason.to_owned()),
             actor: Some(self.actor.to_owned()),
             ..Default::default()

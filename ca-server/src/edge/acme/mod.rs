@@ -19,6 +19,7 @@ pub mod problem;
 use crate::edge::http::{AppState, BODY_LIMIT, Peer, error::Outcome, read_body};
 use crate::issue::acme::{AcmeError, NewAccount, RevokeBy};
 use crate::store::{AcmeAccount, AcmeOrder};
+use crate::store::{Event, Outcome as AuditOutcome};
 use axum::Router;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -564,9 +565,9 @@ async fn account(State(state): State<AppState>, Path(id): Path<String>, req: Req
             if payload["status"] == json!("deactivated") {
                 let audit = crate::store::AuditEvent {
                     at: state.authority.clock.now(),
-                    event: "acme_account".into(),
+                    event: Event::AcmeAccount.into(),
                     hostname: Some(a.hostname.clone()),
-                    outcome: "deactivated".into(),
+                    outcome: AuditOutcome::Deactivated.into(),
                     reason: Some(format!(
                         "account {}; key {}; by its key",
                         a.id, a.thumbprint
@@ -880,9 +881,9 @@ async fn key_change(State(state): State<AppState>, req: Request) -> Response {
             }
             let audit = crate::store::AuditEvent {
                 at: state.authority.clock.now(),
-                event: "acme_account".into(),
+                event: Event::AcmeAccount.into(),
                 hostname: Some(account.hostname.clone()),
-                outcome: "key_changed".into(),
+                outcome: AuditOutcome::KeyChanged.into(),
                 reason: Some(format!(
                     "account {}; key {} -> {thumbprint}",
                     account.id, account.thumbprint

@@ -86,14 +86,24 @@ pub fn judge(record: Option<&CertRecord>, leaf: &[u8], now: i64) -> Result<(), A
     if record.kind != CertKind::Admin || !has_admin_mark(leaf) {
         return Err(AdminRefusal::NotAdmin);
     }
-    if record.revoked_at.is_some() {
-        Err(AdminRefusal::Revoked)
-    } else if now >= record.not_after {
-        Err(AdminRefusal::Expired)
-    } else if now < record.not_before {
-        Err(AdminRefusal::NotYetValid)
-    } else {
-        Ok(())
+    // The same standing rules as a renewal's, with no grace after expiry:
+    // an admin certificate is only ever good inside its validity.
+    let grant = policy::RenewalGrant {
+        hostname: record.hostname.clone(),
+        names: Vec::new(),
+        not_before: record.not_before,
+        not_after: record.not_after,
+        revoked: record.revoked_at.is_some(),
+        superseded: false,
+        replaced: false,
+        key_compromised: false,
+    };
+    match grant.check(now, 0) {
+        Ok(_) => Ok(()),
+        Err(policy::RenewalRefusal::Revoked) => Err(AdminRefusal::Revoked),
+        Err(policy::RenewalRefusal::NotYetValid) => Err(AdminRefusal::NotYetValid),
+        // Expired; superseded, replaced and compromised are not set above.
+        Err(_) => Err(AdminRefusal::Expired),
     }
 }
 

@@ -371,12 +371,10 @@ impl Authority {
             AcmeError::BadCsr(r)
         };
         let csr = match policy::csr::parse(csr_der) {
-            Ok(csr) if self.signer.is_ca_key(&csr.spki_der) => {
-                return Err(
-                    refuse(Rejection::KeyNotAllowed("the CA's own public key".into())).await,
-                );
-            }
-            Ok(csr) => csr,
+            Ok(csr) => match self.ca_key_rule(&csr) {
+                Ok(()) => csr,
+                Err(r) => return Err(refuse(r).await),
+            },
             Err(r) => return Err(refuse(r).await),
         };
         let names = order

@@ -113,11 +113,10 @@ impl Authority {
             }
         }
         let csr = match policy::csr::parse(body) {
-            Ok(csr) if self.signer.is_ca_key(&csr.spki_der) => {
-                let r = Rejection::KeyNotAllowed("the CA's own public key".into());
-                return Err(self.refuse_renewal(now, Some(client), peer, r).await);
-            }
-            Ok(csr) => csr,
+            Ok(csr) => match self.ca_key_rule(&csr) {
+                Ok(()) => csr,
+                Err(r) => return Err(self.refuse_renewal(now, Some(client), peer, r).await),
+            },
             Err(r) => return Err(self.refuse_renewal(now, Some(client), peer, r).await),
         };
         if let Some(issued) = self.renewal_retry(client, &csr, now, peer).await? {

@@ -1,5 +1,6 @@
-//! The issuance flow: parse, authenticate the PSK, decide, sign, record.
-//! Four steps, each its own function; the HTTP layer only translates.
+//! The issuance flow: parse, authenticate the PSK and decide, sign, record.
+//! Four steps, each its own function ([`Authority::sign`] runs them); the
+//! HTTP layer only translates.
 //!
 //! A certificate leaves this module only after its row is committed, so
 //! nothing is ever handed out that the store does not know about.
@@ -17,7 +18,7 @@ use crate::pki::ca::{LeafRequest, SignedLeaf, Signer};
 use crate::store::{AuditEvent, Issuance, Store, StoreError};
 use crate::store::{CertKind, Event, Outcome};
 use policy::csr::Csr;
-use policy::{Decision, Profile, PskFailure, Rejection};
+use policy::{Decision, KeyFacts, Profile, PskFailure, PskHash, Rejection};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,6 +47,23 @@ pub enum SignError {
     /// Too many PSK failures from this client address; retry after this long.
     #[error("too many failures from this address")]
     Throttled(Duration),
+}
+
+/// What step 2 hands on: the profile policy decided, and the PSK to spend.
+#[derive(Debug)]
+struct Accepted {
+    profile: Profile,
+    psk_hash: PskHash,
+    psk_expires_at: i64,
+}
+
+/// Step 2's outcome when it does not refuse.
+#[derive(Debug)]
+enum Authenticated {
+    /// Go on to sign and record.
+    Accepted(Accepted),
+    /// The idempotent retry: the certificate already recorded for this PSK and key.
+    Replayed(Issued),
 }
 
 /// Issues certificates against PSKs.
@@ -113,13 +131,11 @@ impl Authority {
         self.store.health().await
     }
 
-    /// The whole `/v1/sign` flow for one request body from `peer`.
-    pub async fn sign_with_psk(&self, body: &[u8], peer: SocketAddr) -> Result<Issued, SignError> {
-        self.sign(body, None, peer).await
-    }
-
-    /// The same flow for a route that names the host in its URL (Puppet's
+    /// The whole `/v1/sign` flow for one request body from `peer`; with
+    /// `certname` for a route that names the host in its URL (Puppet's
     /// `certificate_request/{certname}`): the CSR's CN must be `certname`.
+    /// The steps: [`Self::parse`], [`Self::authenticate`] (which decides),
+    /// [`Self::sign_profile`], [`Self::record`].
     pub async fn sign(
         &self,
         body: &[u8],
@@ -128,13 +144,31 @@ impl Authority {
     ) -> Result<Issued, SignError> {
         self.admit(peer).await?;
         let now = self.clock.now();
-        // 1. Parse and verify (pure, bounded by the body limit).
+        let (csr, host) = self.parse(body, certname, now, peer).await?;
+        let accepted = match self.authenticate(&csr, &host, now, peer).await? {
+            Authenticated::Accepted(accepted) => accepted,
+            Authenticated::Replayed(issued) => return Ok(issued),
+        };
+        // Sign (CPU only; discarded unless the record below commits).
+        let leaf = self.sign_profile(&accepted.profile, &csr, now)?;
+        self.record(&csr, host, leaf, &accepted, now, peer).await
+    }
+
+    /// Step 1, parse: verify the CSR (pure, bounded by the body limit), and the
+    /// rules that need only the CSR: not the CA's own key, one valid
+    /// hostname, and the URL's `certname` if the route has one.
+    async fn parse(
+        &self,
+        body: &[u8],
+        certname: Option<&str>,
+        now: i64,
+        peer: SocketAddr,
+    ) -> Result<(Csr, String), SignError> {
         let csr = match policy::csr::parse(body) {
-            Ok(csr) if self.signer.is_ca_key(&csr.spki_der) => {
-                let r = Rejection::KeyNotAllowed("the CA's own public key".into());
-                return Err(self.reject(now, None, peer, r).await);
-            }
-            Ok(csr) => csr,
+            Ok(csr) => match self.ca_key_rule(&csr) {
+                Ok(()) => csr,
+                Err(r) => return Err(self.reject(now, None, peer, r).await),
+            },
             Err(r) => return Err(self.reject(now, None, peer, r).await),
         };
         let host = match policy::decision::requested_hostname(&csr) {
@@ -153,33 +187,61 @@ impl Authority {
             };
             return Err(self.reject(now, Some(host), peer, r).await);
         }
+        Ok((csr, host))
+    }
 
-        // 2. Authenticate and decide.
-        let entry = self.store.get_psk(&host).await?;
-        let profile = match policy::decide(&csr, entry.as_ref(), now) {
+    /// Step 2, authenticate and decide: the host's PSK entry and `policy::decide`
+    /// (the PSK hashed once, here), then the key's standing in the store. A
+    /// PSK that fails may still be the idempotent retry of a request that
+    /// succeeded ([`Authenticated::Replayed`]).
+    async fn authenticate(
+        &self,
+        csr: &Csr,
+        host: &str,
+        now: i64,
+        peer: SocketAddr,
+    ) -> Result<Authenticated, SignError> {
+        let psk_hash = csr.psk.as_ref().map(|p| p.hash());
+        let entry = self.store.get_psk(host).await?;
+        let profile = match policy::decide_hashed(csr, psk_hash.as_ref(), entry.as_ref(), now) {
             Decision::Accept(profile) => profile,
             Decision::Reject(Rejection::Psk(failure)) => {
-                return self.psk_failure(&csr, &host, failure, now, peer).await;
+                return self
+                    .psk_failure(csr, host, psk_hash.as_ref(), failure, now, peer)
+                    .await
+                    .map(Authenticated::Replayed);
             }
-            Decision::Reject(r) => return Err(self.reject(now, Some(host), peer, r).await),
+            Decision::Reject(r) => {
+                return Err(self.reject(now, Some(host.to_owned()), peer, r).await);
+            }
         };
-        let entry = entry.expect("accepted decisions have an entry");
-        if let Some(r) = self.compromised_key(&csr).await? {
-            return Err(self.reject(now, Some(host), peer, r).await);
+        let (Some(entry), Some(psk_hash)) = (entry, psk_hash) else {
+            unreachable!("policy accepts only with a PSK and its entry")
+        };
+        if let Some(r) = self.compromised_key(csr).await? {
+            return Err(self.reject(now, Some(host.to_owned()), peer, r).await);
         }
-        let psk_hash = csr
-            .psk
-            .as_ref()
-            .expect("accepted decisions have a PSK")
-            .hash();
+        Ok(Authenticated::Accepted(Accepted {
+            profile,
+            psk_hash,
+            psk_expires_at: entry.expires_at,
+        }))
+    }
 
-        // 3. Sign (CPU only; discarded unless the record below commits).
-        let leaf = self.sign_profile(&profile, &csr, now)?;
-
-        // 4. Record: spend the PSK and store the certificate atomically.
+    /// Step 4, record: spend the PSK and store the certificate atomically; only
+    /// then does the certificate leave.
+    async fn record(
+        &self,
+        csr: &Csr,
+        host: String,
+        leaf: SignedLeaf,
+        accepted: &Accepted,
+        now: i64,
+        peer: SocketAddr,
+    ) -> Result<Issued, SignError> {
         let mut record = leaf.to_record(&host, CertKind::Host, &csr.spki_der, now);
-        record.psk_hash = Some(psk_hash.0.to_vec());
-        record.psk_expires_at = Some(entry.expires_at);
+        record.psk_hash = Some(accepted.psk_hash.0.to_vec());
+        record.psk_expires_at = Some(accepted.psk_expires_at);
         let audit = AuditEvent {
             at: now,
             event: Event::Issued.into(),
@@ -193,7 +255,7 @@ impl Authority {
         match self
             .store
             .record_issuance(&Issuance {
-                psk_hash,
+                psk_hash: accepted.psk_hash,
                 now,
                 cert: &record,
                 audit: &audit,
@@ -209,20 +271,31 @@ impl Authority {
             // Lost a race for the PSK: the winner may have been this very
             // client retrying, in which case it gets the winner's certificate.
             Err(StoreError::PskGone) => {
-                self.psk_failure(&csr, &host, PskFailure::Used, now, peer)
+                let hash = Some(&accepted.psk_hash);
+                self.psk_failure(csr, &host, hash, PskFailure::Used, now, peer)
                     .await
             }
             Err(e) => Err(e.into()),
         }
     }
 
+    /// The CA's own keys never get a certificate (`policy::check_key`).
+    pub(crate) fn ca_key_rule(&self, csr: &Csr) -> Result<(), Rejection> {
+        policy::check_key(KeyFacts {
+            ca_own_key: self.signer.is_ca_key(&csr.spki_der),
+            ..KeyFacts::default()
+        })
+    }
+
     /// A key revoked as compromised never gets a certificate again, on any
-    /// route and for any host.
+    /// route and for any host (`policy::check_key`, the fact from the store).
     pub(crate) async fn compromised_key(&self, csr: &Csr) -> Result<Option<Rejection>, StoreError> {
         let compromised = self.store.key_compromised(&csr.public_key_sha256()).await?;
-        Ok(compromised.then(|| {
-            Rejection::KeyNotAllowed("a key revoked as compromised (keyCompromise)".into())
-        }))
+        Ok(policy::check_key(KeyFacts {
+            compromised,
+            ..KeyFacts::default()
+        })
+        .err())
     }
 
     /// Signs the certificate policy decided for `csr`: the one step every
@@ -254,16 +327,16 @@ impl Authority {
         &self,
         csr: &Csr,
         host: &str,
+        psk_hash: Option<&PskHash>,
         failure: PskFailure,
         now: i64,
         peer: SocketAddr,
     ) -> Result<Issued, SignError> {
-        let Some(psk) = csr.psk.as_ref() else {
+        let Some(&hash) = psk_hash else {
             return Err(self
                 .reject(now, Some(host.to_owned()), peer, Rejection::Psk(failure))
                 .await);
         };
-        let hash = psk.hash();
         let mut failure = failure;
         if matches!(
             failure,

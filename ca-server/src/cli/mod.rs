@@ -1,4 +1,6 @@
-//! The command line: clap definitions, then one function per verb. Every
+//! The command line: clap definitions, then one function per verb; the verb
+//! groups with more than a line of their own live beside it (`psk.rs`,
+//! `cert.rs`, `store.rs`); the exit codes are named in [`exit`]. Every
 //! verb takes `--data-dir` (`CA_DATA_DIR`) and `--database-url`
 //! (`CA_DATABASE_URL`), and reads `--config FILE` (`CA_CONFIG`) first
 //! ([`crate::config`]).
@@ -26,6 +28,13 @@ use policy::hostname::escape_for_display;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+
+mod cert;
+mod psk;
+mod store;
+use cert::cert;
+use psk::psk;
+use store::store_copy;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -326,10 +335,23 @@ pub enum StoreCommand {
     },
 }
 
+/// The exit codes, named (the `after_help` above lists them for users).
+pub mod exit {
+    /// Success.
+    pub const OK: i32 = 0;
+    /// Any error not named below.
+    pub const ERROR: i32 = 1;
+    /// A usage error: bad flags, or a bad configuration file.
+    pub const USAGE: i32 = 2;
+    /// The thing asked about does not exist.
+    pub const NOT_FOUND: i32 = 3;
+    /// `doctor` found only warnings.
+    pub const WARNINGS: i32 = 4;
+}
 /// Exit code for "the thing asked about does not exist".
-pub const EXIT_NOT_FOUND: i32 = 3;
+pub const EXIT_NOT_FOUND: i32 = exit::NOT_FOUND;
 /// Exit code of `doctor` when it found only warnings.
-pub const EXIT_WARNINGS: i32 = 4;
+pub const EXIT_WARNINGS: i32 = exit::WARNINGS;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -346,7 +368,11 @@ pub fn main() -> i32 {
         Ok(parsed) => parsed,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { 2 } else { 0 };
+            return if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
         }
     };
     let cli = parsed.cli;
@@ -358,7 +384,7 @@ pub fn main() -> i32 {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: starting the runtime: {e}");
-            return 1;
+            return exit::ERROR;
         }
     };
     let result = match cli.command {
@@ -391,25 +417,25 @@ pub fn main() -> i32 {
         }
     };
     match result {
-        Ok(()) => 0,
+        Ok(()) => exit::OK,
         Err(e) => {
             if let Some(findings) = e.downcast_ref::<DoctorFindings>() {
                 eprintln!("{findings}");
                 return if findings.failures > 0 {
-                    1
+                    exit::ERROR
                 } else {
-                    EXIT_WARNINGS
+                    exit::WARNINGS
                 };
             }
             eprintln!("error: {e:#}");
             if e.downcast_ref::<NotFound>().is_some()
                 || matches!(e.downcast_ref(), Some(AdminError::NotFound(_)))
             {
-                EXIT_NOT_FOUND
+                exit::NOT_FOUND
             } else if e.downcast_ref::<UsageError>().is_some() {
-                2
+                exit::USAGE
             } else {
-                1
+                exit::ERROR
             }
         }
     }
@@ -627,188 +653,6 @@ async fn run(cli: Cli, reserved: &policy::ReservedNames) -> Result<()> {
             proto::clidocs::man_pages(Cli::command(), &out_dir)
         }
     }
-}
-
-async fn psk(
-    args: PskArgs,
-    data_dir: &std::path::Path,
-    url: &str,
-    reserved: &policy::ReservedNames,
-) -> Result<()> {
-    let admin = Admin::open(&args.remote, data_dir, url).await?;
-    match args.command {
-        PskCommand::Add {
-            host,
-            ttl,
-            sans,
-            psk_stdin,
-            json,
-            server_url,
-            bundle,
-        } => {
-            // Checked before the PSK exists, so a bundle is never short of it.
-            if bundle.is_some() && server_url.is_none() && matches!(admin, Admin::Local { .. }) {
-                return Err(UsageError(
-                    "--bundle needs the URL hosts reach the CA at: --server-url URL (or CA_PUBLIC_URL)"
-                        .into(),
-                )
-                .into());
-            }
-            let mut req = PskAddRequest {
-                hostname: host,
-                ttl_secs: std::time::Duration::from(ttl).as_secs(),
-                sans,
-                psk: None,
-            };
-            if psk_stdin {
-                let mut buf = zeroize::Zeroizing::new(String::new());
-                std::io::stdin()
-                    .read_to_string(&mut buf)
-                    .context("reading the PSK from stdin")?;
-                req.psk = Some(buf.trim().to_owned());
-            }
-            let mut added = admin.psk_add(req, reserved).await?;
-            if server_url.is_some() {
-                added.server_url = server_url;
-            }
-            match bundle {
-                Some(path) => write_bundle(&added, &path, json),
-                None => admin_output::psk_added(&added, json),
-            }
-        }
-        PskCommand::Batch { ttl, sans } => {
-            let mut input = String::new();
-            std::io::stdin()
-                .read_to_string(&mut input)
-                .context("reading hostnames from stdin")?;
-            let req = PskBatchRequest {
-                hostnames: input
-                    .lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty())
-                    .map(str::to_owned)
-                    .collect(),
-                ttl_secs: std::time::Duration::from(ttl).as_secs(),
-                sans,
-            };
-            admin_output::psk_batch(&admin.psk_batch(&req, reserved).await?);
-            Ok(())
-        }
-        PskCommand::List { json } => {
-            admin_output::psk_list(&admin.psk_list().await?, SystemClock.now(), json)
-        }
-        PskCommand::Remove { host } => {
-            admin.psk_remove(&host).await?;
-            eprintln!("removed the PSK of {}", escape_for_display(&host));
-            Ok(())
-        }
-    }
-}
-
-/// `psk add --bundle FILE`: the PSK goes into the bundle (0600) only.
-fn write_bundle(added: &PskAdded, path: &std::path::Path, json: bool) -> Result<()> {
-    let (Some(server), Some(fingerprint)) = (&added.server_url, &added.fingerprint) else {
-        bail!(
-            "the PSK of {} was created, but the bundle needs the server URL (--server-url) \
-             and the root fingerprint; run psk add again with them",
-            escape_for_display(&added.hostname)
-        );
-    };
-    let bundle = proto::bundle::Bundle {
-        server: server.clone(),
-        fingerprint: fingerprint.clone(),
-        hostname: added.hostname.clone(),
-        psk: Psk::new(added.psk.clone())?,
-        sans: added.allowed_sans.clone(),
-        expires_at: added.expires_at.clone(),
-    };
-    bundle.write(path)?;
-    if json {
-        let out = serde_json::json!({
-            "hostname": added.hostname,
-            "bundle": path,
-            "expires_at": added.expires_at,
-            "allowed_sans": added.allowed_sans,
-            "fingerprint": fingerprint,
-            "server_url": server,
-        });
-        println!("{out}");
-    } else {
-        eprintln!(
-            "wrote the bootstrap bundle for {} to {} (expires {})",
-            escape_for_display(&added.hostname),
-            path.display(),
-            added.expires_at
-        );
-    }
-    Ok(())
-}
-
-async fn cert(args: CertArgs, data_dir: &std::path::Path, url: &str) -> Result<()> {
-    let admin = Admin::open(&args.remote, data_dir, url).await?;
-    match args.command {
-        CertCommand::List {
-            expiring,
-            host,
-            stale,
-            renew_grace,
-            json,
-        } => {
-            let q = CertQuery {
-                host,
-                expiring_secs: expiring.map(|d| std::time::Duration::from(d).as_secs()),
-                stale,
-                renew_grace_secs: renew_grace.map(|d| std::time::Duration::from(d).as_secs()),
-            };
-            admin_output::cert_list(&admin.cert_list(&q).await?, json)
-        }
-        CertCommand::Show { target, json } => {
-            admin_output::cert_show(&admin.cert_show(&target).await?, json)
-        }
-    }
-}
-
-/// `store copy --to URL`: copy, verify, and record the copy in the target's audit log.
-async fn store_copy(from: &str, to: &str, json: bool, clock: &SystemClock) -> Result<()> {
-    let (from_shown, to_shown) = (crate::store::redact_url(from), crate::store::redact_url(to));
-    let source = Store::open(from).await?;
-    let target = Store::open(to).await.context("opening the target")?;
-    let report = source
-        .copy_to(&target)
-        .await
-        .with_context(|| format!("copying {from_shown} to {to_shown}"))?;
-    let counts = report
-        .tables
-        .iter()
-        .map(|t| format!("{} {}", t.table, t.rows))
-        .collect::<Vec<_>>()
-        .join(", ");
-    target
-        .audit(&AuditEvent {
-            at: clock.now(),
-            event: Event::StoreCopied.into(),
-            outcome: Outcome::Ok.into(),
-            reason: Some(format!(
-                "from {from_shown}: {counts}; crl_number {}",
-                report.crl_number
-            )),
-            actor: Some(actor()),
-            ..Default::default()
-        })
-        .await?;
-    // Closing checkpoints a SQLite target into its main file (a backup is one file).
-    source.close().await;
-    target.close().await;
-    if json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        for t in &report.tables {
-            println!("{:<13} {:>9} rows  digest {}", t.table, t.rows, t.digest);
-        }
-        println!("crl_number    {:>9}", report.crl_number);
-        eprintln!("copied and verified {from_shown} -> {to_shown}");
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -179,6 +179,57 @@ pub fn check_key(facts: KeyFacts) -> Result<(), Rejection> {
     Ok(())
 }
 
+/// A route that names the host in its URL (Puppet's
+/// `certificate_request/{certname}`) gets a certificate only for that name:
+/// the CSR's hostname must be `certname`.
+pub fn check_certname(certname: Option<&str>, host: &str) -> Result<(), Rejection> {
+    match certname {
+        Some(certname) if certname != host => Err(Rejection::CertnameMismatch {
+            certname: certname.to_owned(),
+            cn: host.to_owned(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// What the store knows about a certificate already issued against the PSK
+/// a failed request presented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IssuedUnderPsk {
+    /// Its public key is the one the request's CSR carries.
+    pub same_key: bool,
+    /// When the PSK it was issued against expired(s), Unix seconds.
+    pub psk_expires_at: Option<i64>,
+    pub revoked: bool,
+}
+
+/// The rules for a PSK that did not authenticate, beyond the refusal itself.
+impl PskFailure {
+    /// Whether this failure may be the retry of a request that succeeded
+    /// (its response lost): the PSK was spent, so it now looks unknown,
+    /// wrong (replaced) or used. Then the certificates issued under it are
+    /// looked at, and any means the PSK counts as used.
+    pub fn may_be_retry(self) -> bool {
+        matches!(
+            self,
+            PskFailure::UnknownHost | PskFailure::Wrong | PskFailure::Used
+        )
+    }
+
+    /// Whether the PSK is burned: an expired PSK can never work again.
+    pub fn burns_psk(self) -> bool {
+        self == PskFailure::Expired
+    }
+}
+
+impl IssuedUnderPsk {
+    /// Whether this certificate is the answer to the retry at `now`: the same
+    /// key, within the PSK's original lifetime, not revoked.
+    pub fn answers_retry(&self, now: i64) -> bool {
+        self.same_key && self.psk_expires_at.is_some_and(|t| now < t) && !self.revoked
+    }
+}
+
 /// Static name rules: any wildcard or malformed DNS name, any SAN type other
 /// than DNS or IP, is refused whoever asks.
 pub(crate) fn check_name_syntax(csr: &Csr) -> Result<(), Rejection> {

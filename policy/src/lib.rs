@@ -28,7 +28,8 @@ pub mod reserved;
 pub use acme::{AcmeGrant, IdentifierRefusal, check_order, decide_acme};
 pub use csr::{Csr, KeyKind, RequestedName, SignatureKind};
 pub use decision::{
-    AllowedName, Decision, KeyFacts, Profile, PskEntry, check_key, decide, decide_hashed,
+    AllowedName, Decision, IssuedUnderPsk, KeyFacts, Profile, PskEntry, check_certname, check_key,
+    decide, decide_hashed,
 };
 pub use error::{Malformed, PskFailure, Rejection, RejectionClass, RenewalRefusal};
 pub use hostname::HostnameError;

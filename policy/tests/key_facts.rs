@@ -1,5 +1,6 @@
-//! The key rules callers feed with facts (`check_key`) and the decision with
-//! a PSK hashed once by the caller (`decide_hashed`).
+//! The rules callers feed with facts: the key's (`check_key`), the URL's
+//! certname, a failed PSK's retry and burn, and the decision with a PSK
+//! hashed once by the caller (`decide_hashed`).
 
 use policy::psk::{self, Psk};
 use policy::{
@@ -90,4 +91,65 @@ fn decide_hashed_decides_as_decide_with_the_callers_hash() {
         decide_hashed(&csr, None, Some(&e), NOW),
         Decision::Reject(Rejection::Psk(PskFailure::Missing))
     ));
+}
+
+#[test]
+fn a_named_route_signs_only_its_certname() {
+    assert_eq!(policy::check_certname(None, HOST), Ok(()));
+    assert_eq!(policy::check_certname(Some(HOST), HOST), Ok(()));
+    assert_eq!(
+        policy::check_certname(Some("web2.example.internal"), HOST),
+        Err(Rejection::CertnameMismatch {
+            certname: "web2.example.internal".into(),
+            cn: HOST.into()
+        })
+    );
+}
+
+#[test]
+fn a_spent_psk_may_be_a_retry_and_an_expired_one_burns() {
+    use PskFailure::*;
+    for (f, retry, burns) in [
+        (Missing, false, false),
+        (UnknownHost, true, false),
+        (Wrong, true, false),
+        (Used, true, false),
+        (Expired, false, true),
+    ] {
+        assert_eq!(f.may_be_retry(), retry, "{f:?}");
+        assert_eq!(f.burns_psk(), burns, "{f:?}");
+    }
+}
+
+#[test]
+fn only_the_same_key_within_the_psks_lifetime_and_unrevoked_gets_its_certificate_back() {
+    let issued = policy::IssuedUnderPsk {
+        same_key: true,
+        psk_expires_at: Some(NOW + 1),
+        revoked: false,
+    };
+    assert!(issued.answers_retry(NOW));
+    // The PSK's lifetime ends at its expiry second.
+    assert!(!issued.answers_retry(NOW + 1));
+    assert!(
+        !policy::IssuedUnderPsk {
+            same_key: false,
+            ..issued
+        }
+        .answers_retry(NOW)
+    );
+    assert!(
+        !policy::IssuedUnderPsk {
+            revoked: true,
+            ..issued
+        }
+        .answers_retry(NOW)
+    );
+    assert!(
+        !policy::IssuedUnderPsk {
+            psk_expires_at: None,
+            ..issued
+        }
+        .answers_retry(NOW)
+    );
 }

@@ -10,9 +10,10 @@
 //! actor (event `admin`, outcome `rejected`).
 
 use super::cert::{STORE_PREFIX, has_admin_mark};
+use crate::issue::refusal::Refusal;
 use crate::issue::sign::{Authority, SignError, clip};
-use crate::store::{AuditEvent, CertRecord, StoreError};
-use crate::store::{CertKind, Event, Outcome};
+use crate::store::{CertKind, Event};
+use crate::store::{CertRecord, StoreError};
 use rustls::pki_types::CertificateDer;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -169,23 +170,20 @@ impl Authority {
         presented: Option<Presented<'_>>,
         r: AdminRefusal,
     ) -> AdminAuthError {
-        self.count_refusal(peer, crate::issue::throttle::Weight::Full);
-        let event = AuditEvent {
-            at: now,
-            event: Event::Admin.into(),
+        let refusal = Refusal {
+            event: Event::Admin,
+            hostname: None,
             serial: presented.as_ref().and_then(|p| p.serial.map(str::to_owned)),
-            outcome: Outcome::Rejected.into(),
-            reason: Some(format!("{}: {r}", r.code())),
-            peer: Some(peer.ip().to_string()),
+            reason: format!("{}: {r}", r.code()),
             actor: presented
                 .as_ref()
                 .and_then(|p| p.subject)
                 .map(|s| clip(&format!("presented:{s}"))),
-            ..Default::default()
+            key: r.code(),
+            weight: Some(crate::issue::throttle::Weight::Full),
+            what: "a refused admin request",
         };
-        if let Err(e) = self.rejections.record(&self.store, event, r.code()).await {
-            tracing::error!(error = %e, "could not write the audit row for a refused admin request");
-        }
+        self.refuse(now, peer, refusal).await;
         AdminAuthError::Refused(r)
     }
 }
@@ -201,6 +199,7 @@ mod tests {
     use super::*;
     use crate::admin::cert::sign_admin;
     use crate::pki::ca::LeafRequest;
+    use crate::store::AuditEvent;
     use crate::testing::{NOW, fixture};
     use policy::{KeyKind, Profile};
     use proto::keys::{HostKey, KeyType};

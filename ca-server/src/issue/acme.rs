@@ -7,6 +7,7 @@
 //! is `edge::acme`; the rows are `store::acme`.
 
 use crate::edge::acme::jws::{AccountKey, Jws, JwsError};
+use crate::issue::refusal::Refusal;
 use crate::issue::sign::{Authority, SignError, clip};
 use crate::store::{
     AcmeAccount, AcmeOrder, AuditEvent, CertRecord, Revocation, RevokeOutcome, StoreError,
@@ -266,18 +267,18 @@ impl Authority {
         key: &'static str,
         reason: String,
     ) {
-        let event = AuditEvent {
-            at: now,
-            event: Event::Acme.into(),
+        let refusal = Refusal {
+            event: Event::Acme,
             hostname: host.map(clip),
-            outcome: Outcome::Rejected.into(),
-            reason: Some(clip(&reason)),
-            peer: Some(peer.ip().to_string()),
-            ..Default::default()
+            serial: None,
+            reason: clip(&reason),
+            actor: None,
+            key,
+            // ACME weighs its refusals where they happen (edge/acme).
+            weight: None,
+            what: "a refused ACME request",
         };
-        if let Err(e) = self.rejections.record(&self.store, event, key).await {
-            tracing::error!(error = %e, "could not write the audit row for a refused ACME request");
-        }
+        self.refuse(now, peer, refusal).await;
     }
 
     /// newOrder: the identifiers must lie within the account's grant.

@@ -6,6 +6,7 @@
 //! rows for refusals).
 
 pub mod acme;
+pub mod refusal;
 pub mod rejection_log;
 pub mod renew;
 pub mod sign;

@@ -19,6 +19,7 @@
 //! at once. A lost response is recovered like a lost bootstrap: the old
 //! certificate with the same new key gets the certificate already issued.
 
+use crate::issue::refusal::Refusal;
 use crate::issue::sign::{Authority, Issued, SignError, clip, weight_of};
 use crate::store::{AuditEvent, CertRecord, StoreError};
 use crate::store::{CertKind, Event, Outcome};
@@ -248,21 +249,17 @@ impl Authority {
         peer: SocketAddr,
         r: Rejection,
     ) -> SignError {
-        self.count_refusal(peer, weight_of(&r));
-        let event = AuditEvent {
-            at: now,
-            event: Event::Renew.into(),
+        let refusal = Refusal {
+            event: Event::Renew,
             hostname: client.map(|c| c.record.hostname.clone()),
             serial: client.map(|c| c.record.serial.clone()),
-            outcome: Outcome::Rejected.into(),
-            reason: Some(clip(&r.reason())),
-            peer: Some(peer.ip().to_string()),
+            reason: clip(&r.reason()),
             actor: client.map(ClientCert::actor),
-            ..Default::default()
+            key: r.code(),
+            weight: Some(weight_of(&r)),
+            what: "a refused renewal",
         };
-        if let Err(e) = self.rejections.record(&self.store, event, r.code()).await {
-            tracing::error!(error = %e, "could not write the audit row for a refused renewal");
-        }
+        self.refuse(now, peer, refusal).await;
         SignError::Rejected(r)
     }
 }

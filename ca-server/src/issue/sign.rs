@@ -12,13 +12,14 @@
 
 use crate::clock::Clock;
 use crate::diskguard::DiskGuard;
+use crate::issue::refusal::Refusal;
 use crate::issue::rejection_log::RejectionLog;
 use crate::issue::throttle::{Throttle, Weight, retry_after_secs};
 use crate::pki::ca::{LeafRequest, SignedLeaf, Signer};
 use crate::store::{AuditEvent, Issuance, Store, StoreError};
 use crate::store::{CertKind, Event, Outcome};
 use policy::csr::Csr;
-use policy::{Decision, KeyFacts, Profile, PskFailure, PskHash, Rejection};
+use policy::{Decision, IssuedUnderPsk, KeyFacts, Profile, PskFailure, PskHash, Rejection};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -178,13 +179,7 @@ impl Authority {
                 return Err(self.reject(now, shown, peer, r).await);
             }
         };
-        if let Some(certname) = certname
-            && certname != host
-        {
-            let r = Rejection::CertnameMismatch {
-                certname: certname.to_owned(),
-                cn: host.clone(),
-            };
+        if let Err(r) = policy::check_certname(certname, &host) {
             return Err(self.reject(now, Some(host), peer, r).await);
         }
         Ok((csr, host))
@@ -338,16 +333,16 @@ impl Authority {
                 .await);
         };
         let mut failure = failure;
-        if matches!(
-            failure,
-            PskFailure::UnknownHost | PskFailure::Wrong | PskFailure::Used
-        ) {
+        if failure.may_be_retry() {
             let key = csr.public_key_sha256();
             for cert in self.store.certs_by_psk(host, &hash).await? {
                 failure = PskFailure::Used;
-                let same_key = cert.public_key_sha256 == key;
-                let in_lifetime = cert.psk_expires_at.is_some_and(|t| now < t);
-                if same_key && in_lifetime && cert.revoked_at.is_none() {
+                let issued = IssuedUnderPsk {
+                    same_key: cert.public_key_sha256 == key,
+                    psk_expires_at: cert.psk_expires_at,
+                    revoked: cert.revoked_at.is_some(),
+                };
+                if issued.answers_retry(now) {
                     self.store
                         .audit(&AuditEvent {
                             at: now,
@@ -369,7 +364,7 @@ impl Authority {
                 }
             }
         }
-        if failure == PskFailure::Expired {
+        if failure.burns_psk() {
             // An expired PSK is burned (SPIRE does the same): it can never work again.
             self.store.burn_psk(host, &hash).await?;
         }
@@ -389,23 +384,21 @@ impl Authority {
         peer: SocketAddr,
         r: Rejection,
     ) -> SignError {
-        self.count_refusal(peer, weight_of(&r));
-        let event = AuditEvent {
-            at: now,
-            event: Event::Sign.into(),
-            hostname: hostname.map(|h| clip(&h)),
-            outcome: Outcome::Rejected.into(),
-            reason: Some(clip(&r.reason())),
-            peer: Some(peer.ip().to_string()),
-            ..Default::default()
-        };
         let key = match &r {
             Rejection::Psk(f) => f.reason(),
             other => other.code(),
         };
-        if let Err(e) = self.rejections.record(&self.store, event, key).await {
-            tracing::error!(error = %e, "could not write the audit row for a rejection");
-        }
+        let refusal = Refusal {
+            event: Event::Sign,
+            hostname: hostname.map(|h| clip(&h)),
+            serial: None,
+            reason: clip(&r.reason()),
+            actor: None,
+            key,
+            weight: Some(weight_of(&r)),
+            what: "a rejection",
+        };
+        self.refuse(now, peer, refusal).await;
         SignError::Rejected(r)
     }
 }

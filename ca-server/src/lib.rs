@@ -12,7 +12,8 @@
 //!   listener and ACME's protocol handling.
 //! - [`issue`]: the issuance flows ([`issue::sign`] for a PSK,
 //!   [`issue::renew`] for a client certificate, [`issue::acme`]) and the
-//!   refusal machinery ([`issue::throttle`], [`issue::rejection_log`]);
+//!   refusal machinery ([`issue::refusal`], [`issue::throttle`],
+//!   [`issue::rejection_log`]);
 //!   [`admin`]: the operations behind the admin verbs and the admin API
 //!   (with `doctor`, `rotate`, `revocation`).
 //! - [`pki`]: CA material and the signer ([`pki::ca`]), CRLs

@@ -1,6 +1,7 @@
 //! The store: PSKs, certificates, the audit log and the CRL number, on SQLite
 //! (embedded default) or PostgreSQL (replicas), through sqlx's `Any` driver
-//! with one SQL text for both engines. Times are Unix seconds.
+//! with one SQL text for both engines where the dialects agree (the certificate
+//! and audit INSERTs have one per engine, the macros below). Times are Unix seconds.
 //!
 //! The invariant everything rests on lives in [`Store::record_issuance`]: the
 //! PSK row is deleted (exactly one row, `DELETE ... RETURNING`) in the same
@@ -21,10 +22,12 @@ mod batch;
 pub mod copy;
 mod crl;
 pub mod inspect;
+mod kinds;
 mod ocsp;
 mod ownership;
 pub use acme::{AcmeAccount, AcmeOrder, SealedPsk};
 pub use crl::{CrlPoll, CrlSnapshot, PublishedCrls, RevokedEntry};
+pub use kinds::{CertKind, Event, Outcome, UnknownName};
 pub use ocsp::StoredResponder;
 pub use stats::StoreStats;
 
@@ -152,11 +155,54 @@ macro_rules! cert_columns {
     };
 }
 
-/// The audit INSERT, as a macro so the `RETURNING` variant stays a literal.
-macro_rules! insert_audit_sql {
+/// The only SQL texts that write `certificates` and `audit` rows, one per
+/// engine, as macros so queries stay `&'static str` literals (and the
+/// `RETURNING` variant can be appended).
+///
+/// SQLite: one row, `$n` parameters, which sqlx and rusqlite (the group
+/// commit's lane) alike bind by position.
+macro_rules! insert_cert_sqlite {
+    () => {
+        concat!(
+            "INSERT INTO certificates (",
+            cert_columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+        )
+    };
+}
+
+/// PostgreSQL: any number of rows as one JSON array parameter, so the
+/// statement has one shape (prepared once) and costs one round trip whatever
+/// the batch size; a single write is a batch of one.
+macro_rules! insert_certs_pg {
+    () => {
+        concat!(
+            "INSERT INTO certificates (",
+            cert_columns!(),
+            ") SELECT j.serial, j.hostname, j.kind, decode(j.pk, 'hex'), decode(j.ph, 'hex'), \
+             j.pe, j.nb, j.na, decode(j.der, 'hex'), j.ia, j.ra, j.rr, j.sb \
+             FROM jsonb_to_recordset($1::jsonb) AS j(serial text, hostname text, kind text, \
+             pk text, ph text, pe bigint, nb bigint, na bigint, der text, ia bigint, ra bigint, \
+             rr text, sb text)"
+        )
+    };
+}
+
+/// The audit row on SQLite, as [`insert_cert_sqlite!`].
+macro_rules! insert_audit_sqlite {
     () => {
         "INSERT INTO audit (at, event, hostname, serial, outcome, reason, peer, actor) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+    };
+}
+
+/// Audit rows on PostgreSQL, as [`insert_certs_pg!`].
+macro_rules! insert_audits_pg {
+    () => {
+        "INSERT INTO audit (at, event, hostname, serial, outcome, reason, peer, actor) \
+         SELECT j.at, j.event, j.hostname, j.serial, j.outcome, j.reason, j.peer, j.actor \
+         FROM jsonb_to_recordset($1::jsonb) AS j(at bigint, event text, hostname text, \
+         serial text, outcome text, reason text, peer text, actor text)"
     };
 }
 
@@ -311,7 +357,7 @@ impl Store {
         let sans_json = sans_json(allowed_sans);
         let mut tx = self.begin().await?;
         upsert_psk(&mut *tx, hostname, hash, &sans_json, created_at, expires_at).await?;
-        insert_audit(&mut *tx, audit).await?;
+        insert_audit(self.engine, &mut *tx, audit).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -374,7 +420,7 @@ impl Store {
             .await?
             .rows_affected();
         if n > 0 {
-            insert_audit(&mut *tx, audit).await?;
+            insert_audit(self.engine, &mut *tx, audit).await?;
         }
         tx.commit().await?;
         Ok(n > 0)
@@ -403,12 +449,13 @@ impl Store {
         for row in rows {
             let host: String = row.try_get("hostname")?;
             insert_audit(
+                self.engine,
                 &mut *tx,
                 &AuditEvent {
                     at: now,
-                    event: "psk_expired".into(),
+                    event: Event::PskExpired.into(),
                     hostname: Some(host.clone()),
-                    outcome: "swept".into(),
+                    outcome: Outcome::Swept.into(),
                     actor: Some("ca-server".into()),
                     ..Default::default()
                 },
@@ -470,8 +517,8 @@ impl Store {
             tx.rollback().await?;
             return Err(StoreError::PskGone);
         }
-        insert_cert(&mut *tx, issuance.cert).await?;
-        insert_audit(&mut *tx, issuance.audit).await?;
+        insert_cert(self.engine, &mut *tx, issuance.cert).await?;
+        insert_audit(self.engine, &mut *tx, issuance.audit).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -483,8 +530,8 @@ impl Store {
         audit: &AuditEvent,
     ) -> StoreResult<()> {
         let mut tx = self.begin().await?;
-        insert_cert(&mut *tx, cert).await?;
-        insert_audit(&mut *tx, audit).await?;
+        insert_cert(self.engine, &mut *tx, cert).await?;
+        insert_audit(self.engine, &mut *tx, audit).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -560,17 +607,27 @@ impl Store {
 
     /// Writes one audit row outside any other transaction.
     pub async fn audit(&self, event: &AuditEvent) -> StoreResult<()> {
-        insert_audit(&mut *self.conn().await?, event).await
+        insert_audit(self.engine, &mut *self.conn().await?, event).await
     }
 
     /// Writes one audit row and returns its id (so repeats can count up on it).
     pub async fn audit_returning_id(&self, event: &AuditEvent) -> StoreResult<i64> {
-        let row = bind_audit(
-            sqlx::query(concat!(insert_audit_sql!(), " RETURNING id")),
-            event,
-        )
-        .fetch_one(&self.pool)
-        .await?;
+        let row = match self.engine {
+            Engine::Sqlite => {
+                bind_audit(
+                    sqlx::query(concat!(insert_audit_sqlite!(), " RETURNING id")),
+                    event,
+                )
+                .fetch_one(&self.pool)
+                .await?
+            }
+            Engine::Postgres => {
+                sqlx::query(concat!(insert_audits_pg!(), " RETURNING id"))
+                    .bind(audits_json(&[event]))
+                    .fetch_one(&self.pool)
+                    .await?
+            }
+        };
         Ok(row.try_get("id")?)
     }
 
@@ -711,44 +768,115 @@ async fn upsert_psk<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
     Ok(())
 }
 
+/// Writes one certificate row: the one function behind every path that
+/// records a certificate outside the group commit (which uses the same SQL).
 async fn insert_cert<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+    engine: Engine,
     ex: E,
     c: &CertRecord,
 ) -> StoreResult<()> {
-    sqlx::query(concat!(
-        "INSERT INTO certificates (",
-        cert_columns!(),
-        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
-    ))
-    .bind(&c.serial)
-    .bind(&c.hostname)
-    .bind(&c.kind)
-    .bind(&c.public_key_sha256)
-    .bind(&c.psk_hash)
-    .bind(c.psk_expires_at)
-    .bind(c.not_before)
-    .bind(c.not_after)
-    .bind(&c.der)
-    .bind(c.issued_at)
-    .bind(c.revoked_at)
-    .bind(&c.revocation_reason)
-    .bind(&c.superseded_by)
-    .execute(ex)
-    .await?;
-    Ok(())
+    match engine {
+        Engine::Sqlite => {
+            sqlx::query(insert_cert_sqlite!())
+                .bind(&c.serial)
+                .bind(&c.hostname)
+                .bind(&c.kind)
+                .bind(&c.public_key_sha256)
+                .bind(&c.psk_hash)
+                .bind(c.psk_expires_at)
+                .bind(c.not_before)
+                .bind(c.not_after)
+                .bind(&c.der)
+                .bind(c.issued_at)
+                .bind(c.revoked_at)
+                .bind(&c.revocation_reason)
+                .bind(&c.superseded_by)
+                .execute(ex)
+                .await?;
+            Ok(())
+        }
+        Engine::Postgres => insert_certs_pg(ex, &[c]).await,
+    }
 }
 
-async fn insert_audit<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+/// Writes certificate rows on PostgreSQL in one statement (the group
+/// commit's batch, or one row).
+async fn insert_certs_pg<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
     ex: E,
-    a: &AuditEvent,
+    certs: &[&CertRecord],
 ) -> StoreResult<()> {
-    bind_audit(sqlx::query(insert_audit_sql!()), a)
+    let rows: Vec<serde_json::Value> = certs
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "serial": c.serial,
+                "hostname": c.hostname,
+                "kind": c.kind,
+                "pk": hex::encode(&c.public_key_sha256),
+                "ph": c.psk_hash.as_ref().map(hex::encode),
+                "pe": c.psk_expires_at,
+                "nb": c.not_before,
+                "na": c.not_after,
+                "der": hex::encode(&c.der),
+                "ia": c.issued_at,
+                "ra": c.revoked_at,
+                "rr": c.revocation_reason,
+                "sb": c.superseded_by,
+            })
+        })
+        .collect();
+    sqlx::query(insert_certs_pg!())
+        .bind(serde_json::Value::Array(rows).to_string())
         .execute(ex)
         .await?;
     Ok(())
 }
 
-/// Binds an audit row's values to an [`insert_audit_sql!`] query.
+/// Writes one audit row (the one function for every path but the group
+/// commit, which uses the same SQL).
+async fn insert_audit<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+    engine: Engine,
+    ex: E,
+    a: &AuditEvent,
+) -> StoreResult<()> {
+    match engine {
+        Engine::Sqlite => {
+            bind_audit(sqlx::query(insert_audit_sqlite!()), a)
+                .execute(ex)
+                .await?;
+            Ok(())
+        }
+        Engine::Postgres => insert_audits_pg(ex, &[a]).await,
+    }
+}
+
+/// The JSON array parameter of [`insert_audits_pg!`].
+fn audits_json(audits: &[&AuditEvent]) -> String {
+    let rows: Vec<serde_json::Value> = audits
+        .iter()
+        .map(|a| {
+            serde_json::json!({
+                "at": a.at, "event": a.event, "hostname": a.hostname, "serial": a.serial,
+                "outcome": a.outcome, "reason": a.reason, "peer": a.peer, "actor": a.actor,
+            })
+        })
+        .collect();
+    serde_json::Value::Array(rows).to_string()
+}
+
+/// Writes audit rows on PostgreSQL in one statement.
+async fn insert_audits_pg<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+    ex: E,
+    audits: &[&AuditEvent],
+) -> StoreResult<()> {
+    sqlx::query(insert_audits_pg!())
+        .bind(audits_json(audits))
+        .execute(ex)
+        .await?;
+    Ok(())
+}
+
+/// Binds an audit row's values to an [`insert_audit_sqlite!`] query.
 fn bind_audit<'q>(
     q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
     a: &'q AuditEvent,
@@ -788,7 +916,7 @@ fn prepare_sqlite_file(url: &str) -> Result<()> {
         return Ok(());
     };
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        ca_client::fsutil::create_private_dir(parent)?;
+        proto::fsutil::create_private_dir(parent)?;
     }
     use std::os::unix::fs::OpenOptionsExt;
     match std::fs::OpenOptions::new()

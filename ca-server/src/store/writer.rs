@@ -172,15 +172,8 @@ fn record_batch_sqlite(lane: &mut lane::Lane, batch: &[Job]) -> StoreResult<Vec<
         let mut spend = tx.prepare_cached(
             "DELETE FROM psks WHERE hostname = ?1 AND psk_hash = ?2 AND expires_at > ?3",
         )?;
-        let mut insert_cert = tx.prepare_cached(concat!(
-            "INSERT INTO certificates (",
-            cert_columns!(),
-            ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
-        ))?;
-        let mut insert_audit = tx.prepare_cached(
-            "INSERT INTO audit (at, event, hostname, serial, outcome, reason, peer, actor) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?;
+        let mut insert_cert = tx.prepare_cached(insert_cert_sqlite!())?;
+        let mut insert_audit = tx.prepare_cached(insert_audit_sqlite!())?;
         for job in batch {
             // A PSK spent by an earlier job of this batch is gone: the first wins.
             let spent =
@@ -308,77 +301,11 @@ async fn commit_batch(
     }
 
     // 2. and 3. Their certificates and audit rows.
-    insert_certs(&mut tx, &winners).await?;
-    insert_audits(&mut tx, &winners).await?;
+    let certs: Vec<&CertRecord> = winners.iter().map(|j| &j.cert).collect();
+    super::insert_certs_pg(&mut *tx, &certs).await?;
+    let audits: Vec<&AuditEvent> = winners.iter().map(|j| &j.audit).collect();
+    super::insert_audits_pg(&mut *tx, &audits).await?;
 
     tx.commit().await?;
     Ok(won)
-}
-
-async fn insert_certs(tx: &mut sqlx::Transaction<'_, sqlx::Any>, jobs: &[&Job]) -> StoreResult<()> {
-    let rows: Vec<serde_json::Value> = jobs
-        .iter()
-        .map(|j| {
-            let c = &j.cert;
-            serde_json::json!({
-                "serial": c.serial,
-                "hostname": c.hostname,
-                "kind": c.kind,
-                "pk": hex::encode(&c.public_key_sha256),
-                "ph": c.psk_hash.as_ref().map(hex::encode),
-                "pe": c.psk_expires_at,
-                "nb": c.not_before,
-                "na": c.not_after,
-                "der": hex::encode(&c.der),
-                "ia": c.issued_at,
-                "ra": c.revoked_at,
-                "rr": c.revocation_reason,
-                "sb": c.superseded_by,
-            })
-        })
-        .collect();
-    let sql = concat!(
-        "INSERT INTO certificates (",
-        cert_columns!(),
-        ") SELECT j.serial, j.hostname, j.kind, decode(j.pk, 'hex'), decode(j.ph, 'hex'), \
-             j.pe, j.nb, j.na, decode(j.der, 'hex'), j.ia, j.ra, j.rr, j.sb \
-             FROM jsonb_to_recordset($1::jsonb) AS j(serial text, hostname text, kind text, \
-             pk text, ph text, pe bigint, nb bigint, na bigint, der text, ia bigint, ra bigint, \
-             rr text, sb text)"
-    );
-    execute_json(tx, sql, rows).await
-}
-
-async fn insert_audits(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    jobs: &[&Job],
-) -> StoreResult<()> {
-    let rows: Vec<serde_json::Value> = jobs
-        .iter()
-        .map(|j| {
-            let a = &j.audit;
-            serde_json::json!({
-                "at": a.at, "event": a.event, "hostname": a.hostname, "serial": a.serial,
-                "outcome": a.outcome, "reason": a.reason, "peer": a.peer, "actor": a.actor,
-            })
-        })
-        .collect();
-    let sql = "INSERT INTO audit (at, event, hostname, serial, outcome, reason, peer, actor) \
-         SELECT j.at, j.event, j.hostname, j.serial, j.outcome, j.reason, j.peer, j.actor \
-         FROM jsonb_to_recordset($1::jsonb) AS j(at bigint, event text, hostname text, \
-         serial text, outcome text, reason text, peer text, actor text)";
-    execute_json(tx, sql, rows).await
-}
-
-/// Runs a statement whose rows arrive as one JSON array parameter.
-async fn execute_json(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    sql: &'static str,
-    rows: Vec<serde_json::Value>,
-) -> StoreResult<()> {
-    sqlx::query(sql)
-        .bind(serde_json::Value::Array(rows).to_string())
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
 }

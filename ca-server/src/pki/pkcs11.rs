@@ -6,9 +6,14 @@
 //!
 //! A lost token is noticed by a failed call or by the monitor's probe
 //! (`C_GetTokenInfo` every second); the module is then finalised and
-//! initialised again until the token answers and the login succeeds
-//! (SoftHSM2 only sees a token directory that came back after a fresh
-//! `C_Initialize`). docs/pkcs11.md describes the operator side.
+//! initialised again until the token answers and the login succeeds.
+//! SoftHSM2, whose token directory goes away, answers `C_Sign` with
+//! CKR_OBJECT_HANDLE_INVALID, `C_FindObjects` with nothing and
+//! `C_GetTokenInfo` with CKR_GENERAL_ERROR, and keeps doing so after the
+//! directory is back (a new session or login in the same initialisation
+//! finds nothing); only `C_Finalize` then `C_Initialize` sees it again
+//! (`C_Initialize` itself fails while the directory is missing).
+//! docs/pkcs11.md describes the operator side.
 
 use anyhow::{Context, Result, anyhow, bail};
 use cryptoki::context::{CInitializeArgs, Pkcs11 as Module};
@@ -386,6 +391,8 @@ impl Token {
         f: impl FnOnce(&Session, &mut Handles<'_>) -> Result<R, P11Error> + Send + 'static,
     ) -> Result<R, TokenError> {
         let timeout = self.inner.config.timeout;
+        // The connection this call is for: a timeout must not mark a newer one lost.
+        let generation_seen = self.inner.lock().generation;
         let (tx, rx) = mpsc::sync_channel(1);
         let label = label.to_owned();
         let job: Job = Box::new(move |inner: &Inner| {
@@ -410,7 +417,6 @@ impl Token {
             Err(_) => {
                 // The call may still be hanging in the module: declare the
                 // token lost so later requests fail at once.
-                let generation_seen = self.inner.lock().generation;
                 self.inner.lose(
                     generation_seen,
                     format!("a token call took longer than {timeout:?}"),

@@ -168,17 +168,17 @@ pub async fn check(target: &Target<'_>, clock: &dyn Clock) -> Vec<Finding> {
 /// sensitive and never extractable. Returns where the keys are for the other checks.
 fn pkcs11(target: &Target<'_>, out: &mut Vec<Finding>) -> ca::KeySource {
     const CHECK: &str = "pkcs11";
-    let token = match target.pkcs11.open() {
-        Ok(Some(t)) => t,
-        Ok(None) => return ca::KeySource::Files,
-        Err(e) => {
-            out.push(
-                Finding::new(Level::Fail, CHECK, format!("{e:#}"))
-                    .fix("see docs/pkcs11.md#failures: the message names what to change"),
-            );
-            return ca::KeySource::Files;
-        }
-    };
+    let token =
+        match target.pkcs11.open() {
+            Ok(Some(t)) => t,
+            Ok(None) => return ca::KeySource::Files,
+            Err(e) => {
+                out.push(Finding::new(Level::Fail, CHECK, format!("{e:#}")).fix(
+                    "the message names what to change (docs/pkcs11.md#failures-and-their-fixes)",
+                ));
+                return ca::KeySource::Files;
+            }
+        };
     out.push(Finding::new(
         Level::Ok,
         CHECK,
@@ -188,6 +188,30 @@ fn pkcs11(target: &Target<'_>, out: &mut Vec<Finding>) -> ca::KeySource {
             token.module().display()
         ),
     ));
+    // The PIN file is the token's password: only its owner may read it.
+    for pin in [
+        target.pkcs11.pkcs11_pin_file.as_ref(),
+        target.pkcs11.pkcs11_root_pin_file.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if let Some(mode) = mode_of(pin)
+            && let Some(how) = exposure(mode)
+        {
+            out.push(
+                Finding::new(
+                    Level::Fail,
+                    CHECK,
+                    format!("the PIN file {} is {how} (mode {mode:04o})", pin.display()),
+                )
+                .fix(format!(
+                    "chmod 600 {}; if others may have read it, change the token's user PIN",
+                    pin.display()
+                )),
+            );
+        }
+    }
     let paths = CaPaths::with_keys(target.data_dir, ca::KeySource::Token(token.clone()));
     for (what, cert, label) in [
         ("intermediate", &paths.intermediate_cert, token.label()),

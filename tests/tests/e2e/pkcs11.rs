@@ -20,6 +20,11 @@ const LABEL: &str = "ca-e2e";
 const PIN: &str = "e2e-user-pin-4711";
 const SO_PIN: &str = "e2e-so-pin-0815";
 
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
 /// A SoftHSM2 token in a temporary directory, with its own configuration.
 struct Hsm {
     dir: tempfile::TempDir,
@@ -61,6 +66,7 @@ impl Hsm {
             ),
         );
         let pin_file = write_file(dir.path(), "pin", format!("{PIN}\n"));
+        set_mode(&pin_file, 0o600);
         let hsm = Hsm {
             dir,
             conf,
@@ -157,7 +163,6 @@ fn assert_keys_kept_inside(hsm: &Hsm, expect_private: usize) {
         for attr in ["sensitive", "always sensitive", "never extractable"] {
             assert!(access.contains(attr), "{attr} missing from {b}");
         }
-        assert!(!access.contains(" extractable,") || access.contains("never extractable"));
     }
 }
 
@@ -323,6 +328,17 @@ fn keys_in_the_token_sign_leaves_crls_and_ocsp_and_never_leave_it() {
         "{report}"
     );
     assert!(!report.contains(PIN), "the PIN leaked into doctor's output");
+    // A PIN file others can read is a failure with its fix.
+    set_mode(&hsm.pin_file, 0o644);
+    let report = text(&run(ca
+        .cli()
+        .envs(hsm.env())
+        .args(["doctor", "--no-server"])));
+    assert!(
+        report.contains("FAIL  pkcs11: the PIN file") && report.contains("world-readable"),
+        "{report}"
+    );
+    set_mode(&hsm.pin_file, 0o600);
 
     // Nothing written anywhere names the PIN.
     assert!(!ca.logs().contains(PIN), "the PIN leaked into the log");

@@ -16,14 +16,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub mod acme;
+pub mod audit_chain;
+pub mod audit_sink;
 mod availability;
 mod batch;
+mod chain;
 pub mod copy;
 mod crl;
 pub mod inspect;
 mod ocsp;
 mod ownership;
 pub use acme::{AcmeAccount, AcmeOrder, SealedPsk};
+pub use chain::{CheckpointRow, NewCheckpoint};
 pub use crl::{CrlPoll, CrlSnapshot, PublishedCrls, RevokedEntry};
 pub use ocsp::StoredResponder;
 pub use stats::StoreStats;
@@ -127,6 +131,10 @@ pub struct AuditEvent {
     pub last_at: Option<i64>,
 }
 
+/// The event of a chained row that counts repeats of an aggregated refusal
+/// row (`repeats_of`); folded into that row's count in listings.
+pub const REPEATS_EVENT: &str = "refusal_repeats";
+
 /// Which audit rows to show (`audit --host --event`); `None` matches all.
 #[derive(Debug, Clone, Default)]
 pub struct AuditFilter {
@@ -149,14 +157,6 @@ macro_rules! cert_columns {
     () => {
         "serial, hostname, kind, public_key_sha256, psk_hash, psk_expires_at, \
          not_before, not_after, der, issued_at, revoked_at, revocation_reason, superseded_by"
-    };
-}
-
-/// The audit INSERT, as a macro so the `RETURNING` variant stays a literal.
-macro_rules! insert_audit_sql {
-    () => {
-        "INSERT INTO audit (at, event, hostname, serial, outcome, reason, peer, actor) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
     };
 }
 
@@ -560,54 +560,49 @@ impl Store {
 
     /// Writes one audit row outside any other transaction.
     pub async fn audit(&self, event: &AuditEvent) -> StoreResult<()> {
-        insert_audit(&mut *self.conn().await?, event).await
+        self.audit_returning_id(event).await.map(|_| ())
     }
 
     /// Writes one audit row and returns its id (so repeats can count up on it).
     pub async fn audit_returning_id(&self, event: &AuditEvent) -> StoreResult<i64> {
-        let row = bind_audit(
-            sqlx::query(concat!(insert_audit_sql!(), " RETURNING id")),
-            event,
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(row.try_get("id")?)
-    }
-
-    /// Counts one more occurrence of audit row `id` at `at`; `false` if the
-    /// row does not exist.
-    pub async fn audit_repeat(&self, id: i64, at: i64) -> StoreResult<bool> {
-        let n = sqlx::query(
-            "UPDATE audit SET repeat_count = repeat_count + 1, last_at = $2 WHERE id = $1",
-        )
-        .bind(id)
-        .bind(at)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(n == 1)
+        let mut tx = self.begin().await?;
+        let id = chain::append(&mut tx, event, None).await?;
+        tx.commit().await?;
+        Ok(id)
     }
 
     /// Adds counted repeats to audit rows, all in one transaction: each
     /// `(id, n, last_at)` adds `n` to row `id`'s count and moves its
-    /// `last_at`. Rows that no longer exist are skipped. (The refusal log's
-    /// periodic flush: one write for every repeat counted since the last.)
+    /// `last_at`, and appends a repeat row saying so to the chain (the
+    /// update alone would leave the count unprovable; docs/audit.md). Rows
+    /// that no longer exist are skipped. (The refusal log's periodic flush:
+    /// one write for every repeat counted since the last.)
     pub async fn audit_repeats(&self, repeats: &[(i64, i64, i64)]) -> StoreResult<()> {
         if repeats.is_empty() {
             return Ok(());
         }
         let mut tx = self.begin().await?;
-        for (id, n, last_at) in repeats {
-            sqlx::query(
+        for &(id, n, last_at) in repeats {
+            let updated = sqlx::query(
                 "UPDATE audit SET repeat_count = repeat_count + $2, \
                  last_at = CASE WHEN last_at IS NULL OR last_at < $3 THEN $3 ELSE last_at END \
-                 WHERE id = $1",
+                 WHERE id = $1 AND repeats_of IS NULL",
             )
             .bind(id)
             .bind(n)
             .bind(last_at)
             .execute(&mut *tx)
-            .await?;
+            .await?
+            .rows_affected();
+            if updated == 1 {
+                let row = AuditEvent {
+                    at: last_at,
+                    event: REPEATS_EVENT.into(),
+                    outcome: "counted".into(),
+                    ..Default::default()
+                };
+                chain::append(&mut tx, &row, Some((id, n, last_at))).await?;
+            }
         }
         tx.commit().await?;
         Ok(())
@@ -629,7 +624,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT id, at, event, hostname, serial, outcome, reason, peer, actor, \
              repeat_count, last_at FROM audit \
-             WHERE (at >= $1 OR last_at >= $1) \
+             WHERE (at >= $1 OR last_at >= $1) AND repeats_of IS NULL \
              AND ($3 IS NULL OR hostname = $3) AND ($4 IS NULL OR event = $4) \
              ORDER BY id LIMIT $2",
         )
@@ -738,29 +733,12 @@ async fn insert_cert<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
     Ok(())
 }
 
-async fn insert_audit<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
-    ex: E,
+/// Appends one audit row to the hash chain, in the caller's transaction.
+async fn insert_audit<C: chain::AuditConn + ?Sized>(
+    conn: &mut C,
     a: &AuditEvent,
 ) -> StoreResult<()> {
-    bind_audit(sqlx::query(insert_audit_sql!()), a)
-        .execute(ex)
-        .await?;
-    Ok(())
-}
-
-/// Binds an audit row's values to an [`insert_audit_sql!`] query.
-fn bind_audit<'q>(
-    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
-    a: &'q AuditEvent,
-) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
-    q.bind(a.at)
-        .bind(&a.event)
-        .bind(&a.hostname)
-        .bind(&a.serial)
-        .bind(&a.outcome)
-        .bind(&a.reason)
-        .bind(&a.peer)
-        .bind(&a.actor)
+    chain::append(conn.as_conn(), a, None).await.map(|_| ())
 }
 
 fn cert_from_row(r: &AnyRow) -> StoreResult<CertRecord> {

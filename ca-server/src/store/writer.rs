@@ -19,7 +19,9 @@
 //! fails as a whole, each of its requests is retried in a transaction of its
 //! own, so one bad row cannot fail its neighbours.
 
-use super::{AuditEvent, CertRecord, Engine, Issuance, Store, StoreError, StoreResult, lane};
+use super::{
+    AuditEvent, CertRecord, Engine, Issuance, Store, StoreError, StoreResult, chain, lane,
+};
 use policy::PskHash;
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, Row};
@@ -177,10 +179,6 @@ fn record_batch_sqlite(lane: &mut lane::Lane, batch: &[Job]) -> StoreResult<Vec<
             cert_columns!(),
             ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
         ))?;
-        let mut insert_audit = tx.prepare_cached(
-            "INSERT INTO audit (at, event, hostname, serial, outcome, reason, peer, actor) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?;
         for job in batch {
             // A PSK spent by an earlier job of this batch is gone: the first wins.
             let spent =
@@ -205,11 +203,16 @@ fn record_batch_sqlite(lane: &mut lane::Lane, batch: &[Job]) -> StoreResult<Vec<
                 c.revocation_reason,
                 c.superseded_by,
             ])?;
-            let a = &job.audit;
-            insert_audit.execute(params![
-                a.at, a.event, a.hostname, a.serial, a.outcome, a.reason, a.peer, a.actor,
-            ])?;
         }
+    }
+    let winners: Vec<&AuditEvent> = batch
+        .iter()
+        .zip(&won)
+        .filter(|(_, w)| **w)
+        .map(|(j, _)| &j.audit)
+        .collect();
+    if !winners.is_empty() {
+        append_audits_sqlite(&tx, &winners)?;
     }
     if won.contains(&true) {
         tx.commit()?;
@@ -217,6 +220,39 @@ fn record_batch_sqlite(lane: &mut lane::Lane, batch: &[Job]) -> StoreResult<Vec<
         tx.rollback()?;
     }
     Ok(won)
+}
+
+/// Appends the winners' audit rows to the chain: one reservation of their
+/// positions, the rows, the new head (the chain in `store/chain.rs`).
+fn append_audits_sqlite(tx: &rusqlite::Transaction<'_>, audits: &[&AuditEvent]) -> StoreResult<()> {
+    use rusqlite::params;
+    let n = audits.len() as i64;
+    let (last, head): (i64, Vec<u8>) = tx
+        .prepare_cached(&chain::RESERVE_SQL.replace('$', "?"))?
+        .query_row(params![n], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let mut links = chain::Links::new(last, n, &head)?;
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO audit (at, event, hostname, serial, outcome, reason, peer, actor, \
+         chain_seq, chain_hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?;
+    for a in audits {
+        let (seq, hash) = links.next(&a.chain_fields(None));
+        insert.execute(params![
+            a.at,
+            a.event,
+            a.hostname,
+            a.serial,
+            a.outcome,
+            a.reason,
+            a.peer,
+            a.actor,
+            seq,
+            &hash[..],
+        ])?;
+    }
+    tx.prepare_cached(&chain::SET_HEAD_SQL.replace('$', "?"))?
+        .execute(params![&links.head()[..]])?;
+    Ok(())
 }
 
 /// The PostgreSQL writer task.
@@ -349,25 +385,50 @@ async fn insert_certs(tx: &mut sqlx::Transaction<'_, sqlx::Any>, jobs: &[&Job]) 
     execute_json(tx, sql, rows).await
 }
 
+/// Appends the winners' audit rows to the chain in three statements
+/// whatever their number: reserve their positions (the head row's lock,
+/// held to commit, serialises replicas), insert them in chain order, move
+/// the head.
 async fn insert_audits(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     jobs: &[&Job],
 ) -> StoreResult<()> {
+    let n = jobs.len() as i64;
+    let reserved = sqlx::query(chain::RESERVE_SQL)
+        .bind(n)
+        .fetch_one(&mut **tx)
+        .await?;
+    let mut links = chain::Links::new(
+        reserved.try_get("seq")?,
+        n,
+        &reserved.try_get::<Vec<u8>, _>("head")?,
+    )?;
     let rows: Vec<serde_json::Value> = jobs
         .iter()
         .map(|j| {
             let a = &j.audit;
+            let (seq, hash) = links.next(&a.chain_fields(None));
             serde_json::json!({
                 "at": a.at, "event": a.event, "hostname": a.hostname, "serial": a.serial,
                 "outcome": a.outcome, "reason": a.reason, "peer": a.peer, "actor": a.actor,
+                "seq": seq, "hash": hex::encode(hash),
             })
         })
         .collect();
-    let sql = "INSERT INTO audit (at, event, hostname, serial, outcome, reason, peer, actor) \
-         SELECT j.at, j.event, j.hostname, j.serial, j.outcome, j.reason, j.peer, j.actor \
+    // ORDER BY: ids are drawn in chain order, which `audit verify` relies on.
+    let sql = "INSERT INTO audit (at, event, hostname, serial, outcome, reason, peer, actor, \
+         chain_seq, chain_hash) \
+         SELECT j.at, j.event, j.hostname, j.serial, j.outcome, j.reason, j.peer, j.actor, \
+         j.seq, decode(j.hash, 'hex') \
          FROM jsonb_to_recordset($1::jsonb) AS j(at bigint, event text, hostname text, \
-         serial text, outcome text, reason text, peer text, actor text)";
-    execute_json(tx, sql, rows).await
+         serial text, outcome text, reason text, peer text, actor text, seq bigint, hash text) \
+         ORDER BY j.seq";
+    execute_json(tx, sql, rows).await?;
+    sqlx::query(chain::SET_HEAD_SQL)
+        .bind(links.head().to_vec())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// Runs a statement whose rows arrive as one JSON array parameter.

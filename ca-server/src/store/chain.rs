@@ -1,0 +1,303 @@
+//! The audit chain's SQL: appending rows under the chain head (sqlx; the
+//! SQLite writer lane and the PostgreSQL batch writer use [`Links`] for
+//! theirs), reading the trail for `audit verify`, and the signed
+//! checkpoints. The encoding and the walk are in [`super::audit_chain`].
+//!
+//! Every append starts with `UPDATE audit_chain SET seq = seq + n ...
+//! RETURNING seq, head`: on SQLite a write, so the transaction holds the
+//! write lock from there; on PostgreSQL a row lock held to commit, so
+//! appends from replicas sharing the database take turns and commit in
+//! chain order (docs/audit.md).
+
+use super::audit_chain::{self, Fields, Head, StoredCheckpoint, StoredRow};
+use super::{AuditEvent, Store, StoreError, StoreResult};
+use sqlx::Row;
+
+/// The chain head's UPDATE that reserves `n` positions ($1) and returns the
+/// last reserved position and the head hash before them.
+pub(super) const RESERVE_SQL: &str =
+    "UPDATE audit_chain SET seq = seq + $1 WHERE id = 1 RETURNING seq, head";
+/// Moves the head hash after the appended rows.
+pub(super) const SET_HEAD_SQL: &str = "UPDATE audit_chain SET head = $1 WHERE id = 1";
+
+impl AuditEvent {
+    /// The fields the chain covers; `repeats` for a repeat row.
+    pub(super) fn chain_fields(&self, repeats: Option<(i64, i64, i64)>) -> Fields<'_> {
+        Fields {
+            at: self.at,
+            event: &self.event,
+            hostname: self.hostname.as_deref(),
+            serial: self.serial.as_deref(),
+            outcome: &self.outcome,
+            reason: self.reason.as_deref(),
+            peer: self.peer.as_deref(),
+            actor: self.actor.as_deref(),
+            repeats,
+        }
+    }
+}
+
+/// Hashes for rows appended after a reservation: positions and links in order.
+pub(super) struct Links {
+    next_seq: i64,
+    prev: [u8; 32],
+}
+
+impl Links {
+    /// From the reservation's answer: `last` is the last reserved position.
+    pub(super) fn new(last: i64, n: i64, head: &[u8]) -> StoreResult<Links> {
+        let prev = audit_chain::hash_from(head)
+            .ok_or_else(|| StoreError::Corrupt("audit_chain.head is not 32 bytes".into()))?;
+        Ok(Links {
+            next_seq: last - n + 1,
+            prev,
+        })
+    }
+
+    /// The next row's position and hash.
+    pub(super) fn next(&mut self, f: &Fields<'_>) -> (i64, [u8; 32]) {
+        let seq = self.next_seq;
+        let hash = audit_chain::link(&self.prev, seq, f);
+        self.prev = hash;
+        self.next_seq += 1;
+        (seq, hash)
+    }
+
+    /// The head after the last row.
+    pub(super) fn head(&self) -> [u8; 32] {
+        self.prev
+    }
+}
+
+/// A connection an append can run on (the callers' `&mut *tx`).
+pub(super) trait AuditConn: Send {
+    fn as_conn(&mut self) -> &mut sqlx::AnyConnection;
+}
+
+impl AuditConn for sqlx::AnyConnection {
+    fn as_conn(&mut self) -> &mut sqlx::AnyConnection {
+        self
+    }
+}
+
+/// Appends one audit row to the chain inside the caller's transaction (or
+/// as its own statement group on a bare connection the caller made a
+/// transaction). `repeats`: (the aggregated row's id, how many, the
+/// latest) for a repeat row. Returns the row's id.
+pub(super) async fn append(
+    conn: &mut sqlx::AnyConnection,
+    a: &AuditEvent,
+    repeats: Option<(i64, i64, i64)>,
+) -> StoreResult<i64> {
+    let reserved = sqlx::query(RESERVE_SQL)
+        .bind(1i64)
+        .fetch_one(&mut *conn)
+        .await?;
+    let mut links = Links::new(
+        reserved.try_get("seq")?,
+        1,
+        &reserved.try_get::<Vec<u8>, _>("head")?,
+    )?;
+    let (seq, hash) = links.next(&a.chain_fields(repeats));
+    let (count, last_at, of) = match repeats {
+        Some((of, n, last)) => (n, Some(last), Some(of)),
+        None => (1, None, None),
+    };
+    let row = sqlx::query(
+        "INSERT INTO audit (at, event, hostname, serial, outcome, reason, peer, actor, \
+         repeat_count, last_at, repeats_of, chain_seq, chain_hash) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
+    )
+    .bind(a.at)
+    .bind(&a.event)
+    .bind(&a.hostname)
+    .bind(&a.serial)
+    .bind(&a.outcome)
+    .bind(&a.reason)
+    .bind(&a.peer)
+    .bind(&a.actor)
+    .bind(count)
+    .bind(last_at)
+    .bind(of)
+    .bind(seq)
+    .bind(hash.to_vec())
+    .fetch_one(&mut *conn)
+    .await?;
+    sqlx::query(SET_HEAD_SQL)
+        .bind(hash.to_vec())
+        .execute(&mut *conn)
+        .await?;
+    Ok(row.try_get("id")?)
+}
+
+/// A checkpoint to store: the chain's head and length at `at`, signed.
+#[derive(Debug, Clone)]
+pub struct NewCheckpoint {
+    pub at: i64,
+    pub seq: i64,
+    pub head: [u8; 32],
+    pub key_id: String,
+    pub signature: Vec<u8>,
+}
+
+/// A stored checkpoint with its key id and signature, for verification.
+#[derive(Debug, Clone)]
+pub struct CheckpointRow {
+    pub id: i64,
+    pub at: i64,
+    pub seq: i64,
+    pub head: Vec<u8>,
+    pub key_id: String,
+    pub signature: Vec<u8>,
+}
+
+impl CheckpointRow {
+    pub fn checked(&self, signature_ok: bool) -> StoredCheckpoint {
+        StoredCheckpoint {
+            id: self.id,
+            at: self.at,
+            seq: self.seq,
+            head: self.head.clone(),
+            signature_ok,
+        }
+    }
+}
+
+impl Store {
+    /// Writes a signed checkpoint of the chain as it stands: the head is
+    /// locked (PostgreSQL) or the write lock taken (SQLite) while `sign`
+    /// signs it, so the checkpoint names a committed state. With `skip_same`,
+    /// nothing is written when the newest checkpoint already has this
+    /// length (the periodic task on an idle CA). Returns the checkpoint
+    /// written, if any.
+    pub async fn audit_checkpoint(
+        &self,
+        at: i64,
+        skip_same: bool,
+        sign: impl FnOnce(i64, &[u8; 32], i64) -> anyhow::Result<(String, Vec<u8>)>,
+    ) -> anyhow::Result<Option<NewCheckpoint>> {
+        let mut tx = self.begin().await?;
+        let row = sqlx::query(RESERVE_SQL)
+            .bind(0i64)
+            .fetch_one(&mut *tx)
+            .await?;
+        let seq: i64 = row.try_get("seq")?;
+        let head = audit_chain::hash_from(&row.try_get::<Vec<u8>, _>("head")?)
+            .ok_or_else(|| StoreError::Corrupt("audit_chain.head is not 32 bytes".into()))?;
+        if skip_same {
+            let last: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM audit_checkpoints")
+                .fetch_one(&mut *tx)
+                .await?;
+            if last == Some(seq) {
+                tx.rollback().await?;
+                return Ok(None);
+            }
+        }
+        let (key_id, signature) = sign(seq, &head, at)?;
+        sqlx::query(
+            "INSERT INTO audit_checkpoints (at, seq, head, key_id, signature) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(at)
+        .bind(seq)
+        .bind(head.to_vec())
+        .bind(&key_id)
+        .bind(&signature)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(NewCheckpoint {
+            at,
+            seq,
+            head,
+            key_id,
+            signature,
+        }))
+    }
+
+    /// The chain head row.
+    pub async fn audit_chain_head(&self) -> StoreResult<Head> {
+        let row = sqlx::query("SELECT seq, head, genesis_id FROM audit_chain WHERE id = 1")
+            .fetch_optional(&mut *self.conn().await?)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("the audit_chain row is missing".into()))?;
+        Ok(Head {
+            seq: row.try_get("seq")?,
+            head: row.try_get("head")?,
+            genesis_id: row.try_get("genesis_id")?,
+        })
+    }
+
+    /// Every checkpoint, oldest first.
+    pub async fn audit_checkpoints(&self) -> StoreResult<Vec<CheckpointRow>> {
+        let rows = sqlx::query(
+            "SELECT id, at, seq, head, key_id, signature FROM audit_checkpoints ORDER BY id",
+        )
+        .fetch_all(&mut *self.conn().await?)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(CheckpointRow {
+                    id: r.try_get("id")?,
+                    at: r.try_get("at")?,
+                    seq: r.try_get("seq")?,
+                    head: r.try_get("head")?,
+                    key_id: r.try_get("key_id")?,
+                    signature: r.try_get("signature")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Every audit row in id order, for the walk.
+    pub async fn audit_trail(&self) -> StoreResult<Vec<StoredRow>> {
+        self.audit_rows_after(None, i64::MAX).await
+    }
+
+    /// Chained rows after position `after` in chain order, at most `limit`
+    /// (the sinks' tail); `None`: every row in id order.
+    pub async fn audit_rows_after(
+        &self,
+        after: Option<i64>,
+        limit: i64,
+    ) -> StoreResult<Vec<StoredRow>> {
+        let columns = "id, at, event, hostname, serial, outcome, reason, peer, actor, \
+                       repeat_count, last_at, repeats_of, chain_seq, chain_hash FROM audit";
+        let rows = match after {
+            None => {
+                sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {columns} ORDER BY id")))
+                    .fetch_all(&mut *self.conn().await?)
+                    .await?
+            }
+            Some(after) => {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {columns} WHERE chain_seq > $1 ORDER BY chain_seq LIMIT $2"
+                )))
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&mut *self.conn().await?)
+                .await?
+            }
+        };
+        rows.iter()
+            .map(|r| {
+                Ok(StoredRow {
+                    id: r.try_get("id")?,
+                    at: r.try_get("at")?,
+                    event: r.try_get("event")?,
+                    hostname: r.try_get("hostname")?,
+                    serial: r.try_get("serial")?,
+                    outcome: r.try_get("outcome")?,
+                    reason: r.try_get("reason")?,
+                    peer: r.try_get("peer")?,
+                    actor: r.try_get("actor")?,
+                    repeat_count: r.try_get("repeat_count")?,
+                    last_at: r.try_get("last_at")?,
+                    repeats_of: r.try_get("repeats_of")?,
+                    chain_seq: r.try_get("chain_seq")?,
+                    chain_hash: r.try_get("chain_hash")?,
+                })
+            })
+            .collect()
+    }
+}

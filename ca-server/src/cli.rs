@@ -84,8 +84,12 @@ pub enum Command {
     Store(StoreCommand),
     /// ACME accounts (here, or remotely with --server URL --admin-cert DIR).
     Acme(crate::admin::acme::AcmeArgs),
-    /// Show the audit log.
+    /// Show the audit log; `audit verify` checks its hash chain, `audit
+    /// checkpoint` signs its head.
+    #[command(args_conflicts_with_subcommands = true)]
     Audit {
+        #[command(subcommand)]
+        action: Option<crate::admin::audit::AuditCommand>,
         /// How far back to look (e.g. 1h, 7d).
         #[arg(long, default_value = "1h")]
         since: humantime::Duration,
@@ -211,6 +215,8 @@ pub struct ServeArgs {
     pub http_public_url: Option<String>,
     #[command(flatten)]
     pub ocsp: crate::pki::responder::OcspArgs,
+    #[command(flatten)]
+    pub audit_trail: crate::store::audit_sink::AuditTrailArgs,
 }
 
 /// `psk`: the verb, and where it runs.
@@ -553,6 +559,8 @@ async fn run(cli: Cli, reserved: &policy::ReservedNames) -> Result<()> {
             )?;
             // The PSK seal key too, so one copy of the data dir serves every replica.
             crate::pki::psk_seal::load_or_create(&cli.data_dir)?;
+            // And the audit key that signs the audit chain's checkpoints.
+            crate::pki::audit_key::load_or_create(&cli.data_dir)?;
             if !out.created {
                 eprintln!("{} is already initialised", cli.data_dir.display());
             }
@@ -579,6 +587,7 @@ async fn run(cli: Cli, reserved: &policy::ReservedNames) -> Result<()> {
                 http_listen: args.http_listen,
                 http_public_url: args.http_public_url,
                 ocsp: args.ocsp.config()?,
+                audit_trail: args.audit_trail,
             })
             .await
         }
@@ -594,6 +603,11 @@ async fn run(cli: Cli, reserved: &policy::ReservedNames) -> Result<()> {
             store_copy(&url, &to, json, &clock).await
         }
         Command::Audit {
+            action: Some(action),
+            ..
+        } => crate::admin::audit::run(action, &cli.data_dir, &url, &clock).await,
+        Command::Audit {
+            action: None,
             since,
             host,
             event,

@@ -6,12 +6,14 @@
 //! prints the same answers the same way (`output.rs`), so local and remote
 //! output are identical.
 //!
-//! `acme.rs` holds the `acme accounts|deactivate` verbs.
+//! `acme.rs` holds the `acme accounts|deactivate` verbs, `audit.rs` the
+//! audit chain's `audit verify|checkpoint`.
 //!
 //! Admin certificates themselves (`cert.rs`) and the authentication of
 //! admin requests (`auth.rs`) live beside them.
 
 pub mod acme;
+pub mod audit;
 pub mod auth;
 pub mod cert;
 pub mod output;

@@ -1,0 +1,239 @@
+//! The audit key: an Ed25519 key (`audit-key.pem`, PKCS#8, 0600 in the data
+//! dir; its public half in `audit-key.pub.pem`) that signs the audit chain's
+//! checkpoints, and the checkpoint's signed message. Every replica shares
+//! the file, like `psk-seal.key`. Signing goes through [`CheckpointSigner`]
+//! only, so a key held in a token can replace the file.
+
+use anyhow::{Context, Result, bail};
+use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+
+/// The private key file's name in the data dir.
+pub const KEY_FILE: &str = "audit-key.pem";
+/// The public key file's name in the data dir (for verifiers without the secret).
+pub const PUBLIC_FILE: &str = "audit-key.pub.pem";
+
+/// The DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410), before
+/// the 32 key bytes.
+const SPKI_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
+
+/// What signs checkpoints: the file key today, a token tomorrow.
+pub trait CheckpointSigner: Send + Sync {
+    /// Names the key (hex SHA-256 of its public key), stored with each checkpoint.
+    fn key_id(&self) -> String;
+    /// Signs a checkpoint message ([`checkpoint_message`]).
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>>;
+}
+
+/// The message a checkpoint's signature covers: a domain label, the chain
+/// length, the head hash and the time, each fixed-length.
+pub fn checkpoint_message(seq: i64, head: &[u8; 32], at: i64) -> Vec<u8> {
+    let mut m = b"ca-server audit checkpoint v1\0".to_vec();
+    m.extend_from_slice(&seq.to_be_bytes());
+    m.extend_from_slice(head);
+    m.extend_from_slice(&at.to_be_bytes());
+    m
+}
+
+/// Signs a checkpoint of (`seq`, `head`) at `at`: (key id, signature).
+pub fn sign_checkpoint(
+    signer: &dyn CheckpointSigner,
+    seq: i64,
+    head: &[u8; 32],
+    at: i64,
+) -> Result<(String, Vec<u8>)> {
+    Ok((
+        signer.key_id(),
+        signer.sign(&checkpoint_message(seq, head, at))?,
+    ))
+}
+
+/// The Ed25519 key from `audit-key.pem`.
+pub struct FileKey {
+    pair: Ed25519KeyPair,
+}
+
+impl std::fmt::Debug for FileKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FileKey(<redacted>)")
+    }
+}
+
+impl CheckpointSigner for FileKey {
+    fn key_id(&self) -> String {
+        key_id(self.pair.public_key().as_ref())
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>> {
+        Ok(self.pair.sign(message).as_ref().to_vec())
+    }
+}
+
+impl FileKey {
+    /// The raw 32-byte public key.
+    pub fn public_key(&self) -> PublicKey {
+        PublicKey(self.pair.public_key().as_ref().to_vec())
+    }
+}
+
+/// A verifying key (the raw 32 Ed25519 bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicKey(Vec<u8>);
+
+impl PublicKey {
+    pub fn key_id(&self) -> String {
+        key_id(&self.0)
+    }
+
+    /// Whether `signature` is this key's over the checkpoint.
+    pub fn verifies(&self, seq: i64, head: &[u8], at: i64, signature: &[u8]) -> bool {
+        let Ok(head) = <[u8; 32]>::try_from(head) else {
+            return false;
+        };
+        UnparsedPublicKey::new(&ED25519, &self.0)
+            .verify(&checkpoint_message(seq, &head, at), signature)
+            .is_ok()
+    }
+
+    /// PEM `PUBLIC KEY` (SubjectPublicKeyInfo).
+    pub fn to_pem(&self) -> String {
+        let mut der = SPKI_PREFIX.to_vec();
+        der.extend_from_slice(&self.0);
+        pem::encode(&pem::Pem::new("PUBLIC KEY", der))
+    }
+
+    /// From a PEM `PUBLIC KEY` (as [`PublicKey::to_pem`] writes) or the
+    /// private key file (its public half).
+    pub fn from_pem_file(path: &Path) -> Result<PublicKey> {
+        let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let block = pem::parse(&text).with_context(|| format!("{} is not PEM", path.display()))?;
+        match block.tag() {
+            "PUBLIC KEY" => {
+                let der = block.contents();
+                if der.len() != 44 || der[..12] != SPKI_PREFIX {
+                    bail!("{} is not an Ed25519 public key", path.display());
+                }
+                Ok(PublicKey(der[12..].to_vec()))
+            }
+            "PRIVATE KEY" => Ok(pair_from(block.contents(), path)?.public_key()),
+            other => bail!(
+                "{} holds a {other}, not an Ed25519 PUBLIC KEY or PRIVATE KEY",
+                path.display()
+            ),
+        }
+    }
+}
+
+fn key_id(public: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, public))
+}
+
+fn pair_from(pkcs8: &[u8], path: &Path) -> Result<FileKey> {
+    let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(pkcs8)
+        .map_err(|e| anyhow::anyhow!("{} is not an Ed25519 PKCS#8 key: {e}", path.display()))?;
+    Ok(FileKey { pair })
+}
+
+/// Loads `audit-key.pem` from `data_dir`.
+pub fn load(data_dir: &Path) -> Result<FileKey> {
+    let path = data_dir.join(KEY_FILE);
+    if !path.exists() {
+        bail!(
+            "{} does not exist yet (`init` or the first `serve` creates it; every replica needs the same file)",
+            path.display()
+        );
+    }
+    let text = zeroize::Zeroizing::new(
+        std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+    );
+    let block = pem::parse(&*text).with_context(|| format!("{} is not PEM", path.display()))?;
+    if block.tag() != "PRIVATE KEY" {
+        bail!("{} is not a PKCS#8 PRIVATE KEY", path.display());
+    }
+    pair_from(block.contents(), &path)
+}
+
+/// Loads `audit-key.pem`, creating it (0600, exclusively: two processes
+/// starting at once end up with the same key) and its public half if missing.
+pub fn load_or_create(data_dir: &Path) -> Result<FileKey> {
+    let path = data_dir.join(KEY_FILE);
+    if !path.exists() {
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng)
+            .map_err(|_| anyhow::anyhow!("generating the audit key failed"))?;
+        let text = zeroize::Zeroizing::new(pem::encode(&pem::Pem::new(
+            "PRIVATE KEY",
+            pkcs8.as_ref().to_vec(),
+        )));
+        // Written whole under a temporary name, then linked: the key file
+        // appears complete or not at all, and only the first link wins.
+        let tmp = temp_path(data_dir);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        file.write_all(text.as_bytes())
+            .and_then(|()| file.sync_all())
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        let linked = std::fs::hard_link(&tmp, &path);
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => ca_client::fsutil::sync_dir(data_dir)?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
+        }
+    }
+    let key = load(data_dir)?;
+    let public = data_dir.join(PUBLIC_FILE);
+    if !public.exists() {
+        ca_client::fsutil::write_atomic(&public, key.public_key().to_pem().as_bytes(), 0o644)
+            .with_context(|| format!("writing {}", public.display()))?;
+    }
+    Ok(key)
+}
+
+fn temp_path(dir: &Path) -> PathBuf {
+    let mut n = [0u8; 8];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut n);
+    dir.join(format!(".{KEY_FILE}.{}", hex::encode(n)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoints_verify_under_the_public_key_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = load_or_create(dir.path()).unwrap();
+        // Created once: loading again gives the same key.
+        assert_eq!(load_or_create(dir.path()).unwrap().key_id(), key.key_id());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join(KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let head = [7u8; 32];
+        let (id, sig) = sign_checkpoint(&key, 42, &head, 1_800_000_000).unwrap();
+        assert_eq!(id, key.key_id());
+        let public = PublicKey::from_pem_file(&dir.path().join(PUBLIC_FILE)).unwrap();
+        assert_eq!(public, key.public_key());
+        assert!(public.verifies(42, &head, 1_800_000_000, &sig));
+        // Any other length, head or time fails.
+        assert!(!public.verifies(41, &head, 1_800_000_000, &sig));
+        assert!(!public.verifies(42, &[8u8; 32], 1_800_000_000, &sig));
+        assert!(!public.verifies(42, &head, 1_800_000_001, &sig));
+        // Another key's signature fails.
+        let other = tempfile::tempdir().unwrap();
+        let other = load_or_create(other.path()).unwrap();
+        let (_, forged) = sign_checkpoint(&other, 42, &head, 1_800_000_000).unwrap();
+        assert!(!public.verifies(42, &head, 1_800_000_000, &forged));
+    }
+}

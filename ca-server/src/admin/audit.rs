@@ -100,17 +100,14 @@ fn default_public_key(data_dir: &Path) -> Result<PublicKey> {
 
 /// Reads the trail, the head and the checkpoints and walks them.
 pub async fn verify(store: &Store, key: &PublicKey) -> Result<Report> {
-    let head = store.audit_chain_head().await?;
-    let checkpoints: Vec<_> = store
-        .audit_checkpoints()
-        .await?
+    let (head, checkpoints, rows) = store.audit_snapshot().await?;
+    let checkpoints: Vec<_> = checkpoints
         .iter()
         .map(|c| {
             let ok = c.key_id == key.key_id() && key.verifies(c.seq, &c.head, c.at, &c.signature);
             c.checked(ok)
         })
         .collect();
-    let rows = store.audit_trail().await?;
     Ok(audit_chain::verify(&rows, &head, &checkpoints))
 }
 

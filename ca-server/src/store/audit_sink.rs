@@ -195,7 +195,7 @@ impl Tail {
     /// Hands every row committed after `after` to each sink's queue.
     async fn pump(&mut self) -> anyhow::Result<()> {
         loop {
-            let rows = self.store.audit_rows_after(Some(self.after), PAGE).await?;
+            let rows = self.store.audit_rows_after(self.after, PAGE).await?;
             let Some(last) = rows.last().and_then(|r| r.chain_seq) else {
                 return Ok(());
             };

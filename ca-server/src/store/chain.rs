@@ -215,89 +215,103 @@ impl Store {
         }))
     }
 
-    /// The chain head row.
-    pub async fn audit_chain_head(&self) -> StoreResult<Head> {
-        let row = sqlx::query("SELECT seq, head, genesis_id FROM audit_chain WHERE id = 1")
-            .fetch_optional(&mut *self.conn().await?)
-            .await?
-            .ok_or_else(|| StoreError::Corrupt("the audit_chain row is missing".into()))?;
-        Ok(Head {
-            seq: row.try_get("seq")?,
-            head: row.try_get("head")?,
-            genesis_id: row.try_get("genesis_id")?,
-        })
-    }
-
-    /// Every checkpoint, oldest first.
-    pub async fn audit_checkpoints(&self) -> StoreResult<Vec<CheckpointRow>> {
-        let rows = sqlx::query(
-            "SELECT id, at, seq, head, key_id, signature FROM audit_checkpoints ORDER BY id",
-        )
-        .fetch_all(&mut *self.conn().await?)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(CheckpointRow {
-                    id: r.try_get("id")?,
-                    at: r.try_get("at")?,
-                    seq: r.try_get("seq")?,
-                    head: r.try_get("head")?,
-                    key_id: r.try_get("key_id")?,
-                    signature: r.try_get("signature")?,
-                })
-            })
-            .collect()
-    }
-
-    /// Every audit row in id order, for the walk.
-    pub async fn audit_trail(&self) -> StoreResult<Vec<StoredRow>> {
-        self.audit_rows_after(None, i64::MAX).await
-    }
-
-    /// Chained rows after position `after` in chain order, at most `limit`
-    /// (the sinks' tail); `None`: every row in id order.
-    pub async fn audit_rows_after(
-        &self,
-        after: Option<i64>,
-        limit: i64,
-    ) -> StoreResult<Vec<StoredRow>> {
-        let columns = "id, at, event, hostname, serial, outcome, reason, peer, actor, \
-                       repeat_count, last_at, repeats_of, chain_seq, chain_hash FROM audit";
-        let rows = match after {
-            None => {
-                sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {columns} ORDER BY id")))
-                    .fetch_all(&mut *self.conn().await?)
+    /// The head row, the checkpoints and every audit row (in id order), read
+    /// in one snapshot, so rows committed meanwhile cannot look like a
+    /// mismatch (SQLite: one read transaction; PostgreSQL: `REPEATABLE READ`).
+    pub async fn audit_snapshot(&self) -> StoreResult<(Head, Vec<CheckpointRow>, Vec<StoredRow>)> {
+        let mut tx = match self.engine {
+            super::Engine::Sqlite => self.begin().await?,
+            super::Engine::Postgres => {
+                self.pool()?
+                    .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                     .await?
             }
-            Some(after) => {
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "SELECT {columns} WHERE chain_seq > $1 ORDER BY chain_seq LIMIT $2"
-                )))
-                .bind(after)
-                .bind(limit)
-                .fetch_all(&mut *self.conn().await?)
-                .await?
-            }
         };
-        rows.iter()
-            .map(|r| {
-                Ok(StoredRow {
-                    id: r.try_get("id")?,
-                    at: r.try_get("at")?,
-                    event: r.try_get("event")?,
-                    hostname: r.try_get("hostname")?,
-                    serial: r.try_get("serial")?,
-                    outcome: r.try_get("outcome")?,
-                    reason: r.try_get("reason")?,
-                    peer: r.try_get("peer")?,
-                    actor: r.try_get("actor")?,
-                    repeat_count: r.try_get("repeat_count")?,
-                    last_at: r.try_get("last_at")?,
-                    repeats_of: r.try_get("repeats_of")?,
-                    chain_seq: r.try_get("chain_seq")?,
-                    chain_hash: r.try_get("chain_hash")?,
-                })
-            })
-            .collect()
+        let head = read_head(&mut tx).await?;
+        let checkpoints = read_checkpoints(&mut tx).await?;
+        let rows = sqlx::query(ROWS_BY_ID_SQL).fetch_all(&mut *tx).await?;
+        let rows = rows.iter().map(stored_row).collect::<StoreResult<_>>()?;
+        tx.rollback().await?;
+        Ok((head, checkpoints, rows))
     }
+
+    /// The chain head row.
+    pub async fn audit_chain_head(&self) -> StoreResult<Head> {
+        read_head(&mut *self.conn().await?).await
+    }
+
+    /// Chained rows after position `after`, in chain order, at most
+    /// `limit` (the export's tail).
+    pub async fn audit_rows_after(&self, after: i64, limit: i64) -> StoreResult<Vec<StoredRow>> {
+        let rows = sqlx::query(ROWS_AFTER_SQL)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&mut *self.conn().await?)
+            .await?;
+        rows.iter().map(stored_row).collect()
+    }
+}
+
+/// The columns the walk and the export read.
+macro_rules! trail_columns {
+    () => {
+        "SELECT id, at, event, hostname, serial, outcome, reason, peer, actor, \
+         repeat_count, last_at, repeats_of, chain_seq, chain_hash FROM audit"
+    };
+}
+const ROWS_BY_ID_SQL: &str = concat!(trail_columns!(), " ORDER BY id");
+const ROWS_AFTER_SQL: &str = concat!(
+    trail_columns!(),
+    " WHERE chain_seq > $1 ORDER BY chain_seq LIMIT $2"
+);
+
+async fn read_head(conn: &mut sqlx::AnyConnection) -> StoreResult<Head> {
+    let row = sqlx::query("SELECT seq, head, genesis_id FROM audit_chain WHERE id = 1")
+        .fetch_optional(conn)
+        .await?
+        .ok_or_else(|| StoreError::Corrupt("the audit_chain row is missing".into()))?;
+    Ok(Head {
+        seq: row.try_get("seq")?,
+        head: row.try_get("head")?,
+        genesis_id: row.try_get("genesis_id")?,
+    })
+}
+
+async fn read_checkpoints(conn: &mut sqlx::AnyConnection) -> StoreResult<Vec<CheckpointRow>> {
+    let rows = sqlx::query(
+        "SELECT id, at, seq, head, key_id, signature FROM audit_checkpoints ORDER BY id",
+    )
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(CheckpointRow {
+                id: r.try_get("id")?,
+                at: r.try_get("at")?,
+                seq: r.try_get("seq")?,
+                head: r.try_get("head")?,
+                key_id: r.try_get("key_id")?,
+                signature: r.try_get("signature")?,
+            })
+        })
+        .collect()
+}
+
+fn stored_row(r: &sqlx::any::AnyRow) -> StoreResult<StoredRow> {
+    Ok(StoredRow {
+        id: r.try_get("id")?,
+        at: r.try_get("at")?,
+        event: r.try_get("event")?,
+        hostname: r.try_get("hostname")?,
+        serial: r.try_get("serial")?,
+        outcome: r.try_get("outcome")?,
+        reason: r.try_get("reason")?,
+        peer: r.try_get("peer")?,
+        actor: r.try_get("actor")?,
+        repeat_count: r.try_get("repeat_count")?,
+        last_at: r.try_get("last_at")?,
+        repeats_of: r.try_get("repeats_of")?,
+        chain_seq: r.try_get("chain_seq")?,
+        chain_hash: r.try_get("chain_hash")?,
+    })
 }

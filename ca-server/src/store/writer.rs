@@ -10,9 +10,10 @@
 //! On SQLite the writer is a thread of its own (`lane`) that runs, per job,
 //! a prepared `DELETE` of the PSK and, if a row went, the certificate's and
 //! the audit row's INSERTs. On PostgreSQL, where each statement is a network
-//! round trip, a batch is three statements whatever its size: one
+//! round trip, a batch is five statements whatever its size: one
 //! `DELETE ... RETURNING` spends the PSKs still live, one multi-row INSERT
-//! records their certificates, one their audit rows. Either way, requests
+//! records their certificates, and three append their audit rows to the
+//! hash chain (reserve positions, insert, move the head: `store/chain.rs`). Either way, requests
 //! whose PSK was not deleted (spent by a concurrent request, replaced,
 //! expired) get `PskGone`, exactly as in the one-transaction path; of two
 //! requests for the same PSK in one batch only the first wins. If a batch

@@ -37,10 +37,35 @@ impl AuditEvent {
     }
 }
 
-/// Hashes for rows appended after a reservation: positions and links in order.
+/// Positions and hashes for rows appended after a reservation, in order.
 pub(super) struct Links {
     next_seq: i64,
     prev: [u8; 32],
+}
+
+/// One appended row's chain columns.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Link {
+    pub seq: i64,
+    pub hash: [u8; 32],
+    /// `repeat_count`: 1, or how many a repeat row adds.
+    pub count: i64,
+    /// `last_at` and `repeats_of`: set for a repeat row only.
+    pub last_at: Option<i64>,
+    pub repeats_of: Option<i64>,
+}
+
+/// Reserves `n` positions on the head row (the lock: see the module doc).
+pub(super) async fn reserve(conn: &mut sqlx::AnyConnection, n: i64) -> StoreResult<Links> {
+    let reserved = sqlx::query(RESERVE_SQL)
+        .bind(n)
+        .fetch_one(&mut *conn)
+        .await?;
+    Links::new(
+        reserved.try_get("seq")?,
+        n,
+        &reserved.try_get::<Vec<u8>, _>("head")?,
+    )
 }
 
 impl Links {
@@ -54,18 +79,37 @@ impl Links {
         })
     }
 
-    /// The next row's position and hash.
-    pub(super) fn next(&mut self, f: &Fields<'_>) -> (i64, [u8; 32]) {
+    /// The next row's chain columns (`repeats`: of a repeat row).
+    pub(super) fn next(&mut self, a: &AuditEvent, repeats: Option<(i64, i64, i64)>) -> Link {
         let seq = self.next_seq;
-        let hash = audit_chain::link(&self.prev, seq, f);
+        let hash = audit_chain::link(&self.prev, seq, &a.chain_fields(repeats));
         self.prev = hash;
         self.next_seq += 1;
-        (seq, hash)
+        let (count, last_at, repeats_of) = match repeats {
+            Some((of, n, last)) => (n, Some(last), Some(of)),
+            None => (1, None, None),
+        };
+        Link {
+            seq,
+            hash,
+            count,
+            last_at,
+            repeats_of,
+        }
     }
 
     /// The head after the last row.
     pub(super) fn head(&self) -> [u8; 32] {
         self.prev
+    }
+
+    /// Moves the head row's hash after the rows appended.
+    pub(super) async fn set_head(&self, conn: &mut sqlx::AnyConnection) -> StoreResult<()> {
+        sqlx::query(SET_HEAD_SQL)
+            .bind(self.prev.to_vec())
+            .execute(conn)
+            .await?;
+        Ok(())
     }
 }
 
@@ -80,29 +124,16 @@ impl AuditConn for sqlx::AnyConnection {
     }
 }
 
-/// Appends one audit row to the chain inside the caller's transaction (or
-/// as its own statement group on a bare connection the caller made a
-/// transaction). `repeats`: (the aggregated row's id, how many, the
-/// latest) for a repeat row. Returns the row's id.
+/// Appends one audit row to the chain inside the caller's transaction.
+/// `repeats`: (the aggregated row's id, how many, the latest) for a repeat
+/// row. Returns the row's id.
 pub(super) async fn append(
     conn: &mut sqlx::AnyConnection,
     a: &AuditEvent,
     repeats: Option<(i64, i64, i64)>,
 ) -> StoreResult<i64> {
-    let reserved = sqlx::query(RESERVE_SQL)
-        .bind(1i64)
-        .fetch_one(&mut *conn)
-        .await?;
-    let mut links = Links::new(
-        reserved.try_get("seq")?,
-        1,
-        &reserved.try_get::<Vec<u8>, _>("head")?,
-    )?;
-    let (seq, hash) = links.next(&a.chain_fields(repeats));
-    let (count, last_at, of) = match repeats {
-        Some((of, n, last)) => (n, Some(last), Some(of)),
-        None => (1, None, None),
-    };
+    let mut links = reserve(conn, 1).await?;
+    let l = links.next(a, repeats);
     let row = sqlx::query(
         "INSERT INTO audit (at, event, hostname, serial, outcome, reason, peer, actor, \
          repeat_count, last_at, repeats_of, chain_seq, chain_hash) \
@@ -116,17 +147,14 @@ pub(super) async fn append(
     .bind(&a.reason)
     .bind(&a.peer)
     .bind(&a.actor)
-    .bind(count)
-    .bind(last_at)
-    .bind(of)
-    .bind(seq)
-    .bind(hash.to_vec())
+    .bind(l.count)
+    .bind(l.last_at)
+    .bind(l.repeats_of)
+    .bind(l.seq)
+    .bind(l.hash.to_vec())
     .fetch_one(&mut *conn)
     .await?;
-    sqlx::query(SET_HEAD_SQL)
-        .bind(hash.to_vec())
-        .execute(&mut *conn)
-        .await?;
+    links.set_head(conn).await?;
     Ok(row.try_get("id")?)
 }
 

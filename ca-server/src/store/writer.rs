@@ -229,15 +229,16 @@ fn append_audits_sqlite(tx: &rusqlite::Transaction<'_>, audits: &[&AuditEvent]) 
     use rusqlite::params;
     let n = audits.len() as i64;
     let (last, head): (i64, Vec<u8>) = tx
-        .prepare_cached(&chain::RESERVE_SQL.replace('$', "?"))?
+        .prepare_cached(chain::RESERVE_SQL)?
         .query_row(params![n], |r| Ok((r.get(0)?, r.get(1)?)))?;
     let mut links = chain::Links::new(last, n, &head)?;
     let mut insert = tx.prepare_cached(
         "INSERT INTO audit (at, event, hostname, serial, outcome, reason, peer, actor, \
-         chain_seq, chain_hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+         repeat_count, last_at, repeats_of, chain_seq, chain_hash) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
     )?;
     for a in audits {
-        let (seq, hash) = links.next(&a.chain_fields(None));
+        let l = links.next(a, None);
         insert.execute(params![
             a.at,
             a.event,
@@ -247,11 +248,14 @@ fn append_audits_sqlite(tx: &rusqlite::Transaction<'_>, audits: &[&AuditEvent]) 
             a.reason,
             a.peer,
             a.actor,
-            seq,
-            &hash[..],
+            l.count,
+            l.last_at,
+            l.repeats_of,
+            l.seq,
+            &l.hash[..],
         ])?;
     }
-    tx.prepare_cached(&chain::SET_HEAD_SQL.replace('$', "?"))?
+    tx.prepare_cached(chain::SET_HEAD_SQL)?
         .execute(params![&links.head()[..]])?;
     Ok(())
 }
@@ -394,25 +398,16 @@ async fn insert_audits(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     jobs: &[&Job],
 ) -> StoreResult<()> {
-    let n = jobs.len() as i64;
-    let reserved = sqlx::query(chain::RESERVE_SQL)
-        .bind(n)
-        .fetch_one(&mut **tx)
-        .await?;
-    let mut links = chain::Links::new(
-        reserved.try_get("seq")?,
-        n,
-        &reserved.try_get::<Vec<u8>, _>("head")?,
-    )?;
+    let mut links = chain::reserve(&mut *tx, jobs.len() as i64).await?;
     let rows: Vec<serde_json::Value> = jobs
         .iter()
         .map(|j| {
             let a = &j.audit;
-            let (seq, hash) = links.next(&a.chain_fields(None));
+            let l = links.next(a, None);
             serde_json::json!({
                 "at": a.at, "event": a.event, "hostname": a.hostname, "serial": a.serial,
                 "outcome": a.outcome, "reason": a.reason, "peer": a.peer, "actor": a.actor,
-                "seq": seq, "hash": hex::encode(hash),
+                "seq": l.seq, "hash": hex::encode(l.hash),
             })
         })
         .collect();
@@ -425,11 +420,7 @@ async fn insert_audits(
          serial text, outcome text, reason text, peer text, actor text, seq bigint, hash text) \
          ORDER BY j.seq";
     execute_json(tx, sql, rows).await?;
-    sqlx::query(chain::SET_HEAD_SQL)
-        .bind(links.head().to_vec())
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
+    links.set_head(&mut *tx).await
 }
 
 /// Runs a statement whose rows arrive as one JSON array parameter.

@@ -256,7 +256,7 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
     store.start_batched_reads();
     // The audit key (checkpoints of the audit chain), shared by every replica.
     let audit_key: Arc<dyn crate::pki::audit_key::CheckpointSigner> =
-        Arc::new(crate::pki::audit_key::load_or_create(&opts.data_dir)?);
+        Arc::new(crate::pki::audit_key::install(&opts.data_dir, &store).await?);
     let exporter = crate::store::audit_sink::Exporter::start(&store, &opts.audit_trail).await?;
 
     let cert = issue_server_cert(&signer, &store, &names, clock.now(), opts.validity).await?;

@@ -16,7 +16,11 @@ CREATE TABLE audit_chain (
     id         BIGINT PRIMARY KEY CHECK (id = 1),
     seq        BIGINT NOT NULL,
     head       BYTEA NOT NULL,
-    genesis_id BIGINT NOT NULL
+    genesis_id BIGINT NOT NULL,
+    -- Which audit key signs this store's checkpoints (hex SHA-256 of its
+    -- public key), claimed by the first `serve`: a replica with another
+    -- audit-key.pem refuses to start.
+    key_id     TEXT
 );
 INSERT INTO audit_chain (id, seq, head, genesis_id)
     SELECT 1, 0, decode(repeat('00', 32), 'hex'), COALESCE(MAX(id), 0) FROM audit;

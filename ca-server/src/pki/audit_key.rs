@@ -157,6 +157,27 @@ pub fn load(data_dir: &Path) -> Result<FileKey> {
     pair_from(block.contents(), &path)
 }
 
+/// `serve`'s audit key: loaded (created if missing) and checked to be the
+/// key this store's checkpoints are signed with (claiming an unclaimed
+/// store), so replicas cannot sign with different keys.
+pub async fn install(data_dir: &Path, store: &crate::store::Store) -> Result<FileKey> {
+    let key = load_or_create(data_dir)?;
+    let claimed = store
+        .claim_audit_key(&key.key_id())
+        .await
+        .context("reading the store's audit key id")?;
+    if claimed != key.key_id() {
+        bail!(
+            "{} is not the audit key this store's checkpoints are signed with (key id {claimed}; \
+             this one is {}). Every replica needs the same file: copy it (and {PUBLIC_FILE}) \
+             from the data dir of the server that started first",
+            data_dir.join(KEY_FILE).display(),
+            key.key_id()
+        );
+    }
+    Ok(key)
+}
+
 /// Loads `audit-key.pem`, creating it (0600, exclusively: two processes
 /// starting at once end up with the same key) and its public half if missing.
 pub fn load_or_create(data_dir: &Path) -> Result<FileKey> {

@@ -243,6 +243,21 @@ impl Store {
         }))
     }
 
+    /// Claims the store for the audit key `key_id` if no key has claimed it
+    /// yet; returns the key id the store's checkpoints are signed with.
+    pub async fn claim_audit_key(&self, key_id: &str) -> StoreResult<String> {
+        let mut conn = self.conn().await?;
+        sqlx::query("UPDATE audit_chain SET key_id = $1 WHERE id = 1 AND key_id IS NULL")
+            .bind(key_id)
+            .execute(&mut *conn)
+            .await?;
+        let claimed: Option<String> =
+            sqlx::query_scalar("SELECT key_id FROM audit_chain WHERE id = 1")
+                .fetch_one(&mut *conn)
+                .await?;
+        claimed.ok_or_else(|| StoreError::Corrupt("audit_chain.key_id is not set".into()))
+    }
+
     /// The head row, the checkpoints and every audit row (in id order), read
     /// in one snapshot, so rows committed meanwhile cannot look like a
     /// mismatch (SQLite: one read transaction; PostgreSQL: `REPEATABLE READ`).

@@ -456,3 +456,48 @@ fn audit_file_and_syslog_carry_every_row_with_its_chain_hash() {
         .collect();
     assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
 }
+
+#[test]
+fn a_server_with_another_audit_key_refuses_the_store() {
+    let mut server = CaServer::start();
+    server.stop();
+    // Another key in the data dir, as a replica initialised apart would have.
+    let other = tempfile::tempdir().unwrap();
+    let other_dir = other.path().join("data");
+    run_ok(
+        Command::new(bin("ca-server"))
+            .arg("--data-dir")
+            .arg(&other_dir)
+            .arg("init"),
+    );
+    std::fs::copy(
+        other_dir.join("audit-key.pem"),
+        server.data_dir.join("audit-key.pem"),
+    )
+    .unwrap();
+    let mut child = Command::new(bin("ca-server"))
+        .arg("--data-dir")
+        .arg(&server.data_dir)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--hostname",
+            "localhost",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_for(Duration::from_secs(30), "serve to refuse", || {
+        child.try_wait().unwrap()
+    });
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("is not the audit key this store's checkpoints are signed with"),
+        "{stderr}"
+    );
+}

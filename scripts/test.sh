@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test of the project on a fresh Debian 12 machine:
 # installs the system packages the tests use (needs root or sudo), then
-# cargo fmt --check, clippy -D warnings, the ring-only check and cargo test.
+# cargo fmt --check, clippy -D warnings, the ring-only check, the layering
+# rules (scripts/check-layers.sh) and cargo test.
 #
 #   scripts/test.sh            everything (then a short fuzz run and the hostile-suite summary)
 #   scripts/test.sh e2e::      only tests whose name matches (passed to cargo test; no fuzz run)
@@ -63,6 +64,9 @@ if cargo tree --workspace -i aws-lc-sys >/dev/null 2>&1; then
   echo "aws-lc-sys is in the dependency tree; keep ring the only provider" >&2
   exit 1
 fi
+
+echo "==> layering rules (ARCHITECTURE.md)"
+scripts/check-layers.sh
 
 echo "==> cargo test"
 rm -f target/tmp/hostile-summary.txt

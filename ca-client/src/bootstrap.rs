@@ -109,11 +109,7 @@ pub struct BootstrapOutcome {
 }
 
 /// File names inside the bootstrap directory.
-pub const KEY_FILE: &str = "key.pem";
-pub const CERT_FILE: &str = "cert.pem";
-pub const CHAIN_FILE: &str = "chain.pem";
-pub const CA_FILE: &str = "ca.pem";
-pub const PENDING_KEY_FILE: &str = "pending-key.pem";
+pub use proto::files::{CA_FILE, CERT_FILE, CHAIN_FILE, KEY_FILE, PENDING_KEY_FILE};
 
 /// Runs the whole bootstrap.
 pub async fn bootstrap(opts: &BootstrapOptions) -> Result<BootstrapOutcome, BootstrapError> {

@@ -4,18 +4,12 @@
 //! (nginx, PostgreSQL, HAProxy), and the file utilities the server shares.
 #![deny(unsafe_code)]
 
+// Moved to `proto` (shared with the server); re-exported so the paths stay.
+pub use proto::{bundle, clidocs, dirfd, fsutil, https, keys, ocsp, timefmt, trust};
+
 pub mod bootstrap;
-pub mod bundle;
-pub mod clidocs;
 pub mod crl;
-pub mod dirfd;
 pub mod failure;
-pub mod fsutil;
-pub mod https;
 pub mod install;
-pub mod keys;
-pub mod ocsp;
 pub mod renew;
 pub mod stapling;
-pub mod timefmt;
-pub mod trust;

@@ -18,9 +18,9 @@
 //! can read would tell an attacker which hostnames have a live PSK, which
 //! the single 403 exists to hide. The audit log keeps the precise reason.
 
-use crate::ca::Signer;
 use crate::clock::Clock;
-use crate::crl::CrlService;
+use crate::pki::ca::Signer;
+use crate::pki::crl::CrlService;
 use crate::store::{Store, StoreStats};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -426,7 +426,10 @@ impl Metrics {
 
     /// Sets how the scrape reads the oldest cached OCSP response's time.
     pub fn set_ocsp_oldest(&self, source: OcspOldest) {
-        *self.ocsp_oldest.lock().expect("metrics lock") = Some(source);
+        *self
+            .ocsp_oldest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(source);
     }
 
     /// Refreshes the scrape-time gauges and encodes everything.
@@ -476,7 +479,7 @@ impl Metrics {
         let oldest = self
             .ocsp_oldest
             .lock()
-            .expect("metrics lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .as_ref()
             .and_then(|f| (f.0)());
         self.ocsp_oldest_age

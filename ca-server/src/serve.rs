@@ -3,14 +3,15 @@
 //! until SIGTERM/SIGINT. Background tasks sweep expired PSKs and renew the
 //! server certificate.
 
-use crate::authority::Authority;
-use crate::ca::{self, CaPaths, LeafRequest, Signer};
 use crate::clock::{Clock, SystemClock};
-use crate::crl::{CrlConfig, CrlService};
-use crate::http::{self, AppState};
-use crate::server::{self, Limits, TlsSource};
+use crate::edge::http::{self, AppState};
+use crate::edge::server::{self, Limits, TlsSource};
+use crate::issue::sign::Authority;
+use crate::issue::throttle::{Throttle, ThrottleConfig};
+use crate::pki::ca::{self, CaPaths, LeafRequest, Signer};
+use crate::pki::crl::{CrlConfig, CrlService};
 use crate::store::{AuditEvent, Store};
-use crate::throttle::{Throttle, ThrottleConfig};
+use crate::store::{CertKind, Event, Outcome};
 use anyhow::{Context, Result, bail};
 use policy::{AllowedName, KeyKind, Profile};
 use rcgen::{KeyPair, PublicKeyData};
@@ -160,16 +161,16 @@ async fn issue_server_cert(
         now,
         validity,
     })?;
-    let record = leaf.to_record(&hostname, "server", &spki, now);
+    let record = leaf.to_record(&hostname, CertKind::Server, &spki, now);
     store
         .record_certificate(
             &record,
             &AuditEvent {
                 at: now,
-                event: "server_cert_issued".into(),
+                event: Event::ServerCertIssued.into(),
                 hostname: Some(hostname),
                 serial: Some(leaf.serial.clone()),
-                outcome: "issued".into(),
+                outcome: Outcome::Issued.into(),
                 actor: Some("ca-server".into()),
                 ..Default::default()
             },
@@ -194,7 +195,7 @@ async fn issue_server_cert(
 
 /// Runs the server until a shutdown signal.
 pub async fn serve(opts: ServeOptions) -> Result<()> {
-    crate::hardening::disable_core_dumps();
+    crate::edge::hardening::disable_core_dumps();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let paths = CaPaths::new(&opts.data_dir);
     let names = server_names(&opts.hostnames)?;
@@ -270,8 +271,8 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
         validity: opts.validity,
         renew_grace: i64::try_from(opts.renew_grace.as_secs()).unwrap_or(i64::MAX / 2),
         throttle: Throttle::new(opts.throttle),
-        rejections: crate::rejection_log::RejectionLog::new(
-            crate::rejection_log::DEFAULT_WINDOW_SECS,
+        rejections: crate::issue::rejection_log::RejectionLog::new(
+            crate::issue::rejection_log::DEFAULT_WINDOW_SECS,
             opts.audit_flush_interval,
         ),
         disk: crate::store::sqlite_path(&opts.database_url).map(|db| {

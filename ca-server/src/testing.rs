@@ -1,10 +1,10 @@
 //! Test support shared by the unit tests: a clock the test moves, and a CA
 //! with a SQLite store in a temporary directory.
 
-use crate::authority::Authority;
-use crate::ca::{CaPaths, Signer};
 use crate::clock::Clock;
-use crate::crl::{CrlConfig, CrlService};
+use crate::issue::sign::Authority;
+use crate::pki::ca::{CaPaths, Signer};
+use crate::pki::crl::{CrlConfig, CrlService};
 use crate::store::{AuditEvent, CertRecord, Store};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -44,7 +44,7 @@ pub struct Fixture {
 pub async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let paths = CaPaths::new(&dir.path().join("ca"));
-    crate::ca::init(&paths, "Test", NOW - 3600).unwrap();
+    crate::pki::ca::init(&paths, "Test", NOW - 3600).unwrap();
     let store = Store::open(&format!("sqlite://{}", dir.path().join("ca.db").display()))
         .await
         .unwrap();
@@ -77,9 +77,9 @@ impl Fixture {
             store: self.store.clone(),
             signer: self.signer.clone(),
             clock: self.clock.clone(),
-            validity: crate::ca::DEFAULT_LEAF_VALIDITY,
+            validity: crate::pki::ca::DEFAULT_LEAF_VALIDITY,
             renew_grace: crate::serve::DEFAULT_RENEW_GRACE_SECS,
-            throttle: crate::throttle::Throttle::new(Default::default()),
+            throttle: crate::issue::throttle::Throttle::new(Default::default()),
             rejections: Default::default(),
             disk: None,
         }
@@ -91,7 +91,7 @@ impl Fixture {
         let record = CertRecord {
             serial: serial.into(),
             hostname: "h.example.internal".into(),
-            kind: "host".into(),
+            kind: crate::store::CertKind::Host.into(),
             public_key_sha256: vec![0; 32],
             psk_hash: None,
             psk_expires_at: None,

@@ -10,7 +10,7 @@ use libfuzzer_sys::fuzz_target;
 use std::time::Duration;
 
 /// The server's body intake, compiled here on its own.
-#[path = "../../ca-server/src/http/body.rs"]
+#[path = "../../ca-server/src/edge/http/body.rs"]
 #[allow(dead_code)]
 mod body;
 

@@ -109,26 +109,41 @@ pub fn requested_hostname(csr: &Csr) -> Result<&str, Rejection> {
 /// Decides whether `csr` may be signed, given the PSK entry stored for its
 /// hostname (`None` if there is none) and `now` in Unix seconds.
 pub fn decide(csr: &Csr, entry: Option<&PskEntry>, now: i64) -> Decision {
-    match decide_inner(csr, entry, now) {
+    let psk_hash = csr.psk.as_ref().map(|p| p.hash());
+    decide_hashed(csr, psk_hash.as_ref(), entry, now)
+}
+
+/// [`decide`] with the hash of the CSR's PSK already computed (`None` when
+/// the CSR carries none), so a flow that needs the hash again (to spend the
+/// PSK) hashes it once.
+pub fn decide_hashed(
+    csr: &Csr,
+    psk_hash: Option<&PskHash>,
+    entry: Option<&PskEntry>,
+    now: i64,
+) -> Decision {
+    match decide_inner(csr, psk_hash, entry, now) {
         Ok(profile) => Decision::Accept(profile),
         Err(rejection) => Decision::Reject(rejection),
     }
 }
 
-fn decide_inner(csr: &Csr, entry: Option<&PskEntry>, now: i64) -> Result<Profile, Rejection> {
+fn decide_inner(
+    csr: &Csr,
+    psk_hash: Option<&PskHash>,
+    entry: Option<&PskEntry>,
+    now: i64,
+) -> Result<Profile, Rejection> {
     let host = requested_hostname(csr)?;
     check_name_syntax(csr)?;
 
     // PSK authentication: one generic answer outside, precise reason inside.
-    let psk = csr
-        .psk
-        .as_ref()
-        .ok_or(Rejection::Psk(PskFailure::Missing))?;
+    let psk_hash = psk_hash.ok_or(Rejection::Psk(PskFailure::Missing))?;
     let entry = entry.ok_or(Rejection::Psk(PskFailure::UnknownHost))?;
     if entry.hostname != host {
         return Err(Rejection::Psk(PskFailure::UnknownHost));
     }
-    if !psk.hash().ct_eq(&entry.psk_hash) {
+    if !psk_hash.ct_eq(&entry.psk_hash) {
         return Err(Rejection::Psk(PskFailure::Wrong));
     }
     if now >= entry.expires_at {
@@ -138,6 +153,81 @@ fn decide_inner(csr: &Csr, entry: Option<&PskEntry>, now: i64) -> Result<Profile
     // Names the PSK allows: the hostname and the spawner's extra names, nothing else.
     check_names_allowed(csr, host, &entry.allowed_sans)?;
     Ok(Profile::new(host, &entry.allowed_sans))
+}
+
+/// What the caller knows about a CSR's public key that the CSR cannot say:
+/// whether it is one of the CA's own keys, and whether a certificate for it
+/// was revoked as compromised. Facts, gathered by the caller (the signer, the
+/// store); the rule on them is here.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyFacts {
+    pub ca_own_key: bool,
+    pub compromised: bool,
+}
+
+/// Refuses a key that is the CA's own, or was revoked as compromised: on
+/// any route and for any host.
+pub fn check_key(facts: KeyFacts) -> Result<(), Rejection> {
+    if facts.ca_own_key {
+        return Err(Rejection::KeyNotAllowed("the CA's own public key".into()));
+    }
+    if facts.compromised {
+        return Err(Rejection::KeyNotAllowed(
+            "a key revoked as compromised (keyCompromise)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A route that names the host in its URL (Puppet's
+/// `certificate_request/{certname}`) gets a certificate only for that name:
+/// the CSR's hostname must be `certname`.
+pub fn check_certname(certname: Option<&str>, host: &str) -> Result<(), Rejection> {
+    match certname {
+        Some(certname) if certname != host => Err(Rejection::CertnameMismatch {
+            certname: certname.to_owned(),
+            cn: host.to_owned(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// What the store knows about a certificate already issued against the PSK
+/// a failed request presented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IssuedUnderPsk {
+    /// Its public key is the one the request's CSR carries.
+    pub same_key: bool,
+    /// When the PSK it was issued against expired(s), Unix seconds.
+    pub psk_expires_at: Option<i64>,
+    pub revoked: bool,
+}
+
+/// The rules for a PSK that did not authenticate, beyond the refusal itself.
+impl PskFailure {
+    /// Whether this failure may be the retry of a request that succeeded
+    /// (its response lost): the PSK was spent, so it now looks unknown,
+    /// wrong (replaced) or used. Then the certificates issued under it are
+    /// looked at, and any means the PSK counts as used.
+    pub fn may_be_retry(self) -> bool {
+        matches!(
+            self,
+            PskFailure::UnknownHost | PskFailure::Wrong | PskFailure::Used
+        )
+    }
+
+    /// Whether the PSK is burned: an expired PSK can never work again.
+    pub fn burns_psk(self) -> bool {
+        self == PskFailure::Expired
+    }
+}
+
+impl IssuedUnderPsk {
+    /// Whether this certificate is the answer to the retry at `now`: the same
+    /// key, within the PSK's original lifetime, not revoked.
+    pub fn answers_retry(&self, now: i64) -> bool {
+        self.same_key && self.psk_expires_at.is_some_and(|t| now < t) && !self.revoked
+    }
 }
 
 /// Static name rules: any wildcard or malformed DNS name, any SAN type other

@@ -27,7 +27,10 @@ pub mod reserved;
 
 pub use acme::{AcmeGrant, IdentifierRefusal, check_order, decide_acme};
 pub use csr::{Csr, KeyKind, RequestedName, SignatureKind};
-pub use decision::{AllowedName, Decision, Profile, PskEntry, decide};
+pub use decision::{
+    AllowedName, Decision, IssuedUnderPsk, KeyFacts, Profile, PskEntry, check_certname, check_key,
+    decide, decide_hashed,
+};
 pub use error::{Malformed, PskFailure, Rejection, RejectionClass, RenewalRefusal};
 pub use hostname::HostnameError;
 pub use psk::{Psk, PskHash};

@@ -102,24 +102,7 @@ impl Material {
     }
 }
 
-/// A certificate as PEM.
-pub fn cert_pem(der: &[u8]) -> String {
-    pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()))
-}
-
-/// Every `CERTIFICATE` block of a PEM text, DER; at least one.
-pub fn certs_from_pem(text: &[u8]) -> Result<Vec<Vec<u8>>> {
-    let certs: Vec<Vec<u8>> = pem::parse_many(text)
-        .context("not PEM")?
-        .into_iter()
-        .filter(|b| b.tag() == "CERTIFICATE")
-        .map(|b| b.into_contents())
-        .collect();
-    if certs.is_empty() {
-        bail!("no certificate in it");
-    }
-    Ok(certs)
-}
+pub use proto::certs::{cert_pem, certs_from_pem};
 
 fn one_cert(text: &[u8]) -> Result<Vec<u8>> {
     let mut certs = certs_from_pem(text)?;

@@ -4,6 +4,7 @@
 
 use super::{Admin, AdminError, Ops};
 use crate::store::{AcmeAccount, AuditEvent};
+use crate::store::{Event, Outcome};
 use policy::hostname::escape_for_display;
 use serde::{Deserialize, Serialize};
 
@@ -28,7 +29,7 @@ impl From<&AcmeAccount> for AcmeAccountView {
             status: a.status.clone(),
             key_thumbprint: a.thumbprint.clone(),
             contact: a.contact.clone(),
-            created_at: crate::cli::rfc3339(a.created_at),
+            created_at: proto::timefmt::rfc3339(a.created_at),
         }
     }
 }
@@ -65,9 +66,9 @@ impl Ops<'_> {
             )));
         };
         let audit = AuditEvent {
-            outcome: "deactivated".into(),
+            outcome: Outcome::Deactivated.into(),
             ..self.audit_event(
-                "acme_account",
+                Event::AcmeAccount,
                 Some(account.hostname.clone()),
                 Some(format!(
                     "account {}; key {}",

@@ -287,7 +287,7 @@ mod tests {
         assert!(
             listed
                 .iter()
-                .all(|r| r.event != crate::store::REPEATS_EVENT)
+                .all(|r| r.event != crate::store::Event::RefusalRepeats)
         );
 
         let report = verify(&store, &key.public_key()).await.unwrap();

@@ -10,8 +10,10 @@
 //! actor (event `admin`, outcome `rejected`).
 
 use super::cert::{STORE_PREFIX, has_admin_mark};
-use crate::authority::{Authority, SignError, clip};
-use crate::store::{AuditEvent, CertRecord, StoreError};
+use crate::issue::refusal::Refusal;
+use crate::issue::sign::{Authority, SignError, clip};
+use crate::store::{CertKind, Event};
+use crate::store::{CertRecord, StoreError};
 use rustls::pki_types::CertificateDer;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -82,17 +84,27 @@ pub fn judge(record: Option<&CertRecord>, leaf: &[u8], now: i64) -> Result<(), A
     let Some(record) = record.filter(|r| r.der == leaf) else {
         return Err(AdminRefusal::Unknown);
     };
-    if record.kind != "admin" || !has_admin_mark(leaf) {
+    if record.kind != CertKind::Admin || !has_admin_mark(leaf) {
         return Err(AdminRefusal::NotAdmin);
     }
-    if record.revoked_at.is_some() {
-        Err(AdminRefusal::Revoked)
-    } else if now >= record.not_after {
-        Err(AdminRefusal::Expired)
-    } else if now < record.not_before {
-        Err(AdminRefusal::NotYetValid)
-    } else {
-        Ok(())
+    // The same standing rules as a renewal's, with no grace after expiry:
+    // an admin certificate is only ever good inside its validity.
+    let grant = policy::RenewalGrant {
+        hostname: record.hostname.clone(),
+        names: Vec::new(),
+        not_before: record.not_before,
+        not_after: record.not_after,
+        revoked: record.revoked_at.is_some(),
+        superseded: false,
+        replaced: false,
+        key_compromised: false,
+    };
+    match grant.check(now, 0) {
+        Ok(_) => Ok(()),
+        Err(policy::RenewalRefusal::Revoked) => Err(AdminRefusal::Revoked),
+        Err(policy::RenewalRefusal::NotYetValid) => Err(AdminRefusal::NotYetValid),
+        // Expired; superseded, replaced and compromised are not set above.
+        Err(_) => Err(AdminRefusal::Expired),
     }
 }
 
@@ -158,23 +170,20 @@ impl Authority {
         presented: Option<Presented<'_>>,
         r: AdminRefusal,
     ) -> AdminAuthError {
-        self.count_refusal(peer, crate::throttle::Weight::Full);
-        let event = AuditEvent {
-            at: now,
-            event: "admin".into(),
+        let refusal = Refusal {
+            event: Event::Admin,
+            hostname: None,
             serial: presented.as_ref().and_then(|p| p.serial.map(str::to_owned)),
-            outcome: "rejected".into(),
-            reason: Some(format!("{}: {r}", r.code())),
-            peer: Some(peer.ip().to_string()),
+            reason: format!("{}: {r}", r.code()),
             actor: presented
                 .as_ref()
                 .and_then(|p| p.subject)
                 .map(|s| clip(&format!("presented:{s}"))),
-            ..Default::default()
+            key: r.code(),
+            weight: Some(crate::issue::throttle::Weight::Full),
+            what: "a refused admin request",
         };
-        if let Err(e) = self.rejections.record(&self.store, event, r.code()).await {
-            tracing::error!(error = %e, "could not write the audit row for a refused admin request");
-        }
+        self.refuse(now, peer, refusal).await;
         AdminAuthError::Refused(r)
     }
 }
@@ -189,10 +198,11 @@ struct Presented<'a> {
 mod tests {
     use super::*;
     use crate::admin::cert::sign_admin;
-    use crate::ca::LeafRequest;
+    use crate::pki::ca::LeafRequest;
+    use crate::store::AuditEvent;
     use crate::testing::{NOW, fixture};
-    use ca_client::keys::{HostKey, KeyType};
     use policy::{KeyKind, Profile};
+    use proto::keys::{HostKey, KeyType};
 
     const PEER: SocketAddr = SocketAddr::new(
         std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 9)),
@@ -206,7 +216,12 @@ mod tests {
         let key = HostKey::generate(KeyType::P256).unwrap();
         let day = Duration::from_secs(86_400);
         let admin = sign_admin(&f.signer, "spawner", &key.spki_der(), NOW, day).unwrap();
-        let admin_row = admin.to_record("admin:spawner", "admin", &key.spki_der(), NOW);
+        let admin_row = admin.to_record(
+            "admin:spawner",
+            crate::store::CertKind::Admin,
+            &key.spki_der(),
+            NOW,
+        );
         let host = f
             .signer
             .sign_leaf(&LeafRequest {
@@ -217,7 +232,12 @@ mod tests {
                 validity: day,
             })
             .unwrap();
-        let host_row = host.to_record("web.example.internal", "host", &key.spki_der(), NOW);
+        let host_row = host.to_record(
+            "web.example.internal",
+            crate::store::CertKind::Host,
+            &key.spki_der(),
+            NOW,
+        );
 
         // The pure decision, case by case.
         assert_eq!(judge(Some(&admin_row), &admin.der, NOW), Ok(()));

@@ -18,14 +18,16 @@
 //! Every admin request needs both the row (`kind = admin`, the exact DER)
 //! and the EKU mark in the presented certificate ([`crate::admin::auth`]).
 
-use crate::ca::{CaPaths, SignedLeaf, Signer};
-use crate::cli::{actor, rfc3339};
+use crate::admin::actor;
 use crate::clock::Clock;
+use crate::pki::ca::{CaPaths, SignedLeaf, Signer};
 use crate::store::{AuditEvent, Store};
+use crate::store::{CertKind, Event, Outcome};
 use anyhow::{Context, Result, bail};
-use ca_client::bootstrap::{CA_FILE, CERT_FILE, CHAIN_FILE, KEY_FILE};
-use ca_client::fsutil::{self, KEY_MODE, PUBLIC_MODE};
-use ca_client::keys::{HostKey, KeyType};
+use proto::files::{CA_FILE, CERT_FILE, CHAIN_FILE, KEY_FILE};
+use proto::fsutil::{self, KEY_MODE, PUBLIC_MODE};
+use proto::keys::{HostKey, KeyType};
+use proto::timefmt::rfc3339;
 use rcgen::{CertificateParams, CustomExtension, DistinguishedName, DnType, KeyUsagePurpose};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -190,17 +192,17 @@ pub async fn run(
     let now = clock.now();
     let leaf = sign_admin(&signer, &name, &spki, now, validity.into())?;
     let hostname = format!("{STORE_PREFIX}{name}");
-    let record = leaf.to_record(&hostname, "admin", &spki, now);
+    let record = leaf.to_record(&hostname, CertKind::Admin, &spki, now);
     let store = Store::open(url).await?;
     store
         .record_certificate(
             &record,
             &AuditEvent {
                 at: now,
-                event: "admin_cert_issued".into(),
+                event: Event::AdminCertIssued.into(),
                 hostname: Some(hostname.clone()),
                 serial: Some(leaf.serial.clone()),
-                outcome: "issued".into(),
+                outcome: Outcome::Issued.into(),
                 reason: Some(format!("admin certificate for {name}")),
                 actor: Some(actor()),
                 ..Default::default()
@@ -245,7 +247,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ca::LeafRequest;
+    use crate::pki::ca::LeafRequest;
     use crate::testing::{NOW, fixture};
     use policy::{AllowedName, KeyKind, Profile};
 

@@ -1,13 +1,15 @@
 //! The admin verbs (`psk`, `cert`, `revoke`, `audit`) as one set of
 //! operations on the store ([`Ops`]), run by the local CLI and by the admin
-//! API's handlers (`http/admin.rs`) alike, with their inputs and answers as
+//! API's handlers (`edge/http/admin.rs`) alike, with their inputs and answers as
 //! wire types. The CLI reaches them either directly ([`Admin::Local`]) or
 //! over mTLS with an admin certificate ([`Admin::Remote`], `remote.rs`), and
 //! prints the same answers the same way (`output.rs`), so local and remote
 //! output are identical.
 //!
 //! `acme.rs` holds the `acme accounts|deactivate` verbs, `audit.rs` the
-//! audit chain's `audit verify|checkpoint`.
+//! audit chain's `audit verify|checkpoint`; `doctor.rs`,
+//! `rotate.rs` (`intermediate rotate`) and `revocation.rs` (`revoke`, `crl`)
+//! the operator's other verbs.
 //!
 //! Admin certificates themselves (`cert.rs`) and the authentication of
 //! admin requests (`auth.rs`) live beside them.
@@ -16,23 +18,27 @@ pub mod acme;
 pub mod audit;
 pub mod auth;
 pub mod cert;
+pub mod doctor;
 pub mod output;
 pub mod remote;
+pub mod revocation;
+pub mod rotate;
 
-use crate::cli::{normalize_serial, rfc3339};
-use crate::crl::CrlService;
-use crate::revocation::Reason;
+use crate::admin::revocation::Reason;
+use crate::pki::crl::CrlService;
 use crate::store::{
     AuditEvent, AuditFilter, CertRecord, PskInfo, Revocation, RevokeOutcome, Store, StoreError,
 };
+use crate::store::{Event, Outcome};
 use policy::hostname::escape_for_display;
 use policy::{AllowedName, Psk, ReservedNames};
+use proto::timefmt::rfc3339;
 use ring::rand::SecureRandom;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use zeroize::Zeroize;
 
-/// Why an admin operation failed (mapped to HTTP in `http/error.rs`, to
+/// Why an admin operation failed (mapped to HTTP in `edge/http/error.rs`, to
 /// exit codes in the CLI).
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -331,7 +337,7 @@ pub enum Publisher {
     Service(Arc<CrlService>),
     DataDir {
         dir: std::path::PathBuf,
-        config: crate::crl::CrlConfig,
+        config: crate::pki::crl::CrlConfig,
         clock: Arc<dyn crate::clock::Clock>,
     },
 }
@@ -357,7 +363,7 @@ pub struct Ops<'a> {
 impl Ops<'_> {
     fn audit_event(
         &self,
-        event: &str,
+        event: Event,
         hostname: Option<String>,
         reason: Option<String>,
     ) -> AuditEvent {
@@ -365,7 +371,7 @@ impl Ops<'_> {
             at: self.now,
             event: event.into(),
             hostname,
-            outcome: "ok".into(),
+            outcome: Outcome::Ok.into(),
             reason,
             peer: self.peer.clone(),
             actor: Some(self.actor.clone()),
@@ -377,7 +383,7 @@ impl Ops<'_> {
     /// every admin action is audited).
     pub async fn audit_read(&self, what: &str) -> Result<(), AdminError> {
         self.store
-            .audit(&self.audit_event("admin_read", None, Some(what.to_owned())))
+            .audit(&self.audit_event(Event::AdminRead, None, Some(what.to_owned())))
             .await?;
         Ok(())
     }
@@ -437,7 +443,7 @@ impl Ops<'_> {
         };
         let expires_at = self.now + ttl as i64;
         let audit = self.audit_event(
-            "psk_added",
+            Event::PskAdded,
             Some(req.hostname.clone()),
             Some(format!("ttl {ttl}s; extra names {}", allowed.len())),
         );
@@ -481,7 +487,7 @@ impl Ops<'_> {
             issued.push((host.clone(), psk));
         }
         let audit = self.audit_event(
-            "psk_added",
+            Event::PskAdded,
             None,
             Some(format!("batch; ttl {ttl}s; extra names {}", allowed.len())),
         );
@@ -511,7 +517,7 @@ impl Ops<'_> {
     }
 
     pub async fn psk_remove(&self, host: &str) -> Result<(), AdminError> {
-        let audit = self.audit_event("psk_removed", Some(host.to_owned()), None);
+        let audit = self.audit_event(Event::PskRemoved, Some(host.to_owned()), None);
         if self.store.remove_psk(host, &audit).await? {
             Ok(())
         } else {
@@ -636,9 +642,9 @@ impl Ops<'_> {
             (None, Some(host)) => {
                 let revoked = self.store.revoke_host(host, &how).await?;
                 // The host's ACME accounts could order again: they end with it.
-                let audit = self.audit_event("acme_account", Some(host.clone()), None);
+                let audit = self.audit_event(Event::AcmeAccount, Some(host.clone()), None);
                 let audit = AuditEvent {
-                    outcome: "deactivated".into(),
+                    outcome: Outcome::Deactivated.into(),
                     ..audit
                 };
                 deactivated = self.store.deactivate_host_accounts(host, &audit).await?;
@@ -696,14 +702,17 @@ impl Ops<'_> {
 /// Signs and publishes the CRL after a revocation; on failure, the note for
 /// the operator (the revocation itself is recorded either way, and running
 /// servers sign it within seconds).
-async fn publish(store: &Store, publisher: &Publisher) -> Result<Arc<crate::crl::CrlSet>, String> {
+async fn publish(
+    store: &Store,
+    publisher: &Publisher,
+) -> Result<Arc<crate::pki::crl::CrlSet>, String> {
     match publisher {
         Publisher::Service(service) => service.regenerate().await.map_err(|e| {
             tracing::warn!(error = %format!("{e:#}"), "signing the CRL after a revocation failed");
             "the revocation is recorded, but signing the CRL failed; the servers retry within seconds".to_owned()
         }),
         Publisher::DataDir { dir, config, clock } => {
-            let service = match crate::revocation::crl_service(dir, store, clock.clone(), *config) {
+            let service = match crate::admin::revocation::crl_service(dir, store, clock.clone(), *config) {
                 Ok(s) => s,
                 Err(e) => {
                     return Err(format!(
@@ -829,7 +838,7 @@ impl Admin {
     /// for ACME; without it (not the CA's data dir, no key yet, another key
     /// than the store's) they are not, and the spawner is told why.
     async fn load_seal_key(store: &Store, data_dir: &std::path::Path) {
-        if !crate::ca::CaPaths::new(data_dir).is_initialised() {
+        if !crate::pki::ca::CaPaths::new(data_dir).is_initialised() {
             return;
         }
         if let Err(e) = crate::pki::psk_seal::install(data_dir, store, false).await {
@@ -841,7 +850,7 @@ impl Admin {
         Ops {
             store,
             now: crate::clock::Clock::now(&crate::clock::SystemClock),
-            actor: crate::cli::actor(),
+            actor: actor(),
             peer: None,
         }
     }
@@ -856,11 +865,11 @@ impl Admin {
         match self {
             Admin::Local { store, data_dir } => {
                 Admin::load_seal_key(store, data_dir).await;
-                let root = crate::ca::CaPaths::new(data_dir).root_cert;
+                let root = crate::pki::ca::CaPaths::new(data_dir).root_cert;
                 let hints = Hints {
-                    fingerprint: crate::ca::read_cert_der(&root)
+                    fingerprint: crate::pki::ca::read_cert_der(&root)
                         .ok()
-                        .map(|d| crate::ca::fingerprint(&d)),
+                        .map(|d| crate::pki::ca::fingerprint(&d)),
                     server_url: None,
                 };
                 Admin::local_ops(store).psk_add(req, &hints, reserved).await
@@ -924,7 +933,7 @@ impl Admin {
     pub async fn revoke(
         &self,
         req: &RevokeRequest,
-        crl: crate::crl::CrlConfig,
+        crl: crate::pki::crl::CrlConfig,
     ) -> Result<RevokeReport, AdminError> {
         match self {
             Admin::Local { store, data_dir } => {
@@ -945,6 +954,43 @@ impl Admin {
             Admin::Remote(r) => r.audit(q).await,
         }
     }
+}
+
+/// Who runs this CLI, for the audit log.
+pub fn actor() -> String {
+    use std::os::unix::fs::MetadataExt;
+    let user = std::env::var("USER").unwrap_or_default();
+    let uid = std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(u32::MAX);
+    format!(
+        "cli:{}(uid {uid})",
+        if user.is_empty() { "?" } else { &user }
+    )
+}
+
+/// Normalises a serial as operators type it: any case, colons optional,
+/// leading zero bytes optional.
+pub fn normalize_serial(s: &str) -> Option<String> {
+    let hexs: String = s
+        .trim()
+        .chars()
+        .filter(|c| *c != ':')
+        .collect::<String>()
+        .to_ascii_lowercase();
+    if hexs.is_empty() || !hexs.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let trimmed = hexs.trim_start_matches('0');
+    let mut out = if trimmed.len() % 2 == 1 {
+        format!("0{trimmed}")
+    } else {
+        trimmed.to_owned()
+    };
+    if out.is_empty() {
+        out = "00".into();
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -1008,5 +1054,13 @@ mod tests {
         // Locally only the lower bound holds.
         q(100_000).check_limit(None).unwrap();
         assert!(q(-1).check_limit(None).is_err());
+    }
+
+    #[test]
+    fn serials_normalise_like_openssl_prints_them() {
+        assert_eq!(normalize_serial("4A:3B:0C").as_deref(), Some("4a3b0c"));
+        assert_eq!(normalize_serial("004a3b0c").as_deref(), Some("4a3b0c"));
+        assert_eq!(normalize_serial("web1.example").as_deref(), None);
+        assert_eq!(normalize_serial("abc").as_deref(), Some("0abc"));
     }
 }

@@ -3,9 +3,9 @@
 //! coming from the store are printed escaped.
 
 use super::{CertView, PskAdded, PskIssued, RevokeReport};
-use crate::cli::rfc3339;
 use crate::store::{AuditEvent, PskInfo};
 use policy::hostname::escape_for_display;
+use proto::timefmt::rfc3339;
 
 /// `psk add`: the PSK alone, or the JSON answer.
 pub fn psk_added(added: &PskAdded, json: bool) -> anyhow::Result<()> {

@@ -12,10 +12,10 @@ use super::{
 use crate::store::{AuditEvent, PskInfo};
 use anyhow::{Context, anyhow};
 use bytes::Bytes;
-use ca_client::bootstrap::{CA_FILE, CHAIN_FILE, KEY_FILE};
-use ca_client::https::{HttpsClient, Reply};
-use ca_client::keys::HostKey;
 use http::{Method, StatusCode};
+use proto::files::{CA_FILE, CHAIN_FILE, KEY_FILE};
+use proto::https::{HttpsClient, Reply};
+use proto::keys::HostKey;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde::de::DeserializeOwned;
 use std::path::Path;
@@ -35,20 +35,20 @@ impl Remote {
             let path = dir.join(name);
             std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
         };
-        let root = ca_client::install::material::certs_from_pem(&read(CA_FILE)?)
+        let root = proto::certs::certs_from_pem(&read(CA_FILE)?)
             .with_context(|| format!("{}", dir.join(CA_FILE).display()))?
             .remove(0);
-        let chain = ca_client::install::material::certs_from_pem(&read(CHAIN_FILE)?)
+        let chain = proto::certs::certs_from_pem(&read(CHAIN_FILE)?)
             .with_context(|| format!("{}", dir.join(CHAIN_FILE).display()))?;
         let key = HostKey::load(&dir.join(KEY_FILE))?;
         let client_auth = (
             chain.into_iter().map(CertificateDer::from).collect(),
             PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.pkcs8_der().to_vec())),
         );
-        let config = ca_client::trust::pinned_client_config(&root, Some(client_auth))?;
+        let config = proto::trust::pinned_client_config(&root, Some(client_auth))?;
         Ok(Remote {
             client: HttpsClient::new(server, config)?,
-            fingerprint: ca_client::trust::fingerprint(&root),
+            fingerprint: proto::trust::fingerprint(&root),
         })
     }
 

@@ -10,16 +10,16 @@
 //! and POST are allowed (405). HTTP/1.1 only, with the HTTPS listener's
 //! header, idle and body timeouts and its connection limit.
 
-use crate::ca::{
+use crate::clock::Clock;
+use crate::edge::http::error::ApiError;
+use crate::edge::server::Limits;
+use crate::pki::ca::{
     PLAIN_PATH_INTERMEDIATE_CERT, PLAIN_PATH_INTERMEDIATE_CRL, PLAIN_PATH_ROOT_CERT,
     PLAIN_PATH_ROOT_CRL, Signer,
 };
-use crate::clock::Clock;
-use crate::crl::CrlService;
-use crate::http::error::ApiError;
+use crate::pki::crl::CrlService;
 use crate::pki::ocsp::MAX_REQUEST;
 use crate::pki::responder::{Answer, Responder};
-use crate::server::Limits;
 use anyhow::Result;
 use axum::Router;
 use axum::body::Body;
@@ -28,9 +28,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
-use ca_client::ocsp::ResponseStatus;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use proto::ocsp::ResponseStatus;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -117,7 +117,7 @@ fn der_response(
             .expect("ascii"),
     );
     if let Some(t) = last_modified {
-        crate::http::crl::set_last_modified(&mut resp, t);
+        crate::edge::http::crl::set_last_modified(&mut resp, t);
     }
     resp
 }
@@ -196,7 +196,7 @@ fn ocsp_response(headers: &HeaderMap, answer: Answer) -> Response {
             )) {
                 h.insert(header::EXPIRES, v);
             }
-            crate::http::crl::set_last_modified(&mut resp, c.produced_at);
+            crate::edge::http::crl::set_last_modified(&mut resp, c.produced_at);
             resp
         }
         // Error statuses and nonce answers are not cacheable.
@@ -240,21 +240,22 @@ async fn ocsp_empty() -> Response {
 }
 
 async fn ocsp_post(State(s): State<PlainState>, headers: HeaderMap, req: Request) -> Response {
-    let body = match crate::http::read_body(req.into_body(), &headers, MAX_REQUEST, s.body_timeout)
-        .await
-    {
-        Ok(b) => b,
-        Err(crate::http::body::BodyError::TooLarge(_)) => {
-            return ocsp_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                ResponseStatus::MalformedRequest,
-            );
-        }
-        Err(e @ crate::http::body::BodyError::Timeout(_)) => {
-            return ApiError::from(e).into_response();
-        }
-        Err(_) => return ocsp_error(StatusCode::OK, ResponseStatus::MalformedRequest),
-    };
+    let body =
+        match crate::edge::http::read_body(req.into_body(), &headers, MAX_REQUEST, s.body_timeout)
+            .await
+        {
+            Ok(b) => b,
+            Err(crate::edge::http::body::BodyError::TooLarge(_)) => {
+                return ocsp_error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    ResponseStatus::MalformedRequest,
+                );
+            }
+            Err(e @ crate::edge::http::body::BodyError::Timeout(_)) => {
+                return ApiError::from(e).into_response();
+            }
+            Err(_) => return ocsp_error(StatusCode::OK, ResponseStatus::MalformedRequest),
+        };
     let answer = s.responder.answer(&body).await;
     ocsp_response(&headers, answer)
 }
@@ -303,7 +304,7 @@ pub async fn run(
             let (done_tx, mut done_rx) = tokio::sync::watch::channel(0u64);
             let counter = in_flight.clone();
             let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-                req.extensions_mut().insert(crate::http::Peer {
+                req.extensions_mut().insert(crate::edge::http::Peer {
                     addr,
                     client_chain: None,
                 });

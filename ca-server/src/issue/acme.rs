@@ -6,11 +6,13 @@
 //! by the certificate's key. The HTTP side (JWS, nonces, problem documents)
 //! is `edge::acme`; the rows are `store::acme`.
 
-use crate::authority::{Authority, SignError, clip};
 use crate::edge::acme::jws::{AccountKey, Jws, JwsError};
+use crate::issue::refusal::Refusal;
+use crate::issue::sign::{Authority, SignError, clip};
 use crate::store::{
     AcmeAccount, AcmeOrder, AuditEvent, CertRecord, Revocation, RevokeOutcome, StoreError,
 };
+use crate::store::{CertKind, Event, Outcome};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use policy::{AcmeGrant, AllowedName, Decision, IdentifierRefusal, Rejection};
@@ -200,9 +202,9 @@ impl Authority {
         };
         let audit = AuditEvent {
             at: now,
-            event: "acme_account".into(),
+            event: Event::AcmeAccount.into(),
             hostname: Some(host.clone()),
-            outcome: "created".into(),
+            outcome: Outcome::Created.into(),
             reason: Some(format!(
                 "account {}; key {thumbprint}; psk spent",
                 account.id
@@ -236,7 +238,11 @@ impl Authority {
     ) -> AcmeError {
         if self
             .throttle
-            .record_failure(peer.ip(), Instant::now(), crate::throttle::Weight::Full)
+            .record_failure(
+                peer.ip(),
+                Instant::now(),
+                crate::issue::throttle::Weight::Full,
+            )
             .is_some()
         {
             tracing::warn!(peer = %peer.ip(), "too many PSK failures; throttling this address");
@@ -261,18 +267,18 @@ impl Authority {
         key: &'static str,
         reason: String,
     ) {
-        let event = AuditEvent {
-            at: now,
-            event: "acme".into(),
+        let refusal = Refusal {
+            event: Event::Acme,
             hostname: host.map(clip),
-            outcome: "rejected".into(),
-            reason: Some(clip(&reason)),
-            peer: Some(peer.ip().to_string()),
-            ..Default::default()
+            serial: None,
+            reason: clip(&reason),
+            actor: None,
+            key,
+            // ACME weighs its refusals where they happen (edge/acme).
+            weight: None,
+            what: "a refused ACME request",
         };
-        if let Err(e) = self.rejections.record(&self.store, event, key).await {
-            tracing::error!(error = %e, "could not write the audit row for a refused ACME request");
-        }
+        self.refuse(now, peer, refusal).await;
     }
 
     /// newOrder: the identifiers must lie within the account's grant.
@@ -312,9 +318,9 @@ impl Authority {
         };
         let audit = AuditEvent {
             at: now,
-            event: "acme_order".into(),
+            event: Event::AcmeOrder.into(),
             hostname: Some(account.hostname.clone()),
-            outcome: "ready".into(),
+            outcome: Outcome::Ready.into(),
             reason: Some(clip(&format!(
                 "order {}; key {}; names {}",
                 order.id,
@@ -366,12 +372,10 @@ impl Authority {
             AcmeError::BadCsr(r)
         };
         let csr = match policy::csr::parse(csr_der) {
-            Ok(csr) if self.signer.is_ca_key(&csr.spki_der) => {
-                return Err(
-                    refuse(Rejection::KeyNotAllowed("the CA's own public key".into())).await,
-                );
-            }
-            Ok(csr) => csr,
+            Ok(csr) => match self.ca_key_rule(&csr) {
+                Ok(()) => csr,
+                Err(r) => return Err(refuse(r).await),
+            },
             Err(r) => return Err(refuse(r).await),
         };
         let names = order
@@ -388,13 +392,13 @@ impl Authority {
             return Err(refuse(r).await);
         }
         let leaf = self.sign_profile(&profile, &csr, now)?;
-        let record = leaf.to_record(&account.hostname, "host", &csr.spki_der, now);
+        let record = leaf.to_record(&account.hostname, CertKind::Host, &csr.spki_der, now);
         let audit = AuditEvent {
             at: now,
-            event: "issued".into(),
+            event: Event::Issued.into(),
             hostname: Some(account.hostname.clone()),
             serial: Some(leaf.serial.clone()),
-            outcome: "issued".into(),
+            outcome: Outcome::Issued.into(),
             reason: Some(format!(
                 "acme order {}; account key {}; key {}",
                 order.id, account.thumbprint, csr.key
@@ -446,7 +450,7 @@ impl Authority {
             .store
             .get_cert(&serial)
             .await?
-            .filter(|r| r.der == cert_der && r.kind == "host")
+            .filter(|r| r.der == cert_der && r.kind == CertKind::Host)
             .ok_or_else(|| {
                 AcmeError::Unauthorized("this CA issued no such host certificate".into())
             })?;
@@ -491,10 +495,10 @@ impl Authority {
                 self.store
                     .audit(&AuditEvent {
                         at: now,
-                        event: "acme_revoke".into(),
+                        event: Event::AcmeRevoke.into(),
                         hostname: Some(c.hostname.clone()),
                         serial: Some(c.serial.clone()),
-                        outcome: "revoked".into(),
+                        outcome: Outcome::Revoked.into(),
                         reason: Some(format!("{reason}; key {key}")),
                         peer: Some(peer.to_string()),
                         actor: Some(actor),

@@ -205,7 +205,7 @@ pub fn load_or_create(data_dir: &Path) -> Result<FileKey> {
         let linked = std::fs::hard_link(&tmp, &path);
         let _ = std::fs::remove_file(&tmp);
         match linked {
-            Ok(()) => ca_client::fsutil::sync_dir(data_dir)?,
+            Ok(()) => proto::fsutil::sync_dir(data_dir)?,
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
         }
@@ -213,7 +213,7 @@ pub fn load_or_create(data_dir: &Path) -> Result<FileKey> {
     let key = load(data_dir)?;
     let public = data_dir.join(PUBLIC_FILE);
     if !public.exists() {
-        ca_client::fsutil::write_atomic(&public, key.public_key().to_pem().as_bytes(), 0o644)
+        proto::fsutil::write_atomic(&public, key.public_key().to_pem().as_bytes(), 0o644)
             .with_context(|| format!("writing {}", public.display()))?;
     }
     Ok(key)

@@ -8,8 +8,8 @@
 //! extensions) is ignored, as RFC 6960 allows for an unsigned-request responder.
 
 use anyhow::{Context, Result, anyhow, bail};
-use ca_client::ocsp::der::{self, Reader};
-use ca_client::ocsp::{CertId, CertStatus, OID_ECDSA_SHA256, OID_OCSP_BASIC, OID_OCSP_NONCE};
+use proto::ocsp::der::{self, Reader};
+use proto::ocsp::{CertId, CertStatus, OID_ECDSA_SHA256, OID_OCSP_BASIC, OID_OCSP_NONCE};
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair as _};
 use zeroize::Zeroizing;
@@ -64,7 +64,7 @@ pub fn decode_request(data: &[u8]) -> Result<OcspRequest, RequestError> {
     let list = t.expect(der::SEQUENCE).map_err(malformed)?;
     let mut nonce = None;
     if let Some(exts) = t.optional(der::ctx(2)).map_err(malformed)? {
-        for (oid, value) in ca_client::ocsp::extensions(exts.content).map_err(malformed)? {
+        for (oid, value) in proto::ocsp::extensions(exts.content).map_err(malformed)? {
             if oid == OID_OCSP_NONCE {
                 if nonce.is_some() {
                     return Err(malformed("two nonce extensions"));
@@ -235,7 +235,8 @@ pub fn encode_response(key: &ResponderKey, f: &ResponseFields<'_>) -> Result<Vec
 
 /// The CRLReason code of a stored reason name (none for `unspecified`).
 pub fn reason_code(name: Option<&str>) -> Option<u8> {
-    name.and_then(crate::crl::parse_reason).map(|r| r as u8)
+    name.and_then(crate::pki::crl::parse_reason)
+        .map(|r| r as u8)
 }
 
 /// The key that wraps the responder key in the store: HKDF-SHA256 over the
@@ -374,7 +375,7 @@ fn percent_decode(s: &str) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ca_client::ocsp::{CertIdHash, IssuerKeys, encode_request};
+    use proto::ocsp::{CertIdHash, IssuerKeys, encode_request};
 
     fn issuer() -> IssuerKeys {
         IssuerKeys {

@@ -98,7 +98,7 @@ pub fn load_or_create(data_dir: &Path) -> Result<SealKey> {
             file.write_all(&bytes[..])
                 .and_then(|()| file.sync_all())
                 .with_context(|| format!("writing {}", path.display()))?;
-            ca_client::fsutil::sync_dir(data_dir)?;
+            proto::fsutil::sync_dir(data_dir)?;
             key_from(&bytes[..])
         }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {

@@ -13,12 +13,12 @@
 //! so a flood of random requests cannot make the responder sign without bound.
 
 use super::ocsp::{self, OcspRequest, ResponderKey, ResponseFields};
-use crate::ca::Signer;
 use crate::clock::Clock;
+use crate::pki::ca::Signer;
 use crate::store::{Store, StoredResponder};
 use anyhow::{Context, Result};
 use bytes::Bytes;
-use ca_client::ocsp::{CertStatus, IssuerKeys, ResponseStatus};
+use proto::ocsp::{CertStatus, IssuerKeys, ResponseStatus};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -140,7 +140,10 @@ impl Budget {
     }
 
     fn take(&self) -> bool {
-        let mut s = self.state.lock().expect("budget lock");
+        let mut s = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = Instant::now();
         s.1 = (s.1 + now.duration_since(s.0).as_secs_f64() * self.per_sec).min(self.per_sec);
         s.0 = now;
@@ -245,7 +248,11 @@ impl Responder {
 
     /// The responder certificate in use (DER).
     pub fn responder_cert(&self) -> Vec<u8> {
-        self.key.read().expect("key lock").cert_der.clone()
+        self.key
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .cert_der
+            .clone()
     }
 
     /// The oldest producedAt among the responses this replica would still serve.
@@ -253,7 +260,7 @@ impl Responder {
         let (now, seq) = (self.clock.now(), *self.revocations.borrow());
         self.cache
             .lock()
-            .expect("ocsp cache lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .values()
             .filter(|c| c.revocation_seq == seq && now < c.refresh_at)
             .map(|c| c.produced_at)
@@ -265,7 +272,7 @@ impl Responder {
         let (now, seq) = (self.clock.now(), *self.revocations.borrow());
         self.cache
             .lock()
-            .expect("ocsp cache lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .retain(|_, c| c.revocation_seq == seq && now < c.refresh_at);
     }
 
@@ -292,7 +299,7 @@ impl Responder {
         let lookup = || {
             self.cache
                 .lock()
-                .expect("ocsp cache lock")
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .get(&req.cert_id_der)
                 .filter(|c| c.revocation_seq == seq && now < c.refresh_at)
                 .cloned()
@@ -328,7 +335,11 @@ impl Responder {
         if let Some(n) = &req.nonce
             && self.budget.take()
         {
-            let key = self.key.read().expect("key lock").clone();
+            let key = self
+                .key
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
             self.signatures.fetch_add(1, Ordering::Relaxed);
             crate::metrics::metrics().ocsp_signature();
             let signed = ocsp::encode_response(
@@ -384,7 +395,11 @@ impl Responder {
         if status == CertStatus::Unknown && !self.budget.take() {
             return Err(FreshError::Busy);
         }
-        let key = self.key.read().expect("key lock").clone();
+        let key = self
+            .key
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         let this_update = now - 60;
         let next_update = now + self.config.validity.as_secs() as i64;
         let label = match status {
@@ -419,7 +434,10 @@ impl Responder {
             refresh_at,
             revocation_seq: seq,
         });
-        let mut cache = self.cache.lock().expect("ocsp cache lock");
+        let mut cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if cache.len() >= MAX_CACHED {
             cache.retain(|_, c| c.revocation_seq == seq && now < c.refresh_at);
             if cache.len() >= MAX_CACHED {
@@ -476,16 +494,23 @@ impl Responder {
     /// newer one another replica stored); `true` if the key changed.
     pub async fn renew_if_due(&self) -> Result<bool> {
         let now = self.clock.now();
-        let current = self.key.read().expect("key lock").clone();
+        let current = self
+            .key
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         if now < half_life(current.not_before, current.not_after) {
             return Ok(false);
         }
         let k = current_key(&self.store, &self.signer, &self.intermediate_sha256, now).await?;
         tracing::info!(
-            not_after = %crate::cli::rfc3339(k.not_after),
+            not_after = %proto::timefmt::rfc3339(k.not_after),
             "OCSP responder certificate renewed"
         );
-        *self.key.write().expect("key lock") = Arc::new(k);
+        *self
+            .key
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(k);
         Ok(true)
     }
 }
@@ -567,9 +592,9 @@ fn open(signer: &Signer, r: &StoredResponder) -> Result<ResponderKey> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ca::{CaPaths, LeafRequest};
     use crate::clock::Clock;
-    use ca_client::ocsp::{CertId, CertIdHash, encode_request, verify_response};
+    use crate::pki::ca::{CaPaths, LeafRequest};
+    use proto::ocsp::{CertId, CertIdHash, encode_request, verify_response};
 
     const TEST_NOW: i64 = 1_800_000_000;
 
@@ -604,7 +629,7 @@ mod tests {
     ) {
         let dir = tempfile::tempdir().unwrap();
         let paths = CaPaths::new(&dir.path().join("ca"));
-        crate::ca::init(&paths, "Test", TEST_NOW).unwrap();
+        crate::pki::ca::init(&paths, "Test", TEST_NOW).unwrap();
         let signer = Arc::new(Signer::load(&paths, None).unwrap());
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display());
         let store = Store::open(&url).await.unwrap();
@@ -615,7 +640,7 @@ mod tests {
         (dir, r, signer, store, tx)
     }
 
-    fn leaf(signer: &Signer) -> crate::ca::SignedLeaf {
+    fn leaf(signer: &Signer) -> crate::pki::ca::SignedLeaf {
         let key = rcgen::KeyPair::generate().unwrap();
         use rcgen::PublicKeyData;
         let spki = key.subject_public_key_info();
@@ -635,11 +660,16 @@ mod tests {
     }
 
     /// A host certificate signed and recorded in the store, as an issuance does.
-    async fn recorded_leaf(signer: &Signer, store: &Store) -> crate::ca::SignedLeaf {
+    async fn recorded_leaf(signer: &Signer, store: &Store) -> crate::pki::ca::SignedLeaf {
         let l = leaf(signer);
         store
             .record_certificate(
-                &l.to_record("web1.example.internal", "host", &[], TEST_NOW),
+                &l.to_record(
+                    "web1.example.internal",
+                    crate::store::CertKind::Host,
+                    &[],
+                    TEST_NOW,
+                ),
                 &crate::store::AuditEvent {
                     at: TEST_NOW,
                     event: "issued".into(),
@@ -658,7 +688,7 @@ mod tests {
         let now = TEST_NOW;
         let l = recorded_leaf(&signer, &store).await;
         let issuer = IssuerKeys::from_cert(&signer.intermediate_der).unwrap();
-        let serial = ca_client::ocsp::cert_serial(&l.der).unwrap();
+        let serial = proto::ocsp::cert_serial(&l.der).unwrap();
         let id = CertId::new(CertIdHash::Sha1, &issuer, &serial);
         let req = encode_request(&id, None);
 
@@ -680,7 +710,7 @@ mod tests {
 
         // With a nonce: its own signature, the nonce echoed.
         let with_nonce = r.answer(&encode_request(&id, Some(&[5; 16]))).await;
-        let (_, basic) = ca_client::ocsp::decode_response(&with_nonce.der).unwrap();
+        let (_, basic) = proto::ocsp::decode_response(&with_nonce.der).unwrap();
         assert_eq!(
             basic.unwrap().nonce.unwrap(),
             vec![5; 16],
@@ -772,7 +802,7 @@ mod tests {
         let issuer = IssuerKeys::from_cert(&signer.intermediate_der).unwrap();
         let id = CertId::new(CertIdHash::Sha256, &issuer, &[0x41; 16]);
         let a = r.answer(&encode_request(&id, None)).await;
-        let (_, basic) = ca_client::ocsp::decode_response(&a.der).unwrap();
+        let (_, basic) = proto::ocsp::decode_response(&a.der).unwrap();
         let basic = basic.unwrap();
         assert!(
             basic
@@ -799,7 +829,7 @@ mod tests {
             &CertId::new(
                 CertIdHash::Sha1,
                 &issuer,
-                &ca_client::ocsp::cert_serial(&l.der).unwrap(),
+                &proto::ocsp::cert_serial(&l.der).unwrap(),
             ),
             None,
         );

@@ -198,7 +198,7 @@ impl Store {
         .bind(account.created_at)
         .execute(&mut *tx)
         .await?;
-        insert_audit(&mut *tx, audit).await?;
+        insert_audit(self.engine, &mut *tx, audit).await?;
         tx.commit().await?;
         Ok(account)
     }
@@ -251,7 +251,7 @@ impl Store {
         .await?
         .rows_affected();
         if n == 1 {
-            insert_audit(&mut *tx, audit).await?;
+            insert_audit(self.engine, &mut *tx, audit).await?;
         }
         tx.commit().await?;
         Ok(n == 1)
@@ -279,7 +279,7 @@ impl Store {
         if !ids.is_empty() {
             let mut audit = audit.clone();
             audit.reason = Some(format!("accounts {}", ids.join(", ")));
-            insert_audit(&mut *tx, &audit).await?;
+            insert_audit(self.engine, &mut *tx, &audit).await?;
         }
         tx.commit().await?;
         Ok(ids)
@@ -308,7 +308,7 @@ impl Store {
         .await?
         .rows_affected();
         if n == 1 {
-            insert_audit(&mut *tx, audit).await?;
+            insert_audit(self.engine, &mut *tx, audit).await?;
         }
         tx.commit().await?;
         Ok(n == 1)
@@ -334,7 +334,7 @@ impl Store {
         .bind(&order.serial)
         .execute(&mut *tx)
         .await?;
-        insert_audit(&mut *tx, audit).await?;
+        insert_audit(self.engine, &mut *tx, audit).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -392,8 +392,8 @@ impl Store {
             tx.rollback().await?;
             return Ok(false);
         }
-        insert_cert(&mut *tx, cert).await?;
-        insert_audit(&mut *tx, audit).await?;
+        insert_cert(self.engine, &mut *tx, cert).await?;
+        insert_audit(self.engine, &mut *tx, audit).await?;
         tx.commit().await?;
         Ok(true)
     }

@@ -292,7 +292,7 @@ const SYSLOG_PRI: u8 = 13 * 8 + 6;
 pub fn rfc5424(line: &ExportLine, hostname: &str, pid: u32) -> anyhow::Result<String> {
     Ok(format!(
         "<{SYSLOG_PRI}>1 {} {hostname} ca-server {pid} audit - {}",
-        ca_client::timefmt::rfc3339(line.at),
+        proto::timefmt::rfc3339(line.at),
         serde_json::to_string(line)?
     ))
 }

@@ -21,7 +21,7 @@ impl Store {
             upsert_psk(&mut *tx, host, hash, &sans, created_at, expires_at).await?;
             let mut row = audit.clone();
             row.hostname = Some(host.clone());
-            insert_audit(&mut *tx, &row).await?;
+            insert_audit(self.engine, &mut *tx, &row).await?;
         }
         tx.commit().await?;
         Ok(())

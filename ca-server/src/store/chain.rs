@@ -1,6 +1,6 @@
-//! The audit chain's SQL: appending rows under the chain head (sqlx; the
-//! SQLite writer lane and the PostgreSQL batch writer use [`Links`] for
-//! theirs), reading the trail for `audit verify`, and the signed
+//! The audit chain's SQL: reserving positions on the chain head and moving
+//! it ([`reserve`], [`Links`]; the rows themselves are written by the one
+//! audit INSERT per engine in `store/mod.rs`), reading the trail for `audit verify`, and the signed
 //! checkpoints. The encoding and the walk are in [`super::audit_chain`].
 //!
 //! Every append starts with `UPDATE audit_chain SET seq = seq + n ...
@@ -122,40 +122,6 @@ impl AuditConn for sqlx::AnyConnection {
     fn as_conn(&mut self) -> &mut sqlx::AnyConnection {
         self
     }
-}
-
-/// Appends one audit row to the chain inside the caller's transaction.
-/// `repeats`: (the aggregated row's id, how many, the latest) for a repeat
-/// row. Returns the row's id.
-pub(super) async fn append(
-    conn: &mut sqlx::AnyConnection,
-    a: &AuditEvent,
-    repeats: Option<(i64, i64, i64)>,
-) -> StoreResult<i64> {
-    let mut links = reserve(conn, 1).await?;
-    let l = links.next(a, repeats);
-    let row = sqlx::query(
-        "INSERT INTO audit (at, event, hostname, serial, outcome, reason, peer, actor, \
-         repeat_count, last_at, repeats_of, chain_seq, chain_hash) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
-    )
-    .bind(a.at)
-    .bind(&a.event)
-    .bind(&a.hostname)
-    .bind(&a.serial)
-    .bind(&a.outcome)
-    .bind(&a.reason)
-    .bind(&a.peer)
-    .bind(&a.actor)
-    .bind(l.count)
-    .bind(l.last_at)
-    .bind(l.repeats_of)
-    .bind(l.seq)
-    .bind(l.hash.to_vec())
-    .fetch_one(&mut *conn)
-    .await?;
-    links.set_head(conn).await?;
-    Ok(row.try_get("id")?)
 }
 
 /// A checkpoint to store: the chain's head and length at `at`, signed.

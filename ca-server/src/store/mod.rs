@@ -1,6 +1,7 @@
 //! The store: PSKs, certificates, the audit log and the CRL number, on SQLite
 //! (embedded default) or PostgreSQL (replicas), through sqlx's `Any` driver
-//! with one SQL text for both engines. Times are Unix seconds.
+//! with one SQL text for both engines where the dialects agree (the certificate
+//! and audit INSERTs have one per engine, the macros below). Times are Unix seconds.
 //!
 //! The invariant everything rests on lives in [`Store::record_issuance`]: the
 //! PSK row is deleted (exactly one row, `DELETE ... RETURNING`) in the same
@@ -24,11 +25,13 @@ mod chain;
 pub mod copy;
 mod crl;
 pub mod inspect;
+mod kinds;
 mod ocsp;
 mod ownership;
 pub use acme::{AcmeAccount, AcmeOrder, SealedPsk};
 pub use chain::{CheckpointRow, NewCheckpoint};
 pub use crl::{CrlPoll, CrlSnapshot, PublishedCrls, RevokedEntry};
+pub use kinds::{CertKind, Event, Outcome, UnknownName};
 pub use ocsp::StoredResponder;
 pub use stats::StoreStats;
 
@@ -131,10 +134,6 @@ pub struct AuditEvent {
     pub last_at: Option<i64>,
 }
 
-/// The event of a chained row that counts repeats of an aggregated refusal
-/// row (`repeats_of`); folded into that row's count in listings.
-pub const REPEATS_EVENT: &str = "refusal_repeats";
-
 /// Which audit rows to show (`audit --host --event`); `None` matches all.
 #[derive(Debug, Clone, Default)]
 pub struct AuditFilter {
@@ -157,6 +156,66 @@ macro_rules! cert_columns {
     () => {
         "serial, hostname, kind, public_key_sha256, psk_hash, psk_expires_at, \
          not_before, not_after, der, issued_at, revoked_at, revocation_reason, superseded_by"
+    };
+}
+
+/// The only SQL texts that write `certificates` and `audit` rows, one per
+/// engine, as macros so queries stay `&'static str` literals (and the
+/// `RETURNING` variant can be appended).
+///
+/// SQLite: one row, `$n` parameters, which sqlx and rusqlite (the group
+/// commit's lane) alike bind by position.
+macro_rules! insert_cert_sqlite {
+    () => {
+        concat!(
+            "INSERT INTO certificates (",
+            cert_columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+        )
+    };
+}
+
+/// PostgreSQL: any number of rows as one JSON array parameter, so the
+/// statement has one shape (prepared once) and costs one round trip whatever
+/// the batch size; a single write is a batch of one.
+macro_rules! insert_certs_pg {
+    () => {
+        concat!(
+            "INSERT INTO certificates (",
+            cert_columns!(),
+            ") SELECT j.serial, j.hostname, j.kind, decode(j.pk, 'hex'), decode(j.ph, 'hex'), \
+             j.pe, j.nb, j.na, decode(j.der, 'hex'), j.ia, j.ra, j.rr, j.sb \
+             FROM jsonb_to_recordset($1::jsonb) AS j(serial text, hostname text, kind text, \
+             pk text, ph text, pe bigint, nb bigint, na bigint, der text, ia bigint, ra bigint, \
+             rr text, sb text)"
+        )
+    };
+}
+
+/// The audit row on SQLite, as [`insert_cert_sqlite!`].
+///
+/// Every audit row is a link of the hash chain (docs/audit.md): its
+/// position and hash come with it, and `repeat_count`, `last_at`,
+/// `repeats_of` are set for a repeat row (1, NULL, NULL otherwise).
+macro_rules! insert_audit_sqlite {
+    () => {
+        "INSERT INTO audit (at, event, hostname, serial, outcome, reason, peer, actor, \
+         repeat_count, last_at, repeats_of, chain_seq, chain_hash) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+    };
+}
+
+/// Audit rows on PostgreSQL, as [`insert_certs_pg!`].
+/// Inserted in chain order: ids are drawn in it, which `audit verify` relies on.
+macro_rules! insert_audits_pg {
+    () => {
+        "INSERT INTO audit (at, event, hostname, serial, outcome, reason, peer, actor, \
+         repeat_count, last_at, repeats_of, chain_seq, chain_hash) \
+         SELECT j.at, j.event, j.hostname, j.serial, j.outcome, j.reason, j.peer, j.actor, \
+         j.rc, j.la, j.ro, j.seq, decode(j.hash, 'hex') \
+         FROM jsonb_to_recordset($1::jsonb) AS j(at bigint, event text, hostname text, \
+         serial text, outcome text, reason text, peer text, actor text, rc bigint, la bigint, \
+         ro bigint, seq bigint, hash text) ORDER BY j.seq"
     };
 }
 
@@ -311,7 +370,7 @@ impl Store {
         let sans_json = sans_json(allowed_sans);
         let mut tx = self.begin().await?;
         upsert_psk(&mut *tx, hostname, hash, &sans_json, created_at, expires_at).await?;
-        insert_audit(&mut *tx, audit).await?;
+        insert_audit(self.engine, &mut *tx, audit).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -374,7 +433,7 @@ impl Store {
             .await?
             .rows_affected();
         if n > 0 {
-            insert_audit(&mut *tx, audit).await?;
+            insert_audit(self.engine, &mut *tx, audit).await?;
         }
         tx.commit().await?;
         Ok(n > 0)
@@ -403,12 +462,13 @@ impl Store {
         for row in rows {
             let host: String = row.try_get("hostname")?;
             insert_audit(
+                self.engine,
                 &mut *tx,
                 &AuditEvent {
                     at: now,
-                    event: "psk_expired".into(),
+                    event: Event::PskExpired.into(),
                     hostname: Some(host.clone()),
-                    outcome: "swept".into(),
+                    outcome: Outcome::Swept.into(),
                     actor: Some("ca-server".into()),
                     ..Default::default()
                 },
@@ -470,8 +530,8 @@ impl Store {
             tx.rollback().await?;
             return Err(StoreError::PskGone);
         }
-        insert_cert(&mut *tx, issuance.cert).await?;
-        insert_audit(&mut *tx, issuance.audit).await?;
+        insert_cert(self.engine, &mut *tx, issuance.cert).await?;
+        insert_audit(self.engine, &mut *tx, issuance.audit).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -483,8 +543,8 @@ impl Store {
         audit: &AuditEvent,
     ) -> StoreResult<()> {
         let mut tx = self.begin().await?;
-        insert_cert(&mut *tx, cert).await?;
-        insert_audit(&mut *tx, audit).await?;
+        insert_cert(self.engine, &mut *tx, cert).await?;
+        insert_audit(self.engine, &mut *tx, audit).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -566,7 +626,7 @@ impl Store {
     /// Writes one audit row and returns its id (so repeats can count up on it).
     pub async fn audit_returning_id(&self, event: &AuditEvent) -> StoreResult<i64> {
         let mut tx = self.begin().await?;
-        let id = chain::append(&mut tx, event, None).await?;
+        let id = append_audit(self.engine, &mut tx, event, None).await?;
         tx.commit().await?;
         Ok(id)
     }
@@ -597,11 +657,11 @@ impl Store {
             if updated == 1 {
                 let row = AuditEvent {
                     at: last_at,
-                    event: REPEATS_EVENT.into(),
-                    outcome: "counted".into(),
+                    event: Event::RefusalRepeats.into(),
+                    outcome: Outcome::Counted.into(),
                     ..Default::default()
                 };
-                chain::append(&mut tx, &row, Some((id, n, last_at))).await?;
+                append_audit(self.engine, &mut tx, &row, Some((id, n, last_at))).await?;
             }
         }
         tx.commit().await?;
@@ -706,39 +766,153 @@ async fn upsert_psk<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
     Ok(())
 }
 
+/// Writes one certificate row: the one function behind every path that
+/// records a certificate outside the group commit (which uses the same SQL).
 async fn insert_cert<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+    engine: Engine,
     ex: E,
     c: &CertRecord,
 ) -> StoreResult<()> {
-    sqlx::query(concat!(
-        "INSERT INTO certificates (",
-        cert_columns!(),
-        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
-    ))
-    .bind(&c.serial)
-    .bind(&c.hostname)
-    .bind(&c.kind)
-    .bind(&c.public_key_sha256)
-    .bind(&c.psk_hash)
-    .bind(c.psk_expires_at)
-    .bind(c.not_before)
-    .bind(c.not_after)
-    .bind(&c.der)
-    .bind(c.issued_at)
-    .bind(c.revoked_at)
-    .bind(&c.revocation_reason)
-    .bind(&c.superseded_by)
-    .execute(ex)
-    .await?;
+    match engine {
+        Engine::Sqlite => {
+            sqlx::query(insert_cert_sqlite!())
+                .bind(&c.serial)
+                .bind(&c.hostname)
+                .bind(&c.kind)
+                .bind(&c.public_key_sha256)
+                .bind(&c.psk_hash)
+                .bind(c.psk_expires_at)
+                .bind(c.not_before)
+                .bind(c.not_after)
+                .bind(&c.der)
+                .bind(c.issued_at)
+                .bind(c.revoked_at)
+                .bind(&c.revocation_reason)
+                .bind(&c.superseded_by)
+                .execute(ex)
+                .await?;
+            Ok(())
+        }
+        Engine::Postgres => insert_certs_pg(ex, &[c]).await,
+    }
+}
+
+/// Writes certificate rows on PostgreSQL in one statement (the group
+/// commit's batch, or one row).
+async fn insert_certs_pg<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+    ex: E,
+    certs: &[&CertRecord],
+) -> StoreResult<()> {
+    let rows: Vec<serde_json::Value> = certs
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "serial": c.serial,
+                "hostname": c.hostname,
+                "kind": c.kind,
+                "pk": hex::encode(&c.public_key_sha256),
+                "ph": c.psk_hash.as_ref().map(hex::encode),
+                "pe": c.psk_expires_at,
+                "nb": c.not_before,
+                "na": c.not_after,
+                "der": hex::encode(&c.der),
+                "ia": c.issued_at,
+                "ra": c.revoked_at,
+                "rr": c.revocation_reason,
+                "sb": c.superseded_by,
+            })
+        })
+        .collect();
+    sqlx::query(insert_certs_pg!())
+        .bind(serde_json::Value::Array(rows).to_string())
+        .execute(ex)
+        .await?;
     Ok(())
 }
 
-/// Appends one audit row to the hash chain, in the caller's transaction.
+/// Appends one audit row to the hash chain in the caller's transaction
+/// (the one function for every path but the group commit, which uses the
+/// same SQL).
 async fn insert_audit<C: chain::AuditConn + ?Sized>(
+    engine: Engine,
     conn: &mut C,
     a: &AuditEvent,
 ) -> StoreResult<()> {
-    chain::append(conn.as_conn(), a, None).await.map(|_| ())
+    append_audit(engine, conn.as_conn(), a, None)
+        .await
+        .map(|_| ())
+}
+
+/// Appends one audit row (`repeats`: of a repeat row) to the chain: its
+/// position reserved on the head row, the row, the new head. Returns its id.
+async fn append_audit(
+    engine: Engine,
+    conn: &mut sqlx::AnyConnection,
+    a: &AuditEvent,
+    repeats: Option<(i64, i64, i64)>,
+) -> StoreResult<i64> {
+    let mut links = chain::reserve(conn, 1).await?;
+    let row = links.next(a, repeats);
+    let inserted = match engine {
+        Engine::Sqlite => {
+            sqlx::query(concat!(insert_audit_sqlite!(), " RETURNING id"))
+                .bind(a.at)
+                .bind(&a.event)
+                .bind(&a.hostname)
+                .bind(&a.serial)
+                .bind(&a.outcome)
+                .bind(&a.reason)
+                .bind(&a.peer)
+                .bind(&a.actor)
+                .bind(row.count)
+                .bind(row.last_at)
+                .bind(row.repeats_of)
+                .bind(row.seq)
+                .bind(row.hash.to_vec())
+                .fetch_one(&mut *conn)
+                .await?
+        }
+        Engine::Postgres => {
+            sqlx::query(concat!(insert_audits_pg!(), " RETURNING id"))
+                .bind(audits_json(&[(a, row)]))
+                .fetch_one(&mut *conn)
+                .await?
+        }
+    };
+    links.set_head(conn).await?;
+    Ok(inserted.try_get("id")?)
+}
+
+/// The JSON array parameter of [`insert_audits_pg!`].
+fn audits_json(audits: &[(&AuditEvent, chain::Link)]) -> String {
+    let rows: Vec<serde_json::Value> = audits
+        .iter()
+        .map(|(a, l)| {
+            serde_json::json!({
+                "at": a.at, "event": a.event, "hostname": a.hostname, "serial": a.serial,
+                "outcome": a.outcome, "reason": a.reason, "peer": a.peer, "actor": a.actor,
+                "rc": l.count, "la": l.last_at, "ro": l.repeats_of, "seq": l.seq,
+                "hash": hex::encode(l.hash),
+            })
+        })
+        .collect();
+    serde_json::Value::Array(rows).to_string()
+}
+
+/// Appends audit rows on PostgreSQL in three statements whatever their
+/// number (the group commit's batch): reserve, insert, move the head.
+async fn insert_audits_pg(
+    conn: &mut sqlx::AnyConnection,
+    audits: &[&AuditEvent],
+) -> StoreResult<()> {
+    let mut links = chain::reserve(conn, audits.len() as i64).await?;
+    let rows: Vec<(&AuditEvent, chain::Link)> =
+        audits.iter().map(|a| (*a, links.next(a, None))).collect();
+    sqlx::query(insert_audits_pg!())
+        .bind(audits_json(&rows))
+        .execute(&mut *conn)
+        .await?;
+    links.set_head(conn).await
 }
 
 fn cert_from_row(r: &AnyRow) -> StoreResult<CertRecord> {
@@ -766,7 +940,7 @@ fn prepare_sqlite_file(url: &str) -> Result<()> {
         return Ok(());
     };
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        ca_client::fsutil::create_private_dir(parent)?;
+        proto::fsutil::create_private_dir(parent)?;
     }
     use std::os::unix::fs::OpenOptionsExt;
     match std::fs::OpenOptions::new()

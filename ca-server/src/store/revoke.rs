@@ -7,6 +7,7 @@
 //! changes nothing, and of two renewals with one certificate only one wins.
 
 use super::{AuditEvent, CertRecord, Store, StoreResult, cert_from_row, insert_audit, insert_cert};
+use super::{Event, Outcome};
 
 /// What revoking one serial did.
 #[derive(Debug, Clone)]
@@ -31,10 +32,10 @@ impl Revocation<'_> {
     fn audit(&self, cert: &CertRecord) -> AuditEvent {
         AuditEvent {
             at: self.now,
-            event: "revoked".into(),
+            event: Event::Revoked.into(),
             hostname: Some(cert.hostname.clone()),
             serial: Some(cert.serial.clone()),
-            outcome: "revoked".into(),
+            outcome: Outcome::Revoked.into(),
             reason: Some(self.reason.to_owned()),
             actor: Some(self.actor.to_owned()),
             ..Default::default()
@@ -76,7 +77,7 @@ impl Store {
         };
         let cert = cert_from_row(&row)?;
         sqlx::query(BUMP_REVOCATION_SEQ).execute(&mut *tx).await?;
-        insert_audit(&mut *tx, &how.audit(&cert)).await?;
+        insert_audit(self.engine, &mut *tx, &how.audit(&cert)).await?;
         tx.commit().await?;
         Ok(Some(RevokeOutcome::Revoked(cert)))
     }
@@ -109,7 +110,7 @@ impl Store {
         }
         sqlx::query(BUMP_REVOCATION_SEQ).execute(&mut *tx).await?;
         for cert in &certs {
-            insert_audit(&mut *tx, &how.audit(cert)).await?;
+            insert_audit(self.engine, &mut *tx, &how.audit(cert)).await?;
         }
         tx.commit().await?;
         certs.sort_by(|a, b| a.serial.cmp(&b.serial));
@@ -179,8 +180,8 @@ impl Store {
             tx.rollback().await?;
             return Ok(false);
         }
-        insert_cert(&mut *tx, new).await?;
-        insert_audit(&mut *tx, audit).await?;
+        insert_cert(self.engine, &mut *tx, new).await?;
+        insert_audit(self.engine, &mut *tx, audit).await?;
         tx.commit().await?;
         Ok(true)
     }

@@ -9,11 +9,10 @@
 //!
 //! On SQLite the writer is a thread of its own (`lane`) that runs, per job,
 //! a prepared `DELETE` of the PSK and, if a row went, the certificate's and
-//! the audit row's INSERTs. On PostgreSQL, where each statement is a network
-//! round trip, a batch is five statements whatever its size: one
+//! the audit rows appended to the hash chain (`store/chain.rs`). On PostgreSQL, where each statement is a network
+//! round trip, a batch is three statements whatever its size: one
 //! `DELETE ... RETURNING` spends the PSKs still live, one multi-row INSERT
-//! records their certificates, and three append their audit rows to the
-//! hash chain (reserve positions, insert, move the head: `store/chain.rs`). Either way, requests
+//! records their certificates, one their audit rows. Either way, requests
 //! whose PSK was not deleted (spent by a concurrent request, replaced,
 //! expired) get `PskGone`, exactly as in the one-transaction path; of two
 //! requests for the same PSK in one batch only the first wins. If a batch
@@ -175,11 +174,7 @@ fn record_batch_sqlite(lane: &mut lane::Lane, batch: &[Job]) -> StoreResult<Vec<
         let mut spend = tx.prepare_cached(
             "DELETE FROM psks WHERE hostname = ?1 AND psk_hash = ?2 AND expires_at > ?3",
         )?;
-        let mut insert_cert = tx.prepare_cached(concat!(
-            "INSERT INTO certificates (",
-            cert_columns!(),
-            ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
-        ))?;
+        let mut insert_cert = tx.prepare_cached(insert_cert_sqlite!())?;
         for job in batch {
             // A PSK spent by an earlier job of this batch is gone: the first wins.
             let spent =
@@ -232,11 +227,7 @@ fn append_audits_sqlite(tx: &rusqlite::Transaction<'_>, audits: &[&AuditEvent]) 
         .prepare_cached(chain::RESERVE_SQL)?
         .query_row(params![n], |r| Ok((r.get(0)?, r.get(1)?)))?;
     let mut links = chain::Links::new(last, n, &head)?;
-    let mut insert = tx.prepare_cached(
-        "INSERT INTO audit (at, event, hostname, serial, outcome, reason, peer, actor, \
-         repeat_count, last_at, repeats_of, chain_seq, chain_hash) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-    )?;
+    let mut insert = tx.prepare_cached(insert_audit_sqlite!())?;
     for a in audits {
         let l = links.next(a, None);
         insert.execute(params![
@@ -349,89 +340,11 @@ async fn commit_batch(
     }
 
     // 2. and 3. Their certificates and audit rows.
-    insert_certs(&mut tx, &winners).await?;
-    insert_audits(&mut tx, &winners).await?;
+    let certs: Vec<&CertRecord> = winners.iter().map(|j| &j.cert).collect();
+    super::insert_certs_pg(&mut *tx, &certs).await?;
+    let audits: Vec<&AuditEvent> = winners.iter().map(|j| &j.audit).collect();
+    super::insert_audits_pg(&mut tx, &audits).await?;
 
     tx.commit().await?;
     Ok(won)
-}
-
-async fn insert_certs(tx: &mut sqlx::Transaction<'_, sqlx::Any>, jobs: &[&Job]) -> StoreResult<()> {
-    let rows: Vec<serde_json::Value> = jobs
-        .iter()
-        .map(|j| {
-            let c = &j.cert;
-            serde_json::json!({
-                "serial": c.serial,
-                "hostname": c.hostname,
-                "kind": c.kind,
-                "pk": hex::encode(&c.public_key_sha256),
-                "ph": c.psk_hash.as_ref().map(hex::encode),
-                "pe": c.psk_expires_at,
-                "nb": c.not_before,
-                "na": c.not_after,
-                "der": hex::encode(&c.der),
-                "ia": c.issued_at,
-                "ra": c.revoked_at,
-                "rr": c.revocation_reason,
-                "sb": c.superseded_by,
-            })
-        })
-        .collect();
-    let sql = concat!(
-        "INSERT INTO certificates (",
-        cert_columns!(),
-        ") SELECT j.serial, j.hostname, j.kind, decode(j.pk, 'hex'), decode(j.ph, 'hex'), \
-             j.pe, j.nb, j.na, decode(j.der, 'hex'), j.ia, j.ra, j.rr, j.sb \
-             FROM jsonb_to_recordset($1::jsonb) AS j(serial text, hostname text, kind text, \
-             pk text, ph text, pe bigint, nb bigint, na bigint, der text, ia bigint, ra bigint, \
-             rr text, sb text)"
-    );
-    execute_json(tx, sql, rows).await
-}
-
-/// Appends the winners' audit rows to the chain in three statements
-/// whatever their number: reserve their positions (the head row's lock,
-/// held to commit, serialises replicas), insert them in chain order, move
-/// the head.
-async fn insert_audits(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    jobs: &[&Job],
-) -> StoreResult<()> {
-    let mut links = chain::reserve(&mut *tx, jobs.len() as i64).await?;
-    let rows: Vec<serde_json::Value> = jobs
-        .iter()
-        .map(|j| {
-            let a = &j.audit;
-            let l = links.next(a, None);
-            serde_json::json!({
-                "at": a.at, "event": a.event, "hostname": a.hostname, "serial": a.serial,
-                "outcome": a.outcome, "reason": a.reason, "peer": a.peer, "actor": a.actor,
-                "seq": l.seq, "hash": hex::encode(l.hash),
-            })
-        })
-        .collect();
-    // ORDER BY: ids are drawn in chain order, which `audit verify` relies on.
-    let sql = "INSERT INTO audit (at, event, hostname, serial, outcome, reason, peer, actor, \
-         chain_seq, chain_hash) \
-         SELECT j.at, j.event, j.hostname, j.serial, j.outcome, j.reason, j.peer, j.actor, \
-         j.seq, decode(j.hash, 'hex') \
-         FROM jsonb_to_recordset($1::jsonb) AS j(at bigint, event text, hostname text, \
-         serial text, outcome text, reason text, peer text, actor text, seq bigint, hash text) \
-         ORDER BY j.seq";
-    execute_json(tx, sql, rows).await?;
-    links.set_head(&mut *tx).await
-}
-
-/// Runs a statement whose rows arrive as one JSON array parameter.
-async fn execute_json(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    sql: &'static str,
-    rows: Vec<serde_json::Value>,
-) -> StoreResult<()> {
-    sqlx::query(sql)
-        .bind(serde_json::Value::Array(rows).to_string())
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
 }

@@ -5,7 +5,7 @@
 //! usage: cryptobench [ITERATIONS]
 
 use ca_client::keys::{HostKey, KeyType};
-use ca_server::ca::{self, CaPaths, LeafRequest, Signer};
+use ca_server::pki::ca::{self, CaPaths, LeafRequest, Signer};
 use policy::{Decision, Psk, PskEntry};
 use std::time::{Duration, Instant};
 

@@ -16,9 +16,10 @@ pub mod jws;
 pub mod nonce;
 pub mod problem;
 
-use crate::http::{AppState, BODY_LIMIT, Peer, error::Outcome, read_body};
+use crate::edge::http::{AppState, BODY_LIMIT, Peer, error::Outcome, read_body};
 use crate::issue::acme::{AcmeError, NewAccount, RevokeBy};
 use crate::store::{AcmeAccount, AcmeOrder};
+use crate::store::{Event, Outcome as AuditOutcome};
 use axum::Router;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -368,7 +369,7 @@ async fn authenticate(
             authority.throttle.record_failure(
                 ctx.peer.ip(),
                 std::time::Instant::now(),
-                crate::throttle::Weight::Full,
+                crate::issue::throttle::Weight::Full,
             );
             authority
                 .acme_refusal(
@@ -431,7 +432,7 @@ fn count_refusal(state: &AppState, ctx: &Ctx, p: &Problem) {
         state.authority.throttle.record_failure(
             ctx.peer.ip(),
             std::time::Instant::now(),
-            crate::throttle::Weight::Light,
+            crate::issue::throttle::Weight::Light,
         );
     }
 }
@@ -456,7 +457,7 @@ fn identifier_json(name: &str) -> Value {
 fn order_json(ctx: &Ctx, o: &AcmeOrder) -> Value {
     let mut v = json!({
         "status": o.status,
-        "expires": crate::cli::rfc3339(o.expires_at),
+        "expires": proto::timefmt::rfc3339(o.expires_at),
         "identifiers": o.identifiers.iter().map(|n| identifier_json(n)).collect::<Vec<_>>(),
         "authorizations": (0..o.identifiers.len())
             .map(|i| format!("{}/acme/authz/{}/{i}", ctx.base, o.id))
@@ -476,7 +477,7 @@ fn challenge_json(ctx: &Ctx, o: &AcmeOrder, idx: usize) -> Value {
         "type": "http-01",
         "url": format!("{}/acme/chall/{}/{idx}", ctx.base, o.id),
         "status": "valid",
-        "validated": crate::cli::rfc3339(o.created_at),
+        "validated": proto::timefmt::rfc3339(o.created_at),
         "token": URL_SAFE_NO_PAD.encode(token.as_ref()),
     })
 }
@@ -564,9 +565,9 @@ async fn account(State(state): State<AppState>, Path(id): Path<String>, req: Req
             if payload["status"] == json!("deactivated") {
                 let audit = crate::store::AuditEvent {
                     at: state.authority.clock.now(),
-                    event: "acme_account".into(),
+                    event: Event::AcmeAccount.into(),
                     hostname: Some(a.hostname.clone()),
-                    outcome: "deactivated".into(),
+                    outcome: AuditOutcome::Deactivated.into(),
                     reason: Some(format!(
                         "account {}; key {}; by its key",
                         a.id, a.thumbprint
@@ -730,7 +731,7 @@ async fn authz(
                 json!({
                     "identifier": identifier_json(name),
                     "status": "valid",
-                    "expires": crate::cli::rfc3339(o.expires_at),
+                    "expires": proto::timefmt::rfc3339(o.expires_at),
                     "challenges": [challenge_json(&ctx, &o, idx)],
                 }),
                 "ok",
@@ -880,9 +881,9 @@ async fn key_change(State(state): State<AppState>, req: Request) -> Response {
             }
             let audit = crate::store::AuditEvent {
                 at: state.authority.clock.now(),
-                event: "acme_account".into(),
+                event: Event::AcmeAccount.into(),
                 hostname: Some(account.hostname.clone()),
-                outcome: "key_changed".into(),
+                outcome: AuditOutcome::KeyChanged.into(),
                 reason: Some(format!(
                     "account {}; key {} -> {thumbprint}",
                     account.id, account.thumbprint

@@ -1,12 +1,12 @@
 //! ACME's error mapping, in one place: every refusal of an ACME route is an
 //! RFC 7807 problem document (`application/problem+json`) with an ACME
 //! error type (`urn:ietf:params:acme:error:*`) and its status code. The JSON
-//! API's mapping (`http/error.rs`) is separate.
+//! API's mapping (`edge/http/error.rs`) is separate.
 
 use super::jws::JwsError;
-use crate::authority::SignError;
-use crate::http::body::BodyError;
+use crate::edge::http::body::BodyError;
 use crate::issue::acme::AcmeError;
+use crate::issue::sign::SignError;
 use crate::store::StoreError;
 use axum::http::StatusCode;
 use policy::RejectionClass;
@@ -80,7 +80,7 @@ impl Problem {
     }
 
     pub fn rate_limited(retry: std::time::Duration) -> Problem {
-        let secs = crate::throttle::retry_after_secs(retry);
+        let secs = crate::issue::throttle::retry_after_secs(retry);
         let mut p = Problem::new(
             "rateLimited",
             StatusCode::TOO_MANY_REQUESTS,

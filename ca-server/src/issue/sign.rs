@@ -1,5 +1,6 @@
-//! The issuance flow: parse, authenticate the PSK, decide, sign, record.
-//! Four steps, each its own function; the HTTP layer only translates.
+//! The issuance flow: parse, authenticate the PSK and decide, sign, record.
+//! Four steps, each its own function ([`Authority::sign`] runs them); the
+//! HTTP layer only translates.
 //!
 //! A certificate leaves this module only after its row is committed, so
 //! nothing is ever handed out that the store does not know about.
@@ -9,14 +10,16 @@
 //! ([`Authority::count_refusal`]) and records refusals through the
 //! aggregating [`RejectionLog`].
 
-use crate::ca::{LeafRequest, SignedLeaf, Signer};
 use crate::clock::Clock;
 use crate::diskguard::DiskGuard;
-use crate::rejection_log::RejectionLog;
+use crate::issue::refusal::Refusal;
+use crate::issue::rejection_log::RejectionLog;
+use crate::issue::throttle::{Throttle, Weight, retry_after_secs};
+use crate::pki::ca::{LeafRequest, SignedLeaf, Signer};
 use crate::store::{AuditEvent, Issuance, Store, StoreError};
-use crate::throttle::{Throttle, Weight, retry_after_secs};
+use crate::store::{CertKind, Event, Outcome};
 use policy::csr::Csr;
-use policy::{Decision, Profile, PskFailure, Rejection};
+use policy::{Decision, IssuedUnderPsk, KeyFacts, Profile, PskFailure, PskHash, Rejection};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,6 +48,23 @@ pub enum SignError {
     /// Too many PSK failures from this client address; retry after this long.
     #[error("too many failures from this address")]
     Throttled(Duration),
+}
+
+/// What step 2 hands on: the profile policy decided, and the PSK to spend.
+#[derive(Debug)]
+struct Accepted {
+    profile: Profile,
+    psk_hash: PskHash,
+    psk_expires_at: i64,
+}
+
+/// Step 2's outcome when it does not refuse.
+#[derive(Debug)]
+enum Authenticated {
+    /// Go on to sign and record.
+    Accepted(Accepted),
+    /// The idempotent retry: the certificate already recorded for this PSK and key.
+    Replayed(Issued),
 }
 
 /// Issues certificates against PSKs.
@@ -77,8 +97,8 @@ impl Authority {
         let cfg = self.throttle.config();
         let event = AuditEvent {
             at: self.clock.now(),
-            event: "sign".into(),
-            outcome: "throttled".into(),
+            event: Event::Sign.into(),
+            outcome: Outcome::Throttled.into(),
             reason: Some(format!(
                 "throttled: {} failures within {} s; retry in {} s",
                 cfg.max_failures,
@@ -112,13 +132,11 @@ impl Authority {
         self.store.health().await
     }
 
-    /// The whole `/v1/sign` flow for one request body from `peer`.
-    pub async fn sign_with_psk(&self, body: &[u8], peer: SocketAddr) -> Result<Issued, SignError> {
-        self.sign(body, None, peer).await
-    }
-
-    /// The same flow for a route that names the host in its URL (Puppet's
+    /// The whole `/v1/sign` flow for one request body from `peer`; with
+    /// `certname` for a route that names the host in its URL (Puppet's
     /// `certificate_request/{certname}`): the CSR's CN must be `certname`.
+    /// The steps: [`Self::parse`], [`Self::authenticate`] (which decides),
+    /// [`Self::sign_profile`], [`Self::record`].
     pub async fn sign(
         &self,
         body: &[u8],
@@ -127,13 +145,31 @@ impl Authority {
     ) -> Result<Issued, SignError> {
         self.admit(peer).await?;
         let now = self.clock.now();
-        // 1. Parse and verify (pure, bounded by the body limit).
+        let (csr, host) = self.parse(body, certname, now, peer).await?;
+        let accepted = match self.authenticate(&csr, &host, now, peer).await? {
+            Authenticated::Accepted(accepted) => accepted,
+            Authenticated::Replayed(issued) => return Ok(issued),
+        };
+        // Sign (CPU only; discarded unless the record below commits).
+        let leaf = self.sign_profile(&accepted.profile, &csr, now)?;
+        self.record(&csr, host, leaf, &accepted, now, peer).await
+    }
+
+    /// Step 1, parse: verify the CSR (pure, bounded by the body limit), and the
+    /// rules that need only the CSR: not the CA's own key, one valid
+    /// hostname, and the URL's `certname` if the route has one.
+    async fn parse(
+        &self,
+        body: &[u8],
+        certname: Option<&str>,
+        now: i64,
+        peer: SocketAddr,
+    ) -> Result<(Csr, String), SignError> {
         let csr = match policy::csr::parse(body) {
-            Ok(csr) if self.signer.is_ca_key(&csr.spki_der) => {
-                let r = Rejection::KeyNotAllowed("the CA's own public key".into());
-                return Err(self.reject(now, None, peer, r).await);
-            }
-            Ok(csr) => csr,
+            Ok(csr) => match self.ca_key_rule(&csr) {
+                Ok(()) => csr,
+                Err(r) => return Err(self.reject(now, None, peer, r).await),
+            },
             Err(r) => return Err(self.reject(now, None, peer, r).await),
         };
         let host = match policy::decision::requested_hostname(&csr) {
@@ -143,48 +179,70 @@ impl Authority {
                 return Err(self.reject(now, shown, peer, r).await);
             }
         };
-        if let Some(certname) = certname
-            && certname != host
-        {
-            let r = Rejection::CertnameMismatch {
-                certname: certname.to_owned(),
-                cn: host.clone(),
-            };
+        if let Err(r) = policy::check_certname(certname, &host) {
             return Err(self.reject(now, Some(host), peer, r).await);
         }
+        Ok((csr, host))
+    }
 
-        // 2. Authenticate and decide.
-        let entry = self.store.get_psk(&host).await?;
-        let profile = match policy::decide(&csr, entry.as_ref(), now) {
+    /// Step 2, authenticate and decide: the host's PSK entry and `policy::decide`
+    /// (the PSK hashed once, here), then the key's standing in the store. A
+    /// PSK that fails may still be the idempotent retry of a request that
+    /// succeeded ([`Authenticated::Replayed`]).
+    async fn authenticate(
+        &self,
+        csr: &Csr,
+        host: &str,
+        now: i64,
+        peer: SocketAddr,
+    ) -> Result<Authenticated, SignError> {
+        let psk_hash = csr.psk.as_ref().map(|p| p.hash());
+        let entry = self.store.get_psk(host).await?;
+        let profile = match policy::decide_hashed(csr, psk_hash.as_ref(), entry.as_ref(), now) {
             Decision::Accept(profile) => profile,
             Decision::Reject(Rejection::Psk(failure)) => {
-                return self.psk_failure(&csr, &host, failure, now, peer).await;
+                return self
+                    .psk_failure(csr, host, psk_hash.as_ref(), failure, now, peer)
+                    .await
+                    .map(Authenticated::Replayed);
             }
-            Decision::Reject(r) => return Err(self.reject(now, Some(host), peer, r).await),
+            Decision::Reject(r) => {
+                return Err(self.reject(now, Some(host.to_owned()), peer, r).await);
+            }
         };
-        let entry = entry.expect("accepted decisions have an entry");
-        if let Some(r) = self.compromised_key(&csr).await? {
-            return Err(self.reject(now, Some(host), peer, r).await);
+        let (Some(entry), Some(psk_hash)) = (entry, psk_hash) else {
+            unreachable!("policy accepts only with a PSK and its entry")
+        };
+        if let Some(r) = self.compromised_key(csr).await? {
+            return Err(self.reject(now, Some(host.to_owned()), peer, r).await);
         }
-        let psk_hash = csr
-            .psk
-            .as_ref()
-            .expect("accepted decisions have a PSK")
-            .hash();
+        Ok(Authenticated::Accepted(Accepted {
+            profile,
+            psk_hash,
+            psk_expires_at: entry.expires_at,
+        }))
+    }
 
-        // 3. Sign (CPU only; discarded unless the record below commits).
-        let leaf = self.sign_profile(&profile, &csr, now)?;
-
-        // 4. Record: spend the PSK and store the certificate atomically.
-        let mut record = leaf.to_record(&host, "host", &csr.spki_der, now);
-        record.psk_hash = Some(psk_hash.0.to_vec());
-        record.psk_expires_at = Some(entry.expires_at);
+    /// Step 4, record: spend the PSK and store the certificate atomically; only
+    /// then does the certificate leave.
+    async fn record(
+        &self,
+        csr: &Csr,
+        host: String,
+        leaf: SignedLeaf,
+        accepted: &Accepted,
+        now: i64,
+        peer: SocketAddr,
+    ) -> Result<Issued, SignError> {
+        let mut record = leaf.to_record(&host, CertKind::Host, &csr.spki_der, now);
+        record.psk_hash = Some(accepted.psk_hash.0.to_vec());
+        record.psk_expires_at = Some(accepted.psk_expires_at);
         let audit = AuditEvent {
             at: now,
-            event: "issued".into(),
+            event: Event::Issued.into(),
             hostname: Some(host.clone()),
             serial: Some(leaf.serial.clone()),
-            outcome: "issued".into(),
+            outcome: Outcome::Issued.into(),
             reason: Some(format!("psk; key {}", csr.key)),
             peer: Some(peer.to_string()),
             ..Default::default()
@@ -192,7 +250,7 @@ impl Authority {
         match self
             .store
             .record_issuance(&Issuance {
-                psk_hash,
+                psk_hash: accepted.psk_hash,
                 now,
                 cert: &record,
                 audit: &audit,
@@ -208,20 +266,31 @@ impl Authority {
             // Lost a race for the PSK: the winner may have been this very
             // client retrying, in which case it gets the winner's certificate.
             Err(StoreError::PskGone) => {
-                self.psk_failure(&csr, &host, PskFailure::Used, now, peer)
+                let hash = Some(&accepted.psk_hash);
+                self.psk_failure(csr, &host, hash, PskFailure::Used, now, peer)
                     .await
             }
             Err(e) => Err(e.into()),
         }
     }
 
+    /// The CA's own keys never get a certificate (`policy::check_key`).
+    pub(crate) fn ca_key_rule(&self, csr: &Csr) -> Result<(), Rejection> {
+        policy::check_key(KeyFacts {
+            ca_own_key: self.signer.is_ca_key(&csr.spki_der),
+            ..KeyFacts::default()
+        })
+    }
+
     /// A key revoked as compromised never gets a certificate again, on any
-    /// route and for any host.
+    /// route and for any host (`policy::check_key`, the fact from the store).
     pub(crate) async fn compromised_key(&self, csr: &Csr) -> Result<Option<Rejection>, StoreError> {
         let compromised = self.store.key_compromised(&csr.public_key_sha256()).await?;
-        Ok(compromised.then(|| {
-            Rejection::KeyNotAllowed("a key revoked as compromised (keyCompromise)".into())
-        }))
+        Ok(policy::check_key(KeyFacts {
+            compromised,
+            ..KeyFacts::default()
+        })
+        .err())
     }
 
     /// Signs the certificate policy decided for `csr`: the one step every
@@ -253,34 +322,34 @@ impl Authority {
         &self,
         csr: &Csr,
         host: &str,
+        psk_hash: Option<&PskHash>,
         failure: PskFailure,
         now: i64,
         peer: SocketAddr,
     ) -> Result<Issued, SignError> {
-        let Some(psk) = csr.psk.as_ref() else {
+        let Some(&hash) = psk_hash else {
             return Err(self
                 .reject(now, Some(host.to_owned()), peer, Rejection::Psk(failure))
                 .await);
         };
-        let hash = psk.hash();
         let mut failure = failure;
-        if matches!(
-            failure,
-            PskFailure::UnknownHost | PskFailure::Wrong | PskFailure::Used
-        ) {
+        if failure.may_be_retry() {
             let key = csr.public_key_sha256();
             for cert in self.store.certs_by_psk(host, &hash).await? {
                 failure = PskFailure::Used;
-                let same_key = cert.public_key_sha256 == key;
-                let in_lifetime = cert.psk_expires_at.is_some_and(|t| now < t);
-                if same_key && in_lifetime && cert.revoked_at.is_none() {
+                let issued = IssuedUnderPsk {
+                    same_key: cert.public_key_sha256 == key,
+                    psk_expires_at: cert.psk_expires_at,
+                    revoked: cert.revoked_at.is_some(),
+                };
+                if issued.answers_retry(now) {
                     self.store
                         .audit(&AuditEvent {
                             at: now,
-                            event: "replayed".into(),
+                            event: Event::Replayed.into(),
                             hostname: Some(host.to_owned()),
                             serial: Some(cert.serial.clone()),
-                            outcome: "issued".into(),
+                            outcome: Outcome::Issued.into(),
                             reason: Some("idempotent retry: same PSK and key".into()),
                             peer: Some(peer.to_string()),
                             ..Default::default()
@@ -295,7 +364,7 @@ impl Authority {
                 }
             }
         }
-        if failure == PskFailure::Expired {
+        if failure.burns_psk() {
             // An expired PSK is burned (SPIRE does the same): it can never work again.
             self.store.burn_psk(host, &hash).await?;
         }
@@ -315,23 +384,21 @@ impl Authority {
         peer: SocketAddr,
         r: Rejection,
     ) -> SignError {
-        self.count_refusal(peer, weight_of(&r));
-        let event = AuditEvent {
-            at: now,
-            event: "sign".into(),
-            hostname: hostname.map(|h| clip(&h)),
-            outcome: "rejected".into(),
-            reason: Some(clip(&r.reason())),
-            peer: Some(peer.ip().to_string()),
-            ..Default::default()
-        };
         let key = match &r {
             Rejection::Psk(f) => f.reason(),
             other => other.code(),
         };
-        if let Err(e) = self.rejections.record(&self.store, event, key).await {
-            tracing::error!(error = %e, "could not write the audit row for a rejection");
-        }
+        let refusal = Refusal {
+            event: Event::Sign,
+            hostname: hostname.map(|h| clip(&h)),
+            serial: None,
+            reason: clip(&r.reason()),
+            actor: None,
+            key,
+            weight: Some(weight_of(&r)),
+            what: "a rejection",
+        };
+        self.refuse(now, peer, refusal).await;
         SignError::Rejected(r)
     }
 }

@@ -5,17 +5,17 @@
 //! reason in the audit log, and the revocation sequence bumped in the same
 //! transaction); then, when the intermediate key is in the data dir, a new
 //! CRL generation is signed and published at once. Running servers serve it
-//! within one poll ([`crate::crl::POLL_INTERVAL`]); where the key is not
+//! within one poll ([`crate::pki::crl::POLL_INTERVAL`]); where the key is not
 //! available (an admin host with only the database URL), the servers see the
 //! bumped sequence and sign it themselves.
 
 use crate::admin::{Admin, RemoteArgs, RevokeRequest};
-use crate::ca::{CaPaths, Signer};
-use crate::cli::rfc3339;
 use crate::clock::Clock;
-use crate::crl::{CrlConfig, CrlService};
+use crate::pki::ca::{CaPaths, Signer};
+use crate::pki::crl::{CrlConfig, CrlService};
 use crate::store::Store;
 use anyhow::{Context, Result};
+use proto::timefmt::rfc3339;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -140,11 +140,7 @@ pub async fn crl(args: CrlArgs, data_dir: &Path, url: &str, clock: Arc<dyn Clock
     let bundle = set.bundle_pem(now);
     match args.out {
         Some(path) => {
-            ca_client::fsutil::write_atomic(
-                &path,
-                bundle.as_bytes(),
-                ca_client::fsutil::PUBLIC_MODE,
-            )?;
+            proto::fsutil::write_atomic(&path, bundle.as_bytes(), proto::fsutil::PUBLIC_MODE)?;
             eprintln!(
                 "wrote CRL number {} ({} certificates listed, next update {}) to {}",
                 set.generation(),

@@ -113,7 +113,7 @@ impl ClientCertVerifier for ClientVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ca::{LeafRequest, Signer};
+    use crate::pki::ca::{LeafRequest, Signer};
     use crate::testing::{NOW, fixture};
     use policy::{AllowedName, KeyKind, Profile};
     use rcgen::PublicKeyData;
@@ -148,8 +148,7 @@ mod tests {
         roots
             .add(CertificateDer::from(f.signer.root_der.clone()))
             .unwrap();
-        let verifier =
-            ClientVerifier::build(Arc::new(roots), ca_client::trust::provider()).unwrap();
+        let verifier = ClientVerifier::build(Arc::new(roots), proto::trust::provider()).unwrap();
         let int = [CertificateDer::from(f.signer.intermediate_der.clone())];
         let other_int = [CertificateDer::from(other.signer.intermediate_der.clone())];
 

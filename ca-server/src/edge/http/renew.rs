@@ -1,7 +1,7 @@
 //! `POST /v1/renew`: a new certificate for a host that presents its current
 //! one as the TLS client certificate. The handler authenticates the
 //! certificate against the store before reading the body, then runs the
-//! renewal flow (`crate::renewal`) on its own task; it answers like
+//! renewal flow (`crate::issue::renew`) on its own task; it answers like
 //! `/v1/sign` (201 + chain, 200 for the retry of a lost answer).
 
 use super::body::discard;

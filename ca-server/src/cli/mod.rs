@@ -1,4 +1,6 @@
-//! The command line: clap definitions, then one function per verb. Every
+//! The command line: clap definitions, then one function per verb; the verb
+//! groups with more than a line of their own live beside it (`psk.rs`,
+//! `cert.rs`, `store.rs`); the exit codes are named in [`exit`]. Every
 //! verb takes `--data-dir` (`CA_DATA_DIR`) and `--database-url`
 //! (`CA_DATABASE_URL`), and reads `--config FILE` (`CA_CONFIG`) first
 //! ([`crate::config`]).
@@ -6,23 +8,33 @@
 //! Exit codes: 0 success, 1 error, 2 usage error (a bad configuration file
 //! too), 3 not found, 4 `doctor` found only warnings.
 
+use crate::admin::actor;
+use crate::admin::doctor::DoctorFindings;
 use crate::admin::output as admin_output;
+use crate::admin::revocation::{self, CrlArgs, CrlValidityArgs, RevokeArgs};
 use crate::admin::{
     Admin, AdminError, AuditQuery, CertQuery, PskAddRequest, PskAdded, PskBatchRequest, RemoteArgs,
 };
-use crate::ca::{self, CaPaths};
 use crate::clock::{Clock, SystemClock};
-use crate::revocation::{self, CrlArgs, CrlValidityArgs, RevokeArgs};
+use crate::edge::server::Limits;
+use crate::pki::ca::{self, CaPaths};
 use crate::serve::{self, ServeOptions};
-use crate::server::Limits;
 use crate::store::{AuditEvent, Store};
+use crate::store::{Event, Outcome};
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use policy::Psk;
 use policy::hostname::escape_for_display;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+
+mod cert;
+mod psk;
+mod store;
+use cert::cert;
+use psk::psk;
+use store::store_copy;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -114,7 +126,7 @@ pub enum Command {
     Config(ConfigCommand),
     /// Check key file permissions, CA and CRL expiry, the store and its
     /// migrations, and the running server; print what to fix.
-    Doctor(crate::doctor::DoctorArgs),
+    Doctor(crate::admin::doctor::DoctorArgs),
     /// Replace the intermediate CA (the signer) under the same root.
     #[command(subcommand)]
     Intermediate(IntermediateCommand),
@@ -196,9 +208,9 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub crl: CrlValidityArgs,
     #[command(flatten)]
-    pub limits: crate::server::LimitArgs,
+    pub limits: crate::edge::server::LimitArgs,
     #[command(flatten)]
-    pub throttle: crate::throttle::ThrottleArgs,
+    pub throttle: crate::issue::throttle::ThrottleArgs,
     /// Also serve CRLs, CA certificates and OCSP over plain HTTP on this
     /// address (GET/POST only, nothing secret); new leaves then name it in
     /// their CRL distribution point and authorityInfoAccess.
@@ -329,10 +341,23 @@ pub enum StoreCommand {
     },
 }
 
+/// The exit codes, named (the `after_help` above lists them for users).
+pub mod exit {
+    /// Success.
+    pub const OK: i32 = 0;
+    /// Any error not named below.
+    pub const ERROR: i32 = 1;
+    /// A usage error: bad flags, or a bad configuration file.
+    pub const USAGE: i32 = 2;
+    /// The thing asked about does not exist.
+    pub const NOT_FOUND: i32 = 3;
+    /// `doctor` found only warnings.
+    pub const WARNINGS: i32 = 4;
+}
 /// Exit code for "the thing asked about does not exist".
-pub const EXIT_NOT_FOUND: i32 = 3;
+pub const EXIT_NOT_FOUND: i32 = exit::NOT_FOUND;
 /// Exit code of `doctor` when it found only warnings.
-pub const EXIT_WARNINGS: i32 = 4;
+pub const EXIT_WARNINGS: i32 = exit::WARNINGS;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -343,21 +368,17 @@ pub(crate) struct NotFound(pub(crate) String);
 #[error("{0}")]
 pub struct UsageError(pub String);
 
-/// `doctor` found problems: how many, and whether any must be fixed.
-#[derive(Debug, thiserror::Error)]
-#[error("doctor found {failures} problem(s) to fix and {warnings} warning(s)")]
-pub struct DoctorFindings {
-    pub failures: usize,
-    pub warnings: usize,
-}
-
 /// Parses the command line, runs it, and returns the exit code.
 pub fn main() -> i32 {
-    let parsed = match crate::config::parse(std::env::args_os().collect()) {
+    let parsed = match crate::config::parse::<Cli>(std::env::args_os().collect()) {
         Ok(parsed) => parsed,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { 2 } else { 0 };
+            return if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
         }
     };
     let cli = parsed.cli;
@@ -369,7 +390,7 @@ pub fn main() -> i32 {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: starting the runtime: {e}");
-            return 1;
+            return exit::ERROR;
         }
     };
     let result = match cli.command {
@@ -380,19 +401,21 @@ pub fn main() -> i32 {
             let server = match (&args.server, args.no_server) {
                 (_, true) => None,
                 (Some(url), false) => Some((url.clone(), true)),
-                (None, false) => crate::config::effective(parsed.file.as_ref(), &parsed.matches)
-                    .ok()
-                    .and_then(|s| crate::doctor::default_server(&s))
-                    .map(|url| (url, false)),
+                (None, false) => {
+                    crate::config::effective(Cli::command(), parsed.file.as_ref(), &parsed.matches)
+                        .ok()
+                        .and_then(|s| crate::admin::doctor::default_server(&s))
+                        .map(|url| (url, false))
+                }
             };
             let url = database_url(&cli);
-            let target = crate::doctor::Target {
+            let target = crate::admin::doctor::Target {
                 data_dir: &cli.data_dir,
                 database_url: &url,
                 config: parsed.file.as_ref(),
                 server,
             };
-            runtime.block_on(crate::doctor::run(&target, args.json, &SystemClock))
+            runtime.block_on(crate::admin::doctor::run(&target, args.json, &SystemClock))
         }
         _ => {
             let reserved = configured_server_names(parsed.file.as_ref());
@@ -400,25 +423,25 @@ pub fn main() -> i32 {
         }
     };
     match result {
-        Ok(()) => 0,
+        Ok(()) => exit::OK,
         Err(e) => {
             if let Some(findings) = e.downcast_ref::<DoctorFindings>() {
                 eprintln!("{findings}");
                 return if findings.failures > 0 {
-                    1
+                    exit::ERROR
                 } else {
-                    EXIT_WARNINGS
+                    exit::WARNINGS
                 };
             }
             eprintln!("error: {e:#}");
             if e.downcast_ref::<NotFound>().is_some()
                 || matches!(e.downcast_ref(), Some(AdminError::NotFound(_)))
             {
-                EXIT_NOT_FOUND
+                exit::NOT_FOUND
             } else if e.downcast_ref::<UsageError>().is_some() {
-                2
+                exit::USAGE
             } else {
-                1
+                exit::ERROR
             }
         }
     }
@@ -461,7 +484,7 @@ fn config_check(
         None => None,
     };
     let file = explicit.as_ref().or(loaded);
-    let settings = crate::config::effective(file, matches)?;
+    let settings = crate::config::effective(Cli::command(), file, matches)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&settings)?);
     } else {
@@ -488,19 +511,6 @@ fn database_url(cli: &Cli) -> String {
     cli.database_url
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}", cli.data_dir.join("ca.db").display()))
-}
-
-/// Who runs this CLI, for the audit log.
-pub(crate) fn actor() -> String {
-    use std::os::unix::fs::MetadataExt;
-    let user = std::env::var("USER").unwrap_or_default();
-    let uid = std::fs::metadata("/proc/self")
-        .map(|m| m.uid())
-        .unwrap_or(u32::MAX);
-    format!(
-        "cli:{}(uid {uid})",
-        if user.is_empty() { "?" } else { &user }
-    )
 }
 
 /// The CA's own names as this machine's configuration gives them to `serve`
@@ -638,7 +648,7 @@ async fn run(cli: Cli, reserved: &policy::ReservedNames) -> Result<()> {
                     serve::check_http_public_url(u).map(|u| ca::PlainHttpUrls::new(&u).root_crl)
                 })
                 .transpose()?;
-            crate::rotate::run(
+            crate::admin::rotate::run(
                 &cli.data_dir,
                 root_key.as_deref(),
                 validity.into(),
@@ -649,225 +659,14 @@ async fn run(cli: Cli, reserved: &policy::ReservedNames) -> Result<()> {
         }
         Command::Completions { shell } => {
             use clap::CommandFactory;
-            ca_client::clidocs::completions(Cli::command(), "ca-server", shell);
+            proto::clidocs::completions(Cli::command(), "ca-server", shell);
             Ok(())
         }
         Command::Man { out_dir } => {
             use clap::CommandFactory;
-            ca_client::clidocs::man_pages(Cli::command(), &out_dir)
+            proto::clidocs::man_pages(Cli::command(), &out_dir)
         }
     }
-}
-
-/// Unix seconds as RFC 3339 UTC.
-pub fn rfc3339(t: i64) -> String {
-    ca_client::timefmt::rfc3339(t)
-}
-
-async fn psk(
-    args: PskArgs,
-    data_dir: &std::path::Path,
-    url: &str,
-    reserved: &policy::ReservedNames,
-) -> Result<()> {
-    let admin = Admin::open(&args.remote, data_dir, url).await?;
-    match args.command {
-        PskCommand::Add {
-            host,
-            ttl,
-            sans,
-            psk_stdin,
-            json,
-            server_url,
-            bundle,
-        } => {
-            // Checked before the PSK exists, so a bundle is never short of it.
-            if bundle.is_some() && server_url.is_none() && matches!(admin, Admin::Local { .. }) {
-                return Err(UsageError(
-                    "--bundle needs the URL hosts reach the CA at: --server-url URL (or CA_PUBLIC_URL)"
-                        .into(),
-                )
-                .into());
-            }
-            let mut req = PskAddRequest {
-                hostname: host,
-                ttl_secs: std::time::Duration::from(ttl).as_secs(),
-                sans,
-                psk: None,
-            };
-            if psk_stdin {
-                let mut buf = zeroize::Zeroizing::new(String::new());
-                std::io::stdin()
-                    .read_to_string(&mut buf)
-                    .context("reading the PSK from stdin")?;
-                req.psk = Some(buf.trim().to_owned());
-            }
-            let mut added = admin.psk_add(req, reserved).await?;
-            if server_url.is_some() {
-                added.server_url = server_url;
-            }
-            match bundle {
-                Some(path) => write_bundle(&added, &path, json),
-                None => admin_output::psk_added(&added, json),
-            }
-        }
-        PskCommand::Batch { ttl, sans } => {
-            let mut input = String::new();
-            std::io::stdin()
-                .read_to_string(&mut input)
-                .context("reading hostnames from stdin")?;
-            let req = PskBatchRequest {
-                hostnames: input
-                    .lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty())
-                    .map(str::to_owned)
-                    .collect(),
-                ttl_secs: std::time::Duration::from(ttl).as_secs(),
-                sans,
-            };
-            admin_output::psk_batch(&admin.psk_batch(&req, reserved).await?);
-            Ok(())
-        }
-        PskCommand::List { json } => {
-            admin_output::psk_list(&admin.psk_list().await?, SystemClock.now(), json)
-        }
-        PskCommand::Remove { host } => {
-            admin.psk_remove(&host).await?;
-            eprintln!("removed the PSK of {}", escape_for_display(&host));
-            Ok(())
-        }
-    }
-}
-
-/// `psk add --bundle FILE`: the PSK goes into the bundle (0600) only.
-fn write_bundle(added: &PskAdded, path: &std::path::Path, json: bool) -> Result<()> {
-    let (Some(server), Some(fingerprint)) = (&added.server_url, &added.fingerprint) else {
-        bail!(
-            "the PSK of {} was created, but the bundle needs the server URL (--server-url) \
-             and the root fingerprint; run psk add again with them",
-            escape_for_display(&added.hostname)
-        );
-    };
-    let bundle = ca_client::bundle::Bundle {
-        server: server.clone(),
-        fingerprint: fingerprint.clone(),
-        hostname: added.hostname.clone(),
-        psk: Psk::new(added.psk.clone())?,
-        sans: added.allowed_sans.clone(),
-        expires_at: added.expires_at.clone(),
-    };
-    bundle.write(path)?;
-    if json {
-        let out = serde_json::json!({
-            "hostname": added.hostname,
-            "bundle": path,
-            "expires_at": added.expires_at,
-            "allowed_sans": added.allowed_sans,
-            "fingerprint": fingerprint,
-            "server_url": server,
-        });
-        println!("{out}");
-    } else {
-        eprintln!(
-            "wrote the bootstrap bundle for {} to {} (expires {})",
-            escape_for_display(&added.hostname),
-            path.display(),
-            added.expires_at
-        );
-    }
-    Ok(())
-}
-
-/// Normalises a serial as operators type it: any case, colons optional,
-/// leading zero bytes optional.
-pub fn normalize_serial(s: &str) -> Option<String> {
-    let hexs: String = s
-        .trim()
-        .chars()
-        .filter(|c| *c != ':')
-        .collect::<String>()
-        .to_ascii_lowercase();
-    if hexs.is_empty() || !hexs.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let trimmed = hexs.trim_start_matches('0');
-    let mut out = if trimmed.len() % 2 == 1 {
-        format!("0{trimmed}")
-    } else {
-        trimmed.to_owned()
-    };
-    if out.is_empty() {
-        out = "00".into();
-    }
-    Some(out)
-}
-
-async fn cert(args: CertArgs, data_dir: &std::path::Path, url: &str) -> Result<()> {
-    let admin = Admin::open(&args.remote, data_dir, url).await?;
-    match args.command {
-        CertCommand::List {
-            expiring,
-            host,
-            stale,
-            renew_grace,
-            json,
-        } => {
-            let q = CertQuery {
-                host,
-                expiring_secs: expiring.map(|d| std::time::Duration::from(d).as_secs()),
-                stale,
-                renew_grace_secs: renew_grace.map(|d| std::time::Duration::from(d).as_secs()),
-            };
-            admin_output::cert_list(&admin.cert_list(&q).await?, json)
-        }
-        CertCommand::Show { target, json } => {
-            admin_output::cert_show(&admin.cert_show(&target).await?, json)
-        }
-    }
-}
-
-/// `store copy --to URL`: copy, verify, and record the copy in the target's audit log.
-async fn store_copy(from: &str, to: &str, json: bool, clock: &SystemClock) -> Result<()> {
-    let (from_shown, to_shown) = (crate::store::redact_url(from), crate::store::redact_url(to));
-    let source = Store::open(from).await?;
-    let target = Store::open(to).await.context("opening the target")?;
-    let report = source
-        .copy_to(&target)
-        .await
-        .with_context(|| format!("copying {from_shown} to {to_shown}"))?;
-    let counts = report
-        .tables
-        .iter()
-        .map(|t| format!("{} {}", t.table, t.rows))
-        .collect::<Vec<_>>()
-        .join(", ");
-    target
-        .audit(&AuditEvent {
-            at: clock.now(),
-            event: "store_copied".into(),
-            outcome: "ok".into(),
-            reason: Some(format!(
-                "from {from_shown}: {counts}; crl_number {}",
-                report.crl_number
-            )),
-            actor: Some(actor()),
-            ..Default::default()
-        })
-        .await?;
-    // Closing checkpoints a SQLite target into its main file (a backup is one file).
-    source.close().await;
-    target.close().await;
-    if json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        for t in &report.tables {
-            println!("{:<13} {:>9} rows  digest {}", t.table, t.rows, t.digest);
-        }
-        println!("crl_number    {:>9}", report.crl_number);
-        eprintln!("copied and verified {from_shown} -> {to_shown}");
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -875,10 +674,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn serials_normalise_like_openssl_prints_them() {
-        assert_eq!(normalize_serial("4A:3B:0C").as_deref(), Some("4a3b0c"));
-        assert_eq!(normalize_serial("004a3b0c").as_deref(), Some("4a3b0c"));
-        assert_eq!(normalize_serial("web1.example").as_deref(), None);
-        assert_eq!(normalize_serial("abc").as_deref(), Some("0abc"));
+    fn every_configurable_flag_has_its_ca_environment_variable() {
+        let command = Cli::command();
+        for section in [None, Some(crate::config::SERVE_SECTION)] {
+            let args = crate::config::settable_args(&command, section);
+            assert!(!args.is_empty());
+            for arg in args {
+                let id = arg.get_id().as_str();
+                let want = format!("CA_{}", id.to_ascii_uppercase());
+                assert_eq!(
+                    arg.get_env().map(|e| e.to_string_lossy().into_owned()),
+                    Some(want),
+                    "flag {id} needs env = \"CA_{}\" to be configurable",
+                    id.to_ascii_uppercase()
+                );
+            }
+        }
     }
 }

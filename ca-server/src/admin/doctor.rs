@@ -13,13 +13,22 @@
 //! Expiry is judged against a [`Clock`], so tests control time. Exit code:
 //! 0 all good, 4 warnings only, 1 something to fix.
 
-use crate::ca::{self, CaPaths};
 use crate::clock::Clock;
 use crate::config::ConfigFile;
+use crate::pki::ca::{self, CaPaths};
 use anyhow::{Result, anyhow};
 use std::os::unix::fs::PermissionsExt;
+
 use std::path::{Path, PathBuf};
 use x509_parser::prelude::*;
+
+/// `doctor` found problems: how many, and whether any must be fixed.
+#[derive(Debug, thiserror::Error)]
+#[error("doctor found {failures} problem(s) to fix and {warnings} warning(s)")]
+pub struct DoctorFindings {
+    pub failures: usize,
+    pub warnings: usize,
+}
 
 const DAY: i64 = 86_400;
 /// The intermediate must outlive the longest leaf (leaves are cut short at
@@ -110,7 +119,7 @@ pub fn default_server(settings: &[crate::config::Effective]) -> Option<String> {
 }
 
 /// Runs every check, prints the findings, and fails with
-/// [`crate::cli::DoctorFindings`] if any is not ok.
+/// [`DoctorFindings`] if any is not ok.
 pub async fn run(target: &Target<'_>, json: bool, clock: &dyn Clock) -> Result<()> {
     let findings = check(target, clock).await;
     for f in &findings {
@@ -131,7 +140,7 @@ pub async fn run(target: &Target<'_>, json: bool, clock: &dyn Clock) -> Result<(
     let failures = findings.iter().filter(|f| f.level == Level::Fail).count();
     let warnings = findings.iter().filter(|f| f.level == Level::Warn).count();
     if failures + warnings > 0 {
-        return Err(crate::cli::DoctorFindings { failures, warnings }.into());
+        return Err(DoctorFindings { failures, warnings }.into());
     }
     eprintln!("doctor: all {} checks ok", findings.len());
     Ok(())
@@ -346,7 +355,7 @@ fn expiry(paths: &CaPaths, now: i64, out: &mut Vec<Finding>) -> Option<Vec<u8>> 
             continue;
         };
         let left = not_after - now;
-        let when = crate::cli::rfc3339(not_after);
+        let when = proto::timefmt::rfc3339(not_after);
         let finding = if left <= 0 {
             Finding::new(
                 Level::Fail,
@@ -528,8 +537,8 @@ async fn server(
 ) {
     const CHECK: &str = "server";
     let client = match ca::read_cert_der(&paths.root_cert).and_then(|root| {
-        let config = ca_client::trust::pinned_client_config(&root, None)?;
-        ca_client::https::HttpsClient::new(url, config)
+        let config = proto::trust::pinned_client_config(&root, None)?;
+        proto::https::HttpsClient::new(url, config)
     }) {
         Ok(c) => c,
         Err(e) => {

@@ -7,8 +7,8 @@
 //! `intermediate.crt`, `intermediate.key`.
 
 use anyhow::{Context, Result, anyhow, bail};
-use ca_client::fsutil::{self, KEY_MODE, PUBLIC_MODE};
 use policy::{AllowedName, KeyKind, Profile};
+use proto::fsutil::{self, KEY_MODE, PUBLIC_MODE};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, CrlDistributionPoint,
     DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair,
@@ -116,7 +116,7 @@ impl CaKey {
 
 /// `sha256:<hex>` over a certificate's DER: how operators pin the root.
 pub fn fingerprint(der: &[u8]) -> String {
-    ca_client::trust::fingerprint(der)
+    proto::trust::fingerprint(der)
 }
 
 /// 16 CSPRNG bytes, top bit clear (positive) and second bit set (so the DER
@@ -282,14 +282,14 @@ impl SignedLeaf {
     pub fn to_record(
         &self,
         hostname: &str,
-        kind: &str,
+        kind: crate::store::CertKind,
         spki_der: &[u8],
         issued_at: i64,
     ) -> crate::store::CertRecord {
         crate::store::CertRecord {
             serial: self.serial.clone(),
             hostname: hostname.to_owned(),
-            kind: kind.to_owned(),
+            kind: kind.into(),
             public_key_sha256: policy::csr::spki_sha256(spki_der).to_vec(),
             psk_hash: None,
             psk_expires_at: None,
@@ -354,7 +354,7 @@ pub const PLAIN_PATH_ROOT_CERT: &str = "/ca/root.crt";
 
 /// authorityInfoAccess (1.3.6.1.5.5.7.1.1) naming the OCSP responder and the issuer's certificate.
 fn aia_extension(ocsp: &str, ca_issuers: &str) -> rcgen::CustomExtension {
-    use ca_client::ocsp::der::{OID, seq, tlv};
+    use proto::ocsp::der::{OID, seq, tlv};
     let desc = |method: u8, uri: &str| {
         seq(&[
             &tlv(OID, &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, method]),
@@ -578,7 +578,7 @@ impl Signer {
     }
 
     /// Signs a CRL with the intermediate (it covers every leaf). The content
-    /// is decided by `crate::crl`; the issuer's key identifier is set here.
+    /// is decided by `crate::pki::crl`; the issuer's key identifier is set here.
     pub fn sign_crl(&self, params: CertificateRevocationListParams) -> Result<Vec<u8>> {
         sign_crl_with(&self.issuer, &self.intermediate_der, params)
     }

@@ -19,8 +19,10 @@
 //! at once. A lost response is recovered like a lost bootstrap: the old
 //! certificate with the same new key gets the certificate already issued.
 
-use crate::authority::{Authority, Issued, SignError, clip, weight_of};
+use crate::issue::refusal::Refusal;
+use crate::issue::sign::{Authority, Issued, SignError, clip, weight_of};
 use crate::store::{AuditEvent, CertRecord, StoreError};
+use crate::store::{CertKind, Event, Outcome};
 use policy::csr::Csr;
 use policy::{AllowedName, Decision, Rejection, RenewalGrant, RenewalRefusal, Standing};
 use rustls::pki_types::CertificateDer;
@@ -63,7 +65,8 @@ impl Authority {
             Some(serial) => self.store.get_cert(serial).await?,
             None => None,
         };
-        let Some(record) = record.filter(|r| r.der == leaf.as_ref() && r.kind == "host") else {
+        let Some(record) = record.filter(|r| r.der == leaf.as_ref() && r.kind == CertKind::Host)
+        else {
             let r = Rejection::Renewal(RenewalRefusal::UnknownCertificate);
             return Err(self.refuse_renewal(now, None, peer, r).await);
         };
@@ -111,11 +114,10 @@ impl Authority {
             }
         }
         let csr = match policy::csr::parse(body) {
-            Ok(csr) if self.signer.is_ca_key(&csr.spki_der) => {
-                let r = Rejection::KeyNotAllowed("the CA's own public key".into());
-                return Err(self.refuse_renewal(now, Some(client), peer, r).await);
-            }
-            Ok(csr) => csr,
+            Ok(csr) => match self.ca_key_rule(&csr) {
+                Ok(()) => csr,
+                Err(r) => return Err(self.refuse_renewal(now, Some(client), peer, r).await),
+            },
             Err(r) => return Err(self.refuse_renewal(now, Some(client), peer, r).await),
         };
         if let Some(issued) = self.renewal_retry(client, &csr, now, peer).await? {
@@ -133,24 +135,24 @@ impl Authority {
 
         // Sign (CPU only; discarded unless the record below commits).
         let leaf = self.sign_profile(&profile, &csr, now)?;
-        let record = leaf.to_record(&profile.hostname, "host", &csr.spki_der, now);
+        let record = leaf.to_record(&profile.hostname, CertKind::Host, &csr.spki_der, now);
         let (event, after_expiry) = match client.grant.check(now, grace) {
             Ok(Standing::ExpiredWithinGrace { expired_for }) => (
-                "renewed_after_expiry",
+                Event::RenewedAfterExpiry,
                 format!(
                     " after expiry (expired {} ago, {expired_for} s; grace {} s)",
                     policy::renewal::human_secs(expired_for),
                     grace
                 ),
             ),
-            _ => ("renewed", String::new()),
+            _ => (Event::Renewed, String::new()),
         };
         let audit = AuditEvent {
             at: now,
             event: event.into(),
             hostname: Some(profile.hostname.clone()),
             serial: Some(leaf.serial.clone()),
-            outcome: "issued".into(),
+            outcome: Outcome::Issued.into(),
             reason: Some(format!(
                 "renewal of {}{after_expiry}; key {}",
                 client.record.serial, csr.key
@@ -215,10 +217,10 @@ impl Authority {
         self.store
             .audit(&AuditEvent {
                 at: now,
-                event: "renew_replayed".into(),
+                event: Event::RenewReplayed.into(),
                 hostname: Some(next.hostname.clone()),
                 serial: Some(next.serial.clone()),
-                outcome: "issued".into(),
+                outcome: Outcome::Issued.into(),
                 reason: Some(format!(
                     "idempotent retry: renewal of {} with the same key",
                     client.record.serial
@@ -247,21 +249,17 @@ impl Authority {
         peer: SocketAddr,
         r: Rejection,
     ) -> SignError {
-        self.count_refusal(peer, weight_of(&r));
-        let event = AuditEvent {
-            at: now,
-            event: "renew".into(),
+        let refusal = Refusal {
+            event: Event::Renew,
             hostname: client.map(|c| c.record.hostname.clone()),
             serial: client.map(|c| c.record.serial.clone()),
-            outcome: "rejected".into(),
-            reason: Some(clip(&r.reason())),
-            peer: Some(peer.ip().to_string()),
+            reason: clip(&r.reason()),
             actor: client.map(ClientCert::actor),
-            ..Default::default()
+            key: r.code(),
+            weight: Some(weight_of(&r)),
+            what: "a refused renewal",
         };
-        if let Err(e) = self.rejections.record(&self.store, event, r.code()).await {
-            tracing::error!(error = %e, "could not write the audit row for a refused renewal");
-        }
+        self.refuse(now, peer, refusal).await;
         SignError::Rejected(r)
     }
 }
@@ -296,10 +294,10 @@ fn names_of(der: &[u8]) -> Result<Vec<AllowedName>, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ca::LeafRequest;
+    use crate::pki::ca::LeafRequest;
     use crate::testing::{NOW, fixture};
-    use ca_client::keys::{HostKey, KeyType};
     use policy::{KeyKind, Profile};
+    use proto::keys::{HostKey, KeyType};
     use std::sync::Arc;
 
     const HOST: &str = "h.example.internal";
@@ -332,10 +330,10 @@ mod tests {
                 key: KeyKind::EcdsaP256,
                 spki_der: &old_key.spki_der(),
                 now: NOW,
-                validity: crate::ca::DEFAULT_LEAF_VALIDITY,
+                validity: crate::pki::ca::DEFAULT_LEAF_VALIDITY,
             })
             .unwrap();
-        let record = leaf.to_record(HOST, "host", &old_key.spki_der(), NOW);
+        let record = leaf.to_record(HOST, crate::store::CertKind::Host, &old_key.spki_der(), NOW);
         f.store
             .record_certificate(&record, &AuditEvent::default())
             .await
@@ -474,7 +472,7 @@ mod tests {
                 validity: std::time::Duration::from_secs(3600),
             })
             .unwrap();
-        let record = leaf.to_record(HOST, "host", &key.spki_der(), now);
+        let record = leaf.to_record(HOST, crate::store::CertKind::Host, &key.spki_der(), now);
         f.store
             .record_certificate(&record, &AuditEvent::default())
             .await

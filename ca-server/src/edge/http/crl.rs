@@ -1,12 +1,12 @@
 //! `GET /v1/crl`: the intermediate's current CRL, and `GET /v1/crl/root`:
 //! the root's (covering the intermediate), each DER (`application/pkix-crl`)
 //! or PEM (`?format=pem`), with `Last-Modified` / `If-Modified-Since`. The
-//! CRLs are signed and published by [`crate::crl`]; handlers only read the
+//! CRLs are signed and published by [`crate::pki::crl`]; handlers only read the
 //! cache and never serve an expired CRL.
 
 use super::AppState;
 use super::error::ApiError;
-use crate::crl::{CrlSet, SignedCrl};
+use crate::pki::crl::{CrlSet, SignedCrl};
 use axum::Router;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};

@@ -7,10 +7,10 @@
 //! dir (named by serial): certificates it signed stay valid until they expire
 //! or are renewed. Servers pick the new intermediate up at their next start.
 
-use crate::ca::{self, BACKDATE, CaKey, CaPaths};
 use crate::clock::Clock;
+use crate::pki::ca::{self, BACKDATE, CaKey, CaPaths};
 use anyhow::{Context, Result, anyhow, bail};
-use ca_client::fsutil::{self, KEY_MODE, PUBLIC_MODE};
+use proto::fsutil::{self, KEY_MODE, PUBLIC_MODE};
 use rcgen::Issuer;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -193,7 +193,7 @@ pub fn rotate_with(
     Ok(Rotated {
         serial,
         subject: format!("CN={cn}"),
-        not_after: crate::cli::rfc3339(not_after),
+        not_after: proto::timefmt::rfc3339(not_after),
         root_fingerprint: ca::fingerprint(&root_der),
         retired_cert,
         retired_key,

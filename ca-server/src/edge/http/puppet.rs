@@ -25,6 +25,7 @@
 use super::AppState;
 use super::crl::{current_crls, not_modified, set_last_modified};
 use super::error::{ApiError, Outcome};
+use crate::store::CertKind;
 use axum::Router;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -77,7 +78,7 @@ async fn certificate(State(state): State<AppState>, Path(name): Path<String>) ->
     // Newest first; only certificates a PSK paid for (not the server's own).
     let current = certs
         .into_iter()
-        .find(|c| c.kind == "host" && c.revoked_at.is_none() && c.not_after > now);
+        .find(|c| c.kind == CertKind::Host && c.revoked_at.is_none() && c.not_after > now);
     match current {
         Some(cert) => text(
             StatusCode::OK,

@@ -156,7 +156,10 @@ impl RejectionLog {
                 let result = store.audit_returning_id(opening.event()).await;
                 crate::metrics::metrics().refusal_audit_write();
                 let (key, event, _) = opening.finish();
-                let mut st = self.state.lock().expect("rejection log lock");
+                let mut st = self
+                    .state
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 let slot = st
                     .slots
                     .get_mut(&key)
@@ -197,7 +200,10 @@ impl RejectionLog {
         let now = event.at;
         let window = self.window;
         let eager = self.interval.is_zero();
-        let mut st = self.state.lock().expect("rejection log lock");
+        let mut st = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut key = Key {
             peer: event.peer.clone().unwrap_or_else(|| "-".into()),
             reason,
@@ -268,7 +274,10 @@ impl RejectionLog {
 
     /// Puts counts that could not be written back, for the next flush.
     fn restore(&self, repeats: Vec<Repeats>) {
-        let mut st = self.state.lock().expect("rejection log lock");
+        let mut st = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for (key, id, n, last_at) in repeats {
             let slot = key
                 .as_ref()
@@ -289,7 +298,10 @@ impl RejectionLog {
     /// the counts and to note the new rows' ids.
     pub async fn flush(&self, store: &Store) -> StoreResult<()> {
         let (inserts, mut repeats) = {
-            let mut st = self.state.lock().expect("rejection log lock");
+            let mut st = self
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let mut inserts = Vec::new();
             let mut repeats: Vec<Repeats> = std::mem::take(&mut st.orphans);
             for (key, slot) in st.slots.iter_mut() {
@@ -321,7 +333,10 @@ impl RejectionLog {
             let result = store.audit_returning_id(opening.event()).await;
             crate::metrics::metrics().refusal_audit_write();
             let (key, event, pending) = opening.finish();
-            let mut st = self.state.lock().expect("rejection log lock");
+            let mut st = self
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let Some(slot) = st.slots.get_mut(&key).filter(|s| s.opened_at == opened_at) else {
                 continue;
             };
@@ -377,7 +392,10 @@ impl RejectionLog {
 
     /// Refusals counted in memory and not yet written (for tests).
     pub fn unwritten(&self) -> i64 {
-        let st = self.state.lock().expect("rejection log lock");
+        let st = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         st.slots
             .values()
             .map(|s| s.pending + i64::from(matches!(s.row, Row::Unwritten(_))))
@@ -434,7 +452,11 @@ impl Drop for Opening<'_> {
         let (Some(key), Some(event)) = (self.key.take(), self.event.take()) else {
             return;
         };
-        let mut st = self.log.state.lock().expect("rejection log lock");
+        let mut st = self
+            .log
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(slot) = st
             .slots
             .get_mut(&key)

@@ -30,11 +30,11 @@
 //! expired. Signing never runs on the issuance path, and handlers only read
 //! the cache; an expired CRL is never served.
 
-use crate::ca::{BACKDATE, CaPaths, RootSigner, Signer};
 use crate::clock::Clock;
+use crate::pki::ca::{BACKDATE, CaPaths, RootSigner, Signer};
 use crate::store::{CrlSnapshot, PublishedCrls, RevokedEntry, Store};
 use anyhow::{Context, Result, anyhow, bail};
-use ca_client::fsutil::{self, PUBLIC_MODE};
+use proto::fsutil::{self, PUBLIC_MODE};
 use rcgen::{CertificateRevocationListParams, KeyIdMethod, RevocationReason, RevokedCertParams};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
@@ -270,7 +270,7 @@ impl CrlService {
             None => match read_root_crl(&root_crl_path, &signer.root_der) {
                 Ok(Some(crl)) => {
                     tracing::info!(
-                        next_update = %crate::cli::rfc3339(crl.next_update),
+                        next_update = %proto::timefmt::rfc3339(crl.next_update),
                         "the root key is offline; serving root.crl"
                     );
                     RootCrlSource::File(crl)
@@ -314,12 +314,18 @@ impl CrlService {
 
     /// The cached CRLs (none before the first generation).
     pub fn current(&self) -> Option<Arc<CrlSet>> {
-        self.current.read().expect("crl cache lock").clone()
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Caches `set` unless a newer generation is cached already; returns what is cached.
     fn cache(&self, set: Arc<CrlSet>) -> Arc<CrlSet> {
-        let mut current = self.current.write().expect("crl cache lock");
+        let mut current = self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match current.as_ref() {
             Some(have) if have.generation() >= set.generation() => have.clone(),
             _ => {
@@ -347,7 +353,7 @@ impl CrlService {
             tracing::info!(
                 number = set.generation(),
                 revoked = set.revoked,
-                next_update = %crate::cli::rfc3339(set.intermediate.next_update),
+                next_update = %proto::timefmt::rfc3339(set.intermediate.next_update),
                 "signed and published the CRLs"
             );
         } else {
@@ -403,7 +409,7 @@ impl CrlService {
                 };
                 if crl.next_update - now < self.config.long_validity.as_secs() as i64 / 4 {
                     tracing::warn!(
-                        next_update = %crate::cli::rfc3339(crl.next_update),
+                        next_update = %proto::timefmt::rfc3339(crl.next_update),
                         "the root CRL expires soon; sign a new one where the root key is"
                     );
                 }
@@ -442,7 +448,10 @@ impl CrlService {
                 Ok(Some(self.cache(Arc::new(set))))
             }
             Err(e) => {
-                let mut refused = self.refused_generation.lock().expect("lock");
+                let mut refused = self
+                    .refused_generation
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 if *refused != Some(generation) {
                     *refused = Some(generation);
                     tracing::error!(

@@ -23,9 +23,9 @@
 //! hold much: [`H2_MAX_STREAMS`] concurrent streams, flow-control windows
 //! sized to the 64 KiB body limit, and a header list bound.
 
-use crate::http::Peer;
-use crate::proxy_protocol::TrustedProxies;
-use crate::throttle::{Key, key_of};
+use crate::edge::http::Peer;
+use crate::edge::proxy_protocol::TrustedProxies;
+use crate::issue::throttle::{Key, key_of};
 use anyhow::{Context, Result};
 use axum::Router;
 use axum::body::Body;
@@ -149,7 +149,10 @@ impl PerAddress {
     /// A slot for one more connection from `ip`, or `None` at the limit.
     fn acquire(self: &Arc<PerAddress>, ip: IpAddr) -> Option<AddressSlot> {
         let key = key_of(ip, self.ipv6_prefix);
-        let mut open = self.open.lock().expect("connection table lock");
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let n = open.entry(key).or_insert(0);
         if *n >= self.max {
             return None;
@@ -164,7 +167,11 @@ impl PerAddress {
 
 impl Drop for AddressSlot {
     fn drop(&mut self) {
-        let mut open = self.table.open.lock().expect("connection table lock");
+        let mut open = self
+            .table
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(n) = open.get_mut(&self.key) {
             *n -= 1;
             if *n == 0 {
@@ -191,13 +198,19 @@ impl Activity {
 
     /// Marks a request in flight until the guard drops.
     fn begin(self: &Arc<Activity>) -> Busy {
-        self.0.lock().expect("activity lock").0 += 1;
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .0 += 1;
         Busy(self.clone())
     }
 
     /// When the connection will have been idle too long (`None` while busy).
     fn idle_deadline(&self, idle: Duration) -> Option<Instant> {
-        let (in_flight, since) = *self.0.lock().expect("activity lock");
+        let (in_flight, since) = *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         (in_flight == 0).then(|| since + idle)
     }
 }
@@ -207,7 +220,11 @@ struct Busy(Arc<Activity>);
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        let mut state = self.0.0.lock().expect("activity lock");
+        let mut state = self
+            .0
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         state.0 -= 1;
         state.1 = Instant::now();
     }
@@ -234,24 +251,30 @@ impl TlsSource {
     }
 
     pub fn current(&self) -> Arc<ServerConfig> {
-        self.0.read().expect("tls config lock").clone()
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     pub fn replace(&self, config: ServerConfig) {
-        *self.0.write().expect("tls config lock") = Arc::new(config);
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(config);
     }
 }
 
 /// Builds the server's rustls configuration: its own chain and key, and
 /// optional client certificates verified against `client_roots` (requests
 /// without one still get through; handlers that need one check [`Peer`]
-/// against the store; see [`crate::client_verifier`]).
+/// against the store; see [`crate::edge::client_verifier`]).
 pub fn server_config(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     client_roots: &[CertificateDer<'static>],
 ) -> Result<ServerConfig> {
-    let provider = ca_client::trust::provider();
+    let provider = proto::trust::provider();
     let mut roots = rustls::RootCertStore::empty();
     for root in client_roots {
         roots
@@ -259,7 +282,7 @@ pub fn server_config(
             .context("adding a client trust anchor")?;
     }
     let verifier =
-        crate::client_verifier::ClientVerifier::build(Arc::new(roots), provider.clone())?;
+        crate::edge::client_verifier::ClientVerifier::build(Arc::new(roots), provider.clone())?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
@@ -351,7 +374,7 @@ pub async fn run(
             if proxied {
                 let header = tokio::time::timeout(
                     limits.handshake_timeout,
-                    crate::proxy_protocol::read_header(&mut tcp),
+                    crate::edge::proxy_protocol::read_header(&mut tcp),
                 )
                 .await;
                 match header {

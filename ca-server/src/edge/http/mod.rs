@@ -11,10 +11,10 @@ pub mod renew;
 
 pub use body::{check_content_type, read_body};
 
-use crate::authority::{Authority, Issued, SignError};
-use crate::crl::CrlService;
+use crate::issue::sign::{Authority, Issued, SignError};
+use crate::issue::throttle::Weight;
+use crate::pki::crl::CrlService;
 use crate::store::{Store, StoreError};
-use crate::throttle::Weight;
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};

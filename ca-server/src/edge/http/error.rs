@@ -5,7 +5,7 @@
 use super::body::BodyError;
 use crate::admin::AdminError;
 use crate::admin::auth::AdminAuthError;
-use crate::authority::SignError;
+use crate::issue::sign::SignError;
 use crate::store::StoreError;
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -115,7 +115,7 @@ impl ApiError {
             "too_many_failures",
             "too many failed requests from this address; retry later",
         );
-        e.retry_after = Some(crate::throttle::retry_after_secs(retry));
+        e.retry_after = Some(crate::issue::throttle::retry_after_secs(retry));
         e
     }
 

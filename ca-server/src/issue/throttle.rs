@@ -112,7 +112,7 @@ impl From<&ThrottleArgs> for ThrottleConfig {
 }
 
 /// Whom an entry counts: an IPv4 address or an IPv6 prefix. The listener
-/// counts connections per the same key (`server.rs`).
+/// counts connections per the same key (`edge/server.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Key {
     V4([u8; 4]),
@@ -299,7 +299,10 @@ impl Throttle {
     /// `Err(retry_after)` while `ip` is blocked.
     pub fn check(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
         let key = key_of(ip, self.config.ipv6_prefix);
-        let mut entries = self.entries.lock().expect("throttle lock");
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let Some(entry) = entries.touch(&key) else {
             return Ok(());
         };
@@ -318,7 +321,10 @@ impl Throttle {
     pub fn record_failure(&self, ip: IpAddr, now: Instant, weight: Weight) -> Option<Duration> {
         let window = self.config.window;
         let key = key_of(ip, self.config.ipv6_prefix);
-        let mut entries = self.entries.lock().expect("throttle lock");
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let entry = entries.get_or_insert(key, Entry::fresh(now));
         if entry.expired(window, now) {
             *entry = Entry::fresh(now);
@@ -336,7 +342,10 @@ impl Throttle {
 
     /// Addresses currently tracked (for tests and metrics).
     pub fn tracked(&self) -> usize {
-        self.entries.lock().expect("throttle lock").len()
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
     }
 }
 

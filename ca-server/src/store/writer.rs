@@ -8,11 +8,13 @@
 //! only after the commit that holds their row, so nothing leaves unrecorded.
 //!
 //! On SQLite the writer is a thread of its own (`lane`) that runs, per job,
-//! a prepared `DELETE` of the PSK and, if a row went, the certificate's and
-//! the audit rows appended to the hash chain (`store/chain.rs`). On PostgreSQL, where each statement is a network
-//! round trip, a batch is three statements whatever its size: one
-//! `DELETE ... RETURNING` spends the PSKs still live, one multi-row INSERT
-//! records their certificates, one their audit rows. Either way, requests
+//! a prepared `DELETE` of the PSK and, if a row went, the certificate's
+//! INSERT; then the winners' audit rows are appended to the hash chain
+//! (positions reserved once, the rows, the new head: `store/chain.rs`). On
+//! PostgreSQL, where each statement is a network round trip, a batch is
+//! five statements whatever its size: one `DELETE ... RETURNING` spends the
+//! PSKs still live, one multi-row INSERT records their certificates, and
+//! three append their audit rows to the chain. Either way, requests
 //! whose PSK was not deleted (spent by a concurrent request, replaced,
 //! expired) get `PskGone`, exactly as in the one-transaction path; of two
 //! requests for the same PSK in one batch only the first wins. If a batch

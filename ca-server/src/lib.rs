@@ -15,12 +15,14 @@
 //!   refusal machinery ([`issue::refusal`], [`issue::throttle`],
 //!   [`issue::rejection_log`]);
 //!   [`admin`]: the operations behind the admin verbs and the admin API
-//!   (with `doctor`, `rotate`, `revocation`).
+//!   (with `doctor`, `rotate`, `revocation`, `audit`: the audit chain's
+//!   `verify` and `checkpoint`).
 //! - [`pki`]: CA material and the signer ([`pki::ca`]), the CA key from a
 //!   file or a PKCS#11 token ([`pki::key`], [`pki::pkcs11`]), CRLs
-//!   ([`pki::crl`]), the OCSP responder and the PSK seal; [`store`]: the
-//!   database; [`metrics`]: the `/metrics` registry; [`clock`]: time as the
-//!   flows see it; [`diskguard`]: free space under the SQLite store.
+//!   ([`pki::crl`]), the OCSP responder, the PSK seal and the audit key;
+//!   [`store`]: the database (with the audit hash chain and its export);
+//!   [`metrics`]: the `/metrics` registry; [`clock`]: time as the flows see
+//!   it; [`diskguard`]: free space under the SQLite store.
 #![deny(unsafe_code)]
 
 pub mod admin;

@@ -112,6 +112,7 @@ pub struct Metrics {
     acme: Family<AcmeLabels, Counter>,
     store_errors: Family<KindLabel, Counter>,
     refusal_audit_writes: Counter,
+    audit_export_dropped: Family<KindLabel, Counter>,
     connections_refused: Family<ReasonLabel, Counter>,
     live_psks: Gauge,
     expiring: Family<WithinLabel, Gauge>,
@@ -156,6 +157,7 @@ impl Metrics {
             acme: Family::default(),
             store_errors: Family::default(),
             refusal_audit_writes: Counter::default(),
+            audit_export_dropped: Family::default(),
             connections_refused: Family::default(),
             live_psks: Gauge::default(),
             expiring: Family::default(),
@@ -210,6 +212,12 @@ impl Metrics {
             "Store writes made by the refusal audit log (first rows of a window, \
              and flushes of counted repeats)",
             m.refusal_audit_writes.clone(),
+        );
+        registry.register(
+            "audit_export_dropped",
+            "Audit rows a sink (--audit-file, --audit-syslog) could not take because its \
+             queue was full or it failed; the store still holds them (the file gets a gap marker)",
+            m.audit_export_dropped.clone(),
         );
         registry.register(
             "connections_refused",
@@ -383,6 +391,13 @@ impl Metrics {
     /// availability watcher sees the database down).
     pub fn store_error(&self, kind: &'static str) {
         self.store_errors.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    /// Counts audit rows an export sink (`file`, `syslog`) dropped.
+    pub fn audit_export_dropped(&self, sink: &'static str, n: u64) {
+        self.audit_export_dropped
+            .get_or_create(&KindLabel { kind: sink })
+            .inc_by(n);
     }
 
     /// Counts one store write of the refusal audit log.

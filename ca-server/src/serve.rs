@@ -39,6 +39,8 @@ pub struct ServeOptions {
     pub throttle: ThrottleConfig,
     /// How often counted repeated refusals are written (rejection_log.rs).
     pub audit_flush_interval: Duration,
+    /// Audit checkpoints and the export sinks (store/audit_sink.rs).
+    pub audit_trail: crate::store::audit_sink::AuditTrailArgs,
     /// The plain-HTTP listener (CRLs, CA certificates, OCSP), if any.
     pub http_listen: Option<SocketAddr>,
     pub http_public_url: Option<String>,
@@ -255,6 +257,12 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
     // one query per batch of waiting PSK lookups (store/reader.rs).
     store.start_group_commit();
     store.start_batched_reads();
+    // The audit key (checkpoints of the audit chain), shared by every replica.
+    let audit_key: Arc<dyn crate::pki::audit_key::CheckpointSigner> =
+        crate::pki::audit_key::install(&opts.data_dir, opts.keys.token(), &store)
+            .await?
+            .into();
+    let exporter = crate::store::audit_sink::Exporter::start(&store, &opts.audit_trail).await?;
 
     let cert = issue_server_cert(&signer, &store, &names, clock.now(), opts.validity).await?;
     let client_roots = vec![CertificateDer::from(signer.root_der.clone())];
@@ -367,6 +375,17 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
     let watcher = tokio::spawn(store.clone().watch_availability());
     let sweeper = tokio::spawn(sweep_expired(store.clone(), clock.clone()));
     let crl_refresher = tokio::spawn(crl.run());
+    let checkpointer = {
+        let interval: Duration = opts.audit_trail.audit_checkpoint_interval.into();
+        (!interval.is_zero()).then(|| {
+            tokio::spawn(crate::admin::audit::run_checkpoints(
+                store.clone(),
+                audit_key.clone(),
+                clock.clone(),
+                interval,
+            ))
+        })
+    };
     let renewer = tokio::spawn(renew_server_cert(
         signer.clone(),
         store.clone(),
@@ -392,6 +411,19 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
     // Refusals counted since the last flush are written before the store closes.
     if let Err(e) = authority.rejections.flush(&store).await {
         tracing::warn!(error = %e, "writing the last counted refusals failed");
+    }
+    // A last checkpoint covers everything this server wrote; the sinks get
+    // every committed row before the store closes.
+    if let Some(task) = checkpointer {
+        task.abort();
+        if let Err(e) =
+            crate::admin::audit::checkpoint(&store, audit_key.as_ref(), clock.now(), true).await
+        {
+            tracing::warn!(error = %e, "writing the last audit checkpoint failed");
+        }
+    }
+    if let Some(exporter) = exporter {
+        exporter.stop().await;
     }
     store.close().await;
     tracing::info!("stopped");

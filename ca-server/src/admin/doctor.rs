@@ -340,6 +340,8 @@ fn permissions(paths: &CaPaths, target: &Target<'_>, out: &mut Vec<Finding>) {
     let mut keys: Vec<PathBuf> = vec![paths.intermediate_key.clone(), paths.root_key.clone()];
     // The PSK seal key (ACME's EAB keys are sealed under it), once it exists.
     keys.push(paths.dir.join(crate::pki::psk_seal::KEY_FILE));
+    // The audit key (signs the audit chain's checkpoints), once it exists.
+    keys.push(paths.dir.join(crate::pki::audit_key::KEY_FILE));
     if let Ok(entries) = std::fs::read_dir(paths.dir.join("retired")) {
         let mut retired: Vec<PathBuf> = entries
             .flatten()

@@ -6,7 +6,8 @@
 //! prints the same answers the same way (`output.rs`), so local and remote
 //! output are identical.
 //!
-//! `acme.rs` holds the `acme accounts|deactivate` verbs; `doctor.rs`,
+//! `acme.rs` holds the `acme accounts|deactivate` verbs, `audit.rs` the
+//! audit chain's `audit verify|checkpoint`; `doctor.rs`,
 //! `rotate.rs` (`intermediate rotate`) and `revocation.rs` (`revoke`, `crl`)
 //! the operator's other verbs.
 //!
@@ -14,6 +15,7 @@
 //! admin requests (`auth.rs`) live beside them.
 
 pub mod acme;
+pub mod audit;
 pub mod auth;
 pub mod cert;
 pub mod doctor;

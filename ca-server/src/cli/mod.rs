@@ -99,8 +99,12 @@ pub enum Command {
     Store(StoreCommand),
     /// ACME accounts (here, or remotely with --server URL --admin-cert DIR).
     Acme(crate::admin::acme::AcmeArgs),
-    /// Show the audit log.
+    /// Show the audit log; `audit verify` checks its hash chain, `audit
+    /// checkpoint` signs its head.
+    #[command(args_conflicts_with_subcommands = true)]
     Audit {
+        #[command(subcommand)]
+        action: Option<crate::admin::audit::AuditCommand>,
         /// How far back to look (e.g. 1h, 7d).
         #[arg(long, default_value = "1h")]
         since: humantime::Duration,
@@ -226,6 +230,8 @@ pub struct ServeArgs {
     pub http_public_url: Option<String>,
     #[command(flatten)]
     pub ocsp: crate::pki::responder::OcspArgs,
+    #[command(flatten)]
+    pub audit_trail: crate::store::audit_sink::AuditTrailArgs,
 }
 
 /// `psk`: the verb, and where it runs.
@@ -570,14 +576,13 @@ async fn run(cli: Cli, reserved: &policy::ReservedNames) -> Result<()> {
                     serve::check_http_public_url(u).map(|u| ca::PlainHttpUrls::new(&u).root_crl)
                 })
                 .transpose()?;
-            let out = ca::init_with(
-                &ca_paths(&cli.data_dir, &cli.pkcs11)?,
-                &name,
-                clock.now(),
-                root_crl.as_deref(),
-            )?;
+            let paths = ca_paths(&cli.data_dir, &cli.pkcs11)?;
+            let out = ca::init_with(&paths, &name, clock.now(), root_crl.as_deref())?;
             // The PSK seal key too, so one copy of the data dir serves every replica.
             crate::pki::psk_seal::load_or_create(&cli.data_dir)?;
+            // And the audit key that signs the audit chain's checkpoints.
+            // (in the token when the CA keys are there).
+            crate::pki::audit_key::open_or_create(&cli.data_dir, paths.keys.token())?;
             if !out.created {
                 eprintln!("{} is already initialised", cli.data_dir.display());
             }
@@ -606,6 +611,7 @@ async fn run(cli: Cli, reserved: &policy::ReservedNames) -> Result<()> {
                 http_listen: args.http_listen,
                 http_public_url: args.http_public_url,
                 ocsp: args.ocsp.config()?,
+                audit_trail: args.audit_trail,
             })
             .await
         }
@@ -625,6 +631,18 @@ async fn run(cli: Cli, reserved: &policy::ReservedNames) -> Result<()> {
             store_copy(&url, &to, json, &clock).await
         }
         Command::Audit {
+            action: Some(action),
+            ..
+        } => {
+            // The audit key is in the token when the CA keys are (checkpoint only).
+            let token = match &action {
+                crate::admin::audit::AuditCommand::Checkpoint { .. } => cli.pkcs11.open()?,
+                _ => None,
+            };
+            crate::admin::audit::run(action, &cli.data_dir, token.as_ref(), &url, &clock).await
+        }
+        Command::Audit {
+            action: None,
             since,
             host,
             event,

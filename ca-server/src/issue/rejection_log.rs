@@ -6,7 +6,8 @@
 //! The first refusal of a key in a window writes a full audit row at once
 //! (its precise reason text, the hostname and the address). Repeats within
 //! the window are only counted in memory; [`RejectionLog::flush`] adds them
-//! to their rows (`repeat_count`, `last_at`) in one transaction, every
+//! to their rows (`repeat_count`, `last_at`, and a chained repeat row for
+//! each: docs/audit.md) in one transaction, every
 //! flush interval (1 s by default, `serve --audit-flush-interval`). So a
 //! row, and an address's rows together, are written at most once per
 //! interval however fast the refusals come. A throttled request (429)

@@ -29,6 +29,8 @@ pub const TABLES: &[&str] = &[
     "psks",
     "certificates",
     "audit",
+    "audit_chain",
+    "audit_checkpoints",
     "crl_state",
     "crl_published",
     "ca_identity",
@@ -39,11 +41,13 @@ pub const TABLES: &[&str] = &[
     "psk_seal_key",
 ];
 
-/// Tables that must be empty in the target (`crl_state` holds its seed row).
+/// Tables that must be empty in the target (`crl_state` and `audit_chain`
+/// hold their seed rows).
 const DATA_TABLES: &[&str] = &[
     "psks",
     "certificates",
     "audit",
+    "audit_checkpoints",
     "crl_published",
     "ca_identity",
     "ocsp_responders",

@@ -91,6 +91,9 @@ string_enum! {
         AcmeAccount = "acme_account",
         AcmeOrder = "acme_order",
         AcmeRevoke = "acme_revoke",
+        /// Counted repeats of an aggregated refusal row (`repeats_of`),
+        /// appended to the audit chain (docs/audit.md).
+        RefusalRepeats = "refusal_repeats",
     }
 }
 
@@ -107,6 +110,8 @@ string_enum! {
         Ready = "ready",
         KeyChanged = "key_changed",
         Deactivated = "deactivated",
+        /// A refusal repeat row's outcome.
+        Counted = "counted",
     }
 }
 

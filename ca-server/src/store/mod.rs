@@ -17,8 +17,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub mod acme;
+pub mod audit_chain;
+pub mod audit_sink;
 mod availability;
 mod batch;
+mod chain;
 pub mod copy;
 mod crl;
 pub mod inspect;
@@ -26,6 +29,7 @@ mod kinds;
 mod ocsp;
 mod ownership;
 pub use acme::{AcmeAccount, AcmeOrder, SealedPsk};
+pub use chain::{CheckpointRow, NewCheckpoint};
 pub use crl::{CrlPoll, CrlSnapshot, PublishedCrls, RevokedEntry};
 pub use kinds::{CertKind, Event, Outcome, UnknownName};
 pub use ocsp::StoredResponder;
@@ -189,20 +193,29 @@ macro_rules! insert_certs_pg {
 }
 
 /// The audit row on SQLite, as [`insert_cert_sqlite!`].
+///
+/// Every audit row is a link of the hash chain (docs/audit.md): its
+/// position and hash come with it, and `repeat_count`, `last_at`,
+/// `repeats_of` are set for a repeat row (1, NULL, NULL otherwise).
 macro_rules! insert_audit_sqlite {
     () => {
-        "INSERT INTO audit (at, event, hostname, serial, outcome, reason, peer, actor) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        "INSERT INTO audit (at, event, hostname, serial, outcome, reason, peer, actor, \
+         repeat_count, last_at, repeats_of, chain_seq, chain_hash) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
     };
 }
 
 /// Audit rows on PostgreSQL, as [`insert_certs_pg!`].
+/// Inserted in chain order: ids are drawn in it, which `audit verify` relies on.
 macro_rules! insert_audits_pg {
     () => {
-        "INSERT INTO audit (at, event, hostname, serial, outcome, reason, peer, actor) \
-         SELECT j.at, j.event, j.hostname, j.serial, j.outcome, j.reason, j.peer, j.actor \
+        "INSERT INTO audit (at, event, hostname, serial, outcome, reason, peer, actor, \
+         repeat_count, last_at, repeats_of, chain_seq, chain_hash) \
+         SELECT j.at, j.event, j.hostname, j.serial, j.outcome, j.reason, j.peer, j.actor, \
+         j.rc, j.la, j.ro, j.seq, decode(j.hash, 'hex') \
          FROM jsonb_to_recordset($1::jsonb) AS j(at bigint, event text, hostname text, \
-         serial text, outcome text, reason text, peer text, actor text)"
+         serial text, outcome text, reason text, peer text, actor text, rc bigint, la bigint, \
+         ro bigint, seq bigint, hash text) ORDER BY j.seq"
     };
 }
 
@@ -607,64 +620,49 @@ impl Store {
 
     /// Writes one audit row outside any other transaction.
     pub async fn audit(&self, event: &AuditEvent) -> StoreResult<()> {
-        insert_audit(self.engine, &mut *self.conn().await?, event).await
+        self.audit_returning_id(event).await.map(|_| ())
     }
 
     /// Writes one audit row and returns its id (so repeats can count up on it).
     pub async fn audit_returning_id(&self, event: &AuditEvent) -> StoreResult<i64> {
-        let row = match self.engine {
-            Engine::Sqlite => {
-                bind_audit(
-                    sqlx::query(concat!(insert_audit_sqlite!(), " RETURNING id")),
-                    event,
-                )
-                .fetch_one(&self.pool)
-                .await?
-            }
-            Engine::Postgres => {
-                sqlx::query(concat!(insert_audits_pg!(), " RETURNING id"))
-                    .bind(audits_json(&[event]))
-                    .fetch_one(&self.pool)
-                    .await?
-            }
-        };
-        Ok(row.try_get("id")?)
-    }
-
-    /// Counts one more occurrence of audit row `id` at `at`; `false` if the
-    /// row does not exist.
-    pub async fn audit_repeat(&self, id: i64, at: i64) -> StoreResult<bool> {
-        let n = sqlx::query(
-            "UPDATE audit SET repeat_count = repeat_count + 1, last_at = $2 WHERE id = $1",
-        )
-        .bind(id)
-        .bind(at)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(n == 1)
+        let mut tx = self.begin().await?;
+        let id = append_audit(self.engine, &mut tx, event, None).await?;
+        tx.commit().await?;
+        Ok(id)
     }
 
     /// Adds counted repeats to audit rows, all in one transaction: each
     /// `(id, n, last_at)` adds `n` to row `id`'s count and moves its
-    /// `last_at`. Rows that no longer exist are skipped. (The refusal log's
-    /// periodic flush: one write for every repeat counted since the last.)
+    /// `last_at`, and appends a repeat row saying so to the chain (the
+    /// update alone would leave the count unprovable; docs/audit.md). Rows
+    /// that no longer exist are skipped. (The refusal log's periodic flush:
+    /// one write for every repeat counted since the last.)
     pub async fn audit_repeats(&self, repeats: &[(i64, i64, i64)]) -> StoreResult<()> {
         if repeats.is_empty() {
             return Ok(());
         }
         let mut tx = self.begin().await?;
-        for (id, n, last_at) in repeats {
-            sqlx::query(
+        for &(id, n, last_at) in repeats {
+            let updated = sqlx::query(
                 "UPDATE audit SET repeat_count = repeat_count + $2, \
                  last_at = CASE WHEN last_at IS NULL OR last_at < $3 THEN $3 ELSE last_at END \
-                 WHERE id = $1",
+                 WHERE id = $1 AND repeats_of IS NULL",
             )
             .bind(id)
             .bind(n)
             .bind(last_at)
             .execute(&mut *tx)
-            .await?;
+            .await?
+            .rows_affected();
+            if updated == 1 {
+                let row = AuditEvent {
+                    at: last_at,
+                    event: Event::RefusalRepeats.into(),
+                    outcome: Outcome::Counted.into(),
+                    ..Default::default()
+                };
+                append_audit(self.engine, &mut tx, &row, Some((id, n, last_at))).await?;
+            }
         }
         tx.commit().await?;
         Ok(())
@@ -686,7 +684,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT id, at, event, hostname, serial, outcome, reason, peer, actor, \
              repeat_count, last_at FROM audit \
-             WHERE (at >= $1 OR last_at >= $1) \
+             WHERE (at >= $1 OR last_at >= $1) AND repeats_of IS NULL \
              AND ($3 IS NULL OR hostname = $3) AND ($4 IS NULL OR event = $4) \
              ORDER BY id LIMIT $2",
         )
@@ -832,63 +830,89 @@ async fn insert_certs_pg<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
     Ok(())
 }
 
-/// Writes one audit row (the one function for every path but the group
-/// commit, which uses the same SQL).
-async fn insert_audit<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+/// Appends one audit row to the hash chain in the caller's transaction
+/// (the one function for every path but the group commit, which uses the
+/// same SQL).
+async fn insert_audit<C: chain::AuditConn + ?Sized>(
     engine: Engine,
-    ex: E,
+    conn: &mut C,
     a: &AuditEvent,
 ) -> StoreResult<()> {
-    match engine {
+    append_audit(engine, conn.as_conn(), a, None)
+        .await
+        .map(|_| ())
+}
+
+/// Appends one audit row (`repeats`: of a repeat row) to the chain: its
+/// position reserved on the head row, the row, the new head. Returns its id.
+async fn append_audit(
+    engine: Engine,
+    conn: &mut sqlx::AnyConnection,
+    a: &AuditEvent,
+    repeats: Option<(i64, i64, i64)>,
+) -> StoreResult<i64> {
+    let mut links = chain::reserve(conn, 1).await?;
+    let row = links.next(a, repeats);
+    let inserted = match engine {
         Engine::Sqlite => {
-            bind_audit(sqlx::query(insert_audit_sqlite!()), a)
-                .execute(ex)
-                .await?;
-            Ok(())
+            sqlx::query(concat!(insert_audit_sqlite!(), " RETURNING id"))
+                .bind(a.at)
+                .bind(&a.event)
+                .bind(&a.hostname)
+                .bind(&a.serial)
+                .bind(&a.outcome)
+                .bind(&a.reason)
+                .bind(&a.peer)
+                .bind(&a.actor)
+                .bind(row.count)
+                .bind(row.last_at)
+                .bind(row.repeats_of)
+                .bind(row.seq)
+                .bind(row.hash.to_vec())
+                .fetch_one(&mut *conn)
+                .await?
         }
-        Engine::Postgres => insert_audits_pg(ex, &[a]).await,
-    }
+        Engine::Postgres => {
+            sqlx::query(concat!(insert_audits_pg!(), " RETURNING id"))
+                .bind(audits_json(&[(a, row)]))
+                .fetch_one(&mut *conn)
+                .await?
+        }
+    };
+    links.set_head(conn).await?;
+    Ok(inserted.try_get("id")?)
 }
 
 /// The JSON array parameter of [`insert_audits_pg!`].
-fn audits_json(audits: &[&AuditEvent]) -> String {
+fn audits_json(audits: &[(&AuditEvent, chain::Link)]) -> String {
     let rows: Vec<serde_json::Value> = audits
         .iter()
-        .map(|a| {
+        .map(|(a, l)| {
             serde_json::json!({
                 "at": a.at, "event": a.event, "hostname": a.hostname, "serial": a.serial,
                 "outcome": a.outcome, "reason": a.reason, "peer": a.peer, "actor": a.actor,
+                "rc": l.count, "la": l.last_at, "ro": l.repeats_of, "seq": l.seq,
+                "hash": hex::encode(l.hash),
             })
         })
         .collect();
     serde_json::Value::Array(rows).to_string()
 }
 
-/// Writes audit rows on PostgreSQL in one statement.
-async fn insert_audits_pg<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
-    ex: E,
+/// Appends audit rows on PostgreSQL in three statements whatever their
+/// number (the group commit's batch): reserve, insert, move the head.
+async fn insert_audits_pg(
+    conn: &mut sqlx::AnyConnection,
     audits: &[&AuditEvent],
 ) -> StoreResult<()> {
+    let mut links = chain::reserve(conn, audits.len() as i64).await?;
+    let rows: Vec<(&AuditEvent, chain::Link)> =
+        audits.iter().map(|a| (*a, links.next(a, None))).collect();
     sqlx::query(insert_audits_pg!())
-        .bind(audits_json(audits))
-        .execute(ex)
+        .bind(audits_json(&rows))
+        .execute(&mut *conn)
         .await?;
-    Ok(())
-}
-
-/// Binds an audit row's values to an [`insert_audit_sqlite!`] query.
-fn bind_audit<'q>(
-    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
-    a: &'q AuditEvent,
-) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
-    q.bind(a.at)
-        .bind(&a.event)
-        .bind(&a.hostname)
-        .bind(&a.serial)
-        .bind(&a.outcome)
-        .bind(&a.reason)
-        .bind(&a.peer)
-        .bind(&a.actor)
+    links.set_head(conn).await
 }
 
 fn cert_from_row(r: &AnyRow) -> StoreResult<CertRecord> {

@@ -8,18 +8,22 @@
 //! only after the commit that holds their row, so nothing leaves unrecorded.
 //!
 //! On SQLite the writer is a thread of its own (`lane`) that runs, per job,
-//! a prepared `DELETE` of the PSK and, if a row went, the certificate's and
-//! the audit row's INSERTs. On PostgreSQL, where each statement is a network
-//! round trip, a batch is three statements whatever its size: one
-//! `DELETE ... RETURNING` spends the PSKs still live, one multi-row INSERT
-//! records their certificates, one their audit rows. Either way, requests
+//! a prepared `DELETE` of the PSK and, if a row went, the certificate's
+//! INSERT; then the winners' audit rows are appended to the hash chain
+//! (positions reserved once, the rows, the new head: `store/chain.rs`). On
+//! PostgreSQL, where each statement is a network round trip, a batch is
+//! five statements whatever its size: one `DELETE ... RETURNING` spends the
+//! PSKs still live, one multi-row INSERT records their certificates, and
+//! three append their audit rows to the chain. Either way, requests
 //! whose PSK was not deleted (spent by a concurrent request, replaced,
 //! expired) get `PskGone`, exactly as in the one-transaction path; of two
 //! requests for the same PSK in one batch only the first wins. If a batch
 //! fails as a whole, each of its requests is retried in a transaction of its
 //! own, so one bad row cannot fail its neighbours.
 
-use super::{AuditEvent, CertRecord, Engine, Issuance, Store, StoreError, StoreResult, lane};
+use super::{
+    AuditEvent, CertRecord, Engine, Issuance, Store, StoreError, StoreResult, chain, lane,
+};
 use policy::PskHash;
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, Row};
@@ -173,7 +177,6 @@ fn record_batch_sqlite(lane: &mut lane::Lane, batch: &[Job]) -> StoreResult<Vec<
             "DELETE FROM psks WHERE hostname = ?1 AND psk_hash = ?2 AND expires_at > ?3",
         )?;
         let mut insert_cert = tx.prepare_cached(insert_cert_sqlite!())?;
-        let mut insert_audit = tx.prepare_cached(insert_audit_sqlite!())?;
         for job in batch {
             // A PSK spent by an earlier job of this batch is gone: the first wins.
             let spent =
@@ -198,11 +201,16 @@ fn record_batch_sqlite(lane: &mut lane::Lane, batch: &[Job]) -> StoreResult<Vec<
                 c.revocation_reason,
                 c.superseded_by,
             ])?;
-            let a = &job.audit;
-            insert_audit.execute(params![
-                a.at, a.event, a.hostname, a.serial, a.outcome, a.reason, a.peer, a.actor,
-            ])?;
         }
+    }
+    let winners: Vec<&AuditEvent> = batch
+        .iter()
+        .zip(&won)
+        .filter(|(_, w)| **w)
+        .map(|(j, _)| &j.audit)
+        .collect();
+    if !winners.is_empty() {
+        append_audits_sqlite(&tx, &winners)?;
     }
     if won.contains(&true) {
         tx.commit()?;
@@ -210,6 +218,39 @@ fn record_batch_sqlite(lane: &mut lane::Lane, batch: &[Job]) -> StoreResult<Vec<
         tx.rollback()?;
     }
     Ok(won)
+}
+
+/// Appends the winners' audit rows to the chain: one reservation of their
+/// positions, the rows, the new head (the chain in `store/chain.rs`).
+fn append_audits_sqlite(tx: &rusqlite::Transaction<'_>, audits: &[&AuditEvent]) -> StoreResult<()> {
+    use rusqlite::params;
+    let n = audits.len() as i64;
+    let (last, head): (i64, Vec<u8>) = tx
+        .prepare_cached(chain::RESERVE_SQL)?
+        .query_row(params![n], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let mut links = chain::Links::new(last, n, &head)?;
+    let mut insert = tx.prepare_cached(insert_audit_sqlite!())?;
+    for a in audits {
+        let l = links.next(a, None);
+        insert.execute(params![
+            a.at,
+            a.event,
+            a.hostname,
+            a.serial,
+            a.outcome,
+            a.reason,
+            a.peer,
+            a.actor,
+            l.count,
+            l.last_at,
+            l.repeats_of,
+            l.seq,
+            &l.hash[..],
+        ])?;
+    }
+    tx.prepare_cached(chain::SET_HEAD_SQL)?
+        .execute(params![&links.head()[..]])?;
+    Ok(())
 }
 
 /// The PostgreSQL writer task.
@@ -304,7 +345,7 @@ async fn commit_batch(
     let certs: Vec<&CertRecord> = winners.iter().map(|j| &j.cert).collect();
     super::insert_certs_pg(&mut *tx, &certs).await?;
     let audits: Vec<&AuditEvent> = winners.iter().map(|j| &j.audit).collect();
-    super::insert_audits_pg(&mut *tx, &audits).await?;
+    super::insert_audits_pg(&mut tx, &audits).await?;
 
     tx.commit().await?;
     Ok(won)

@@ -4,6 +4,7 @@
 
 mod acme;
 mod admin;
+mod audit_chain;
 mod backup;
 mod bootstrap;
 mod concurrency;

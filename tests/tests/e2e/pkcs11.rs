@@ -245,10 +245,11 @@ fn keys_in_the_token_sign_leaves_crls_and_ocsp_and_never_leave_it() {
             format!("http://127.0.0.1:{http_port}"),
         ],
     ));
-    // Root and intermediate in the token, sensitive and never extractable;
-    // with the OCSP wrap secret, also never extractable.
-    assert_keys_kept_inside(&hsm, 2);
-    assert_eq!(hsm.key_blocks().len(), 3, "{:#?}", hsm.key_blocks());
+    // Root, intermediate and the audit chain's checkpoint key in the token,
+    // sensitive and never extractable; with the OCSP wrap secret, also never
+    // extractable.
+    assert_keys_kept_inside(&hsm, 3);
+    assert_eq!(hsm.key_blocks().len(), 4, "{:#?}", hsm.key_blocks());
     assert_no_private_key_file(&ca.data_dir);
 
     // A host bootstraps: its leaf verifies under the token's intermediate.
@@ -328,6 +329,13 @@ fn keys_in_the_token_sign_leaves_crls_and_ocsp_and_never_leave_it() {
         "{report}"
     );
     assert!(!report.contains(PIN), "the PIN leaked into doctor's output");
+
+    // The audit chain's checkpoints are signed by the key in the token, and
+    // the trail verifies against its public half in the data dir.
+    let out = run(ca.cli().envs(hsm.env()).args(["audit", "checkpoint"]));
+    assert!(out.status.success(), "{}", text(&out));
+    let out = run(ca.cli().args(["audit", "verify"]));
+    assert!(out.status.success(), "{}", text(&out));
     // A PIN file others can read is a failure with its fix.
     set_mode(&hsm.pin_file, 0o644);
     let report = text(&run(ca
@@ -489,10 +497,10 @@ fn intermediate_rotate_generates_the_new_key_in_the_token() {
     let rotated: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert!(rotated.get("retired_key").is_none(), "{rotated}");
     assert_ne!(read(&ca.intermediate_pem()), before);
-    // Two intermediates and the root in the token, plus one wrap secret per
-    // intermediate; nothing on disk.
-    assert_keys_kept_inside(&hsm, 3);
-    assert_eq!(hsm.key_blocks().len(), 5);
+    // Two intermediates, the root and the audit key in the token, plus one
+    // wrap secret per intermediate; nothing on disk.
+    assert_keys_kept_inside(&hsm, 4);
+    assert_eq!(hsm.key_blocks().len(), 6);
     assert_no_private_key_file(&ca.data_dir);
 
     // After a restart the new intermediate signs, in the token.
@@ -525,7 +533,7 @@ fn p384_keys_in_the_token_sign_with_ecdsa_sha384() {
         intermediate.contains("ecdsa-with-SHA384") && intermediate.contains("P-384"),
         "{intermediate}"
     );
-    assert_keys_kept_inside(&hsm, 2);
+    assert_keys_kept_inside(&hsm, 3); // root, intermediate, audit key
     ca.stop();
 }
 
@@ -561,7 +569,8 @@ fn the_root_on_its_own_token_may_stay_offline_while_serving() {
     let mut opts = server_options(&hsm, vec![]);
     opts.env.push(("CA_PKCS11_ROOT_TOKEN".into(), ROOT.into()));
     let mut ca = CaServer::start_with(opts);
-    // One key pair in each token (plus the intermediate's wrap secret).
+    // The root alone in its token (the intermediate, its wrap secret and the
+    // audit key are in the serving token).
     assert_keys_kept_inside(&hsm, 1);
     ca.stop();
 

@@ -207,9 +207,33 @@ impl From<AcmeError> for Problem {
                 Problem::new("badCSR", StatusCode::BAD_REQUEST, r.reason())
             }
             AcmeError::Sign(SignError::Signer(e)) => {
+                // As /v1/sign's 503 signer_unavailable (a lost or hung
+                // PKCS#11 token): nothing was spent, the client retries.
                 tracing::error!(error = %format!("{e:#}"), "ACME: signing failed");
-                Problem::server_internal("signing failed")
+                let mut p = Problem::new(
+                    "serverInternal",
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "signer_unavailable: the CA's signer is unavailable; retry shortly",
+                );
+                p.retry_after = Some(5);
+                p
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signer_failure_at_finalize_is_a_retryable_503_like_v1_sign() {
+        let p = Problem::from(AcmeError::Sign(SignError::Signer(anyhow::anyhow!(
+            "the PKCS#11 token is unavailable"
+        ))));
+        assert_eq!(p.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(p.kind, "serverInternal");
+        assert_eq!(p.retry_after, Some(5));
+        assert!(p.detail.contains("signer_unavailable"), "{}", p.detail);
     }
 }

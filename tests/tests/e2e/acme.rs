@@ -89,7 +89,15 @@ fn certbot_gets_a_certificate_with_the_psk_and_renews_without_one() {
         certbot(&server, work.path())
             .args(["certonly", "--server"])
             .arg(format!("{}/acme/directory", server.url))
-            .args(["--eab-kid", HOST, "--eab-hmac-key", &psk, "-d", HOST])
+            // `=`: a base64url key may start with '-', which argparse would
+            // take for an option.
+            .args([
+                "--eab-kid",
+                HOST,
+                &format!("--eab-hmac-key={psk}"),
+                "-d",
+                HOST,
+            ])
             .args(["--agree-tos", "-m", "ops@example.internal"])
             .args(["--manual", "--manual-auth-hook", "/bin/false"]),
     );
@@ -167,7 +175,7 @@ fn lego_gets_a_certificate_and_revokes_it_into_the_crl() {
             .arg(format!("{}/acme/directory", server.url))
             .args(["--accept-tos", "--email", "ops@example.internal", "--path"])
             .arg(work.path())
-            .args(["--eab", "--kid", HOST, "--hmac", hmac])
+            .args(["--eab", "--kid", HOST, &format!("--hmac={hmac}")])
             .args(domains.iter().flat_map(|d| ["--domains", d]))
             // Never started: the authorizations are valid already.
             .args(["--http", "--http.port", &format!("127.0.0.1:{port}")])

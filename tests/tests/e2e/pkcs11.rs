@@ -569,9 +569,14 @@ fn the_root_on_its_own_token_may_stay_offline_while_serving() {
     let mut opts = server_options(&hsm, vec![]);
     opts.env.push(("CA_PKCS11_ROOT_TOKEN".into(), ROOT.into()));
     let mut ca = CaServer::start_with(opts);
-    // The root alone in its token (the intermediate, its wrap secret and the
-    // audit key are in the serving token).
-    assert_keys_kept_inside(&hsm, 1);
+    // The root alone in its token; the intermediate, its wrap secret and the
+    // audit key in the serving token. Which of the two pkcs11-tool lists
+    // for the label varies between runs, so expect that token's count.
+    let root_listed = hsm
+        .key_blocks()
+        .iter()
+        .any(|b| b.contains("label:      ca-root"));
+    assert_keys_kept_inside(&hsm, if root_listed { 1 } else { 2 });
     ca.stop();
 
     // The root token goes offline; serving and issuing go on.

@@ -30,6 +30,8 @@ pub(super) struct Lane {
     store: Store,
     path: PathBuf,
     conn: Option<Connection>,
+    /// The checkpointer to tell after each commit.
+    checkpoints: super::checkpoint::Hint,
 }
 
 impl Lane {
@@ -38,8 +40,16 @@ impl Lane {
         self.store.pool()?; // fails at once while the store is known to be down
         match self.conn {
             Some(ref mut conn) => Ok(conn),
-            None => Ok(self.conn.insert(open(&self.path, WRITE_BUSY_TIMEOUT)?)),
+            None => Ok(self
+                .conn
+                .insert(open(&self.path, WRITE_BUSY_TIMEOUT, WRITER_PRAGMAS)?)),
         }
+    }
+
+    /// Called after each commit: lets the checkpointer copy the WAL into
+    /// the database file off this thread (`checkpoint`).
+    pub(super) fn committed(&self) {
+        self.checkpoints.committed();
     }
 
     /// Drops the connection after an error: the next batch opens a fresh one.
@@ -57,8 +67,38 @@ const WRITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// request gets a 503 (`store_unavailable`) and its client retries.
 const READ_BUSY_TIMEOUT: Duration = Duration::from_millis(250);
 
-/// Opens a connection with the settings the pool's connections get.
-fn open(path: &std::path::Path, busy_timeout: Duration) -> rusqlite::Result<Connection> {
+/// Every connection: WAL for concurrent readers; FULL so a commit survives
+/// power loss (as the pool's connections).
+const BASE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;";
+
+/// The writer's connection. A 64 MiB page cache: random 128-bit serials and
+/// key hashes put every insert on a random index page, and with SQLite's
+/// default 2 MiB a big store read most of them back from the file
+/// (BENCHMARKS.md, issue 22). The WAL is copied back by the checkpointer
+/// thread; the writer checkpoints itself only past 64 MiB of WAL, should that
+/// thread fall behind, and a WAL that grew is cut back to 64 MiB when it
+/// starts over.
+const WRITER_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+     PRAGMA cache_size = -65536; PRAGMA wal_autocheckpoint = 16384; \
+     PRAGMA journal_size_limit = 67108864;";
+
+/// The inline readers' connections (one per runtime worker at most): they
+/// read the PSK table and the compromised-key index, so 16 MiB each.
+const READER_PRAGMAS: &str =
+    "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA cache_size = -16384;";
+
+/// The checkpointer's connection (`checkpoint`).
+pub(super) fn open_for_checkpoints(path: &std::path::Path) -> rusqlite::Result<Connection> {
+    open(path, READ_BUSY_TIMEOUT, BASE_PRAGMAS)
+}
+
+/// Opens a connection with the settings the pool's connections get, and
+/// `pragmas`.
+fn open(
+    path: &std::path::Path,
+    busy_timeout: Duration,
+    pragmas: &str,
+) -> rusqlite::Result<Connection> {
     use rusqlite::OpenFlags;
     // The file exists (migrations ran); never create one here.
     let conn = Connection::open_with_flags(
@@ -67,7 +107,7 @@ fn open(path: &std::path::Path, busy_timeout: Duration) -> rusqlite::Result<Conn
     )?;
     conn.busy_timeout(busy_timeout)?;
     // Each PRAGMA may answer with a row; execute_batch ignores it.
-    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")?;
+    conn.execute_batch(pragmas)?;
     Ok(conn)
 }
 
@@ -81,7 +121,8 @@ impl From<rusqlite::Error> for StoreError {
 
 /// Starts a lane named `name` that takes batches of up to `max` items from
 /// `rx` and hands each to `work`, until the store closes. `work` answers
-/// every item it is given.
+/// every item it is given and calls [`Lane::committed`] after its commits,
+/// which wakes the lane's checkpointer thread (`checkpoint`).
 pub(super) fn spawn<T: Send + 'static>(
     name: &str,
     store: &Store,
@@ -94,10 +135,13 @@ pub(super) fn spawn<T: Send + 'static>(
     // on them with the runtime's handle (no I/O, so any thread may).
     let runtime = tokio::runtime::Handle::current();
     let mut closing = store.closing.subscribe();
+    let (hint, checkpointer) =
+        super::checkpoint::spawn(path.clone()).expect("starting a store thread");
     let mut lane = Lane {
         store: store.clone(),
         path,
         conn: None,
+        checkpoints: hint,
     };
     let thread = std::thread::Builder::new()
         .name(name.to_owned())
@@ -107,15 +151,17 @@ pub(super) fn spawn<T: Send + 'static>(
                 work(&mut lane, &mut batch);
                 batch.clear();
             }
-            // Returning closes the connection before `Store::close` closes
-            // the pool, so the last connection to go checkpoints the WAL.
+            // Returning closes the connection (and ends the checkpointer)
+            // before `Store::close` closes the pool, so the last connection
+            // to go checkpoints the WAL.
         })
         .expect("starting a store thread");
+    // The lane first: joining it drops the hint the checkpointer waits on.
     store
         .lanes
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .push(thread);
+        .extend([thread, checkpointer]);
 }
 
 /// The connections the server's SQLite reads run on, inline on the
@@ -162,7 +208,7 @@ impl Readers {
         };
         let conn = match taken {
             Some(conn) => conn,
-            None => open(&self.path, READ_BUSY_TIMEOUT)?,
+            None => open(&self.path, READ_BUSY_TIMEOUT, READER_PRAGMAS)?,
         };
         let result = read(&conn);
         if result.is_ok()

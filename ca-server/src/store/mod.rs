@@ -246,6 +246,7 @@ async fn next_batch<T>(
 }
 
 // After the macros, which they use.
+mod checkpoint;
 mod lane;
 mod reader;
 mod revoke;

@@ -214,6 +214,7 @@ fn record_batch_sqlite(lane: &mut lane::Lane, batch: &[Job]) -> StoreResult<Vec<
     }
     if won.contains(&true) {
         tx.commit()?;
+        lane.committed();
     } else {
         tx.rollback()?;
     }

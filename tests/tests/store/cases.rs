@@ -277,6 +277,62 @@ async fn spend_once_under_concurrency(store: &Store, hosts: u64, racers: u64) {
     let issued = audited(store, "issued").await;
     assert_eq!(issued, hosts as usize);
 }
+/// The writer's commits reach the database file while the store is open,
+/// long before the writer's own automatic checkpoint (64 MiB of WAL) would
+/// copy them: the checkpointer thread does (store/checkpoint.rs). SQLite
+/// only; PostgreSQL checkpoints by itself.
+pub async fn group_commit_checkpoints_the_wal_off_the_writer(env: Env) {
+    let Some(file) = env.url.strip_prefix("sqlite://") else {
+        return;
+    };
+    let file = std::path::PathBuf::from(file);
+    let wal = std::path::PathBuf::from(format!("{}-wal", file.display()));
+    let store = env.open().await;
+    store.start_group_commit();
+    const N: u64 = 300;
+    const DER: usize = 1200;
+    let hosts: Vec<String> = (0..N)
+        .map(|i| format!("ckpt{i}.example.internal"))
+        .collect();
+    // The PSKs first: their commits run on the pool, whose connections
+    // checkpoint by themselves at 1000 pages. From here on only the writer
+    // commits.
+    for host in &hosts {
+        add_psk(&store, host, host, NOW + HOUR).await;
+    }
+    let before = std::fs::metadata(&file).unwrap().len();
+    for (i, host) in hosts.iter().enumerate() {
+        let psk = hash(host);
+        let mut c = cert(10_000 + i as u64, host, Some(&psk), NOW);
+        c.der = vec![i as u8; DER];
+        let a = audit("issued", host, NOW);
+        store
+            .record_issuance(&Issuance {
+                psk_hash: psk,
+                now: NOW,
+                cert: &c,
+                audit: &a,
+            })
+            .await
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let len = std::fs::metadata(&file).unwrap().len();
+        if len >= before + N * DER as u64 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the database file stayed at {len} bytes (from {before}) with {N} certificates committed: \
+             nothing checkpointed the WAL"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let wal_len = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    assert!(wal_len < 64 << 20, "the WAL grew to {wal_len} bytes");
+    store.close().await;
+}
 
 pub async fn group_commit_isolates_a_failing_row(env: Env) {
     let store = env.open().await;

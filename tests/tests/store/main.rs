@@ -42,6 +42,7 @@ const SUITE: &[Case] = suite![
     a_psk_is_spent_once_under_concurrency,
     group_commit_spends_each_psk_once,
     group_commit_isolates_a_failing_row,
+    group_commit_checkpoints_the_wal_off_the_writer,
     batched_reads_answer_every_lookup,
     a_failed_certificate_insert_leaves_the_psk_live,
     certs_by_psk_matches_host_and_hash,

@@ -27,7 +27,8 @@ pub mod rotate;
 use crate::admin::revocation::Reason;
 use crate::pki::crl::CrlService;
 use crate::store::{
-    AuditEvent, AuditFilter, CertRecord, PskInfo, Revocation, RevokeOutcome, Store, StoreError,
+    AuditEvent, AuditFilter, CertRecord, CertSummary, PskInfo, Revocation, RevokeOutcome, Store,
+    StoreError,
 };
 use crate::store::{Event, Outcome};
 use policy::hostname::escape_for_display;
@@ -215,7 +216,8 @@ pub struct CertView {
 }
 
 impl CertView {
-    fn new(c: &CertRecord, now: i64, with_pem: bool) -> CertView {
+    /// `der`, when given, is shown as PEM.
+    fn new(c: &CertSummary, now: i64, der: Option<&[u8]>) -> CertView {
         let status = if c.revoked_at.is_some() {
             "revoked"
         } else if c.superseded_by.is_some() {
@@ -231,7 +233,7 @@ impl CertView {
             kind: c.kind.clone(),
             not_after: rfc3339(c.not_after),
             not_before: rfc3339(c.not_before),
-            pem: with_pem.then(|| pem::encode(&pem::Pem::new("CERTIFICATE", c.der.clone()))),
+            pem: der.map(|der| pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()))),
             public_key_sha256: hex::encode(&c.public_key_sha256),
             revocation_reason: c.revocation_reason.clone(),
             revoked_at: c.revoked_at.map(rfc3339),
@@ -546,7 +548,7 @@ impl Ops<'_> {
                 .await?
                 .iter()
                 .map(|c| {
-                    let mut view = CertView::new(c, self.now, false);
+                    let mut view = CertView::new(c, self.now, None);
                     view.stale = Some(
                         if self.now - c.not_after < grace {
                             "within_grace"
@@ -570,7 +572,7 @@ impl Ops<'_> {
             .list_certs(q.host.as_deref(), window)
             .await?
             .iter()
-            .map(|c| CertView::new(c, self.now, false))
+            .map(|c| CertView::new(c, self.now, None))
             .collect())
     }
 
@@ -582,15 +584,10 @@ impl Ops<'_> {
         };
         let found = match found {
             Some(c) => Some(c),
-            None => self
-                .store
-                .list_certs(Some(target), None)
-                .await?
-                .into_iter()
-                .next(),
+            None => self.store.host_certs(target).await?.into_iter().next(),
         };
         found
-            .map(|c| CertView::new(&c, self.now, true))
+            .map(|c| CertView::new(&c.summary(), self.now, Some(&c.der)))
             .ok_or_else(|| {
                 AdminError::NotFound(format!(
                     "no certificate with serial or hostname {}",

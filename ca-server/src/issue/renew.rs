@@ -552,7 +552,7 @@ mod tests {
         let err = authority.renew(&client, &body, PEER).await.unwrap_err();
         assert_eq!(code(&err), "certificate_superseded");
         // The newer one's key revoked as compromised on another certificate.
-        let mut twin = f.store.list_certs(Some(HOST), None).await.unwrap()[0].clone();
+        let mut twin = f.store.host_certs(HOST).await.unwrap()[0].clone();
         assert_eq!(
             twin.public_key_sha256,
             ring::digest::digest(&ring::digest::SHA256, &key.spki_der()).as_ref()

@@ -93,6 +93,25 @@ pub struct PskInfo {
     pub expires_at: i64,
 }
 
+/// A certificate as listings show it: the row without its DER and PSK
+/// columns. Migration 0021's `certificates_listing` index holds exactly
+/// these, so a listing of 100,000 rows reads that index alone and never the
+/// table pages that carry the DER (on a store of 1 M certificates those are
+/// most of the file).
+#[derive(Debug, Clone)]
+pub struct CertSummary {
+    pub serial: String,
+    pub hostname: String,
+    pub kind: String,
+    pub public_key_sha256: Vec<u8>,
+    pub not_before: i64,
+    pub not_after: i64,
+    pub issued_at: i64,
+    pub revoked_at: Option<i64>,
+    pub revocation_reason: Option<String>,
+    pub superseded_by: Option<String>,
+}
+
 /// A certificate row.
 #[derive(Debug, Clone)]
 pub struct CertRecord {
@@ -109,6 +128,24 @@ pub struct CertRecord {
     pub revoked_at: Option<i64>,
     pub revocation_reason: Option<String>,
     pub superseded_by: Option<String>,
+}
+
+impl CertRecord {
+    /// The row as listings show it.
+    pub fn summary(&self) -> CertSummary {
+        CertSummary {
+            serial: self.serial.clone(),
+            hostname: self.hostname.clone(),
+            kind: self.kind.clone(),
+            public_key_sha256: self.public_key_sha256.clone(),
+            not_before: self.not_before,
+            not_after: self.not_after,
+            issued_at: self.issued_at,
+            revoked_at: self.revoked_at,
+            revocation_reason: self.revocation_reason.clone(),
+            superseded_by: self.superseded_by.clone(),
+        }
+    }
 }
 
 /// An audit row.
@@ -156,6 +193,14 @@ macro_rules! cert_columns {
     () => {
         "serial, hostname, kind, public_key_sha256, psk_hash, psk_expires_at, \
          not_before, not_after, der, issued_at, revoked_at, revocation_reason, superseded_by"
+    };
+}
+
+/// The columns of a [`CertSummary`]: `certificates_listing` covers them.
+macro_rules! cert_summary_columns {
+    () => {
+        "serial, hostname, kind, public_key_sha256, not_before, not_after, issued_at, \
+         revoked_at, revocation_reason, superseded_by"
     };
 }
 
@@ -596,27 +641,50 @@ impl Store {
         row.as_ref().map(cert_from_row).transpose()
     }
 
+    /// `hostname`'s certificates with their DER, newest first.
+    pub async fn host_certs(&self, hostname: &str) -> StoreResult<Vec<CertRecord>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            cert_columns!(),
+            " FROM certificates WHERE hostname = $1 ORDER BY issued_at DESC, serial"
+        ))
+        .bind(hostname)
+        .fetch_all(&mut *self.conn().await?)
+        .await?;
+        rows.iter().map(cert_from_row).collect()
+    }
+
     /// Certificates, newest first, optionally only one host's and/or only
-    /// those valid at `now` that expire before `expiring_before`.
+    /// those valid at `now` that expire before `expiring_before`. A host's
+    /// are found through the hostname index; the rest from
+    /// `certificates_listing` alone.
     pub async fn list_certs(
         &self,
         hostname: Option<&str>,
         expiring: Option<(i64, i64)>,
-    ) -> StoreResult<Vec<CertRecord>> {
+    ) -> StoreResult<Vec<CertSummary>> {
         let (now, before) = expiring.unwrap_or((i64::MIN, i64::MAX));
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            cert_columns!(),
-            " FROM certificates \
-             WHERE ($1 IS NULL OR hostname = $1) AND not_after > $2 AND not_after <= $3 \
-             ORDER BY issued_at DESC, serial"
-        ))
-        .bind(hostname)
-        .bind(now)
-        .bind(before)
-        .fetch_all(&mut *self.conn().await?)
-        .await?;
-        rows.iter().map(cert_from_row).collect()
+        let query = match hostname {
+            Some(host) => sqlx::query(concat!(
+                "SELECT ",
+                cert_summary_columns!(),
+                " FROM certificates WHERE hostname = $1 AND not_after > $2 AND not_after <= $3 \
+                 ORDER BY issued_at DESC, serial"
+            ))
+            .bind(host)
+            .bind(now)
+            .bind(before),
+            None => sqlx::query(concat!(
+                "SELECT ",
+                cert_summary_columns!(),
+                " FROM certificates WHERE not_after > $1 AND not_after <= $2 \
+                 ORDER BY issued_at DESC, serial"
+            ))
+            .bind(now)
+            .bind(before),
+        };
+        let rows = query.fetch_all(&mut *self.conn().await?).await?;
+        rows.iter().map(cert_summary_from_row).collect()
     }
 
     /// Writes one audit row outside any other transaction.
@@ -927,6 +995,21 @@ fn cert_from_row(r: &AnyRow) -> StoreResult<CertRecord> {
         not_before: r.try_get("not_before")?,
         not_after: r.try_get("not_after")?,
         der: r.try_get("der")?,
+        issued_at: r.try_get("issued_at")?,
+        revoked_at: r.try_get("revoked_at")?,
+        revocation_reason: r.try_get("revocation_reason")?,
+        superseded_by: r.try_get("superseded_by")?,
+    })
+}
+
+fn cert_summary_from_row(r: &AnyRow) -> StoreResult<CertSummary> {
+    Ok(CertSummary {
+        serial: r.try_get("serial")?,
+        hostname: r.try_get("hostname")?,
+        kind: r.try_get("kind")?,
+        public_key_sha256: r.try_get("public_key_sha256")?,
+        not_before: r.try_get("not_before")?,
+        not_after: r.try_get("not_after")?,
         issued_at: r.try_get("issued_at")?,
         revoked_at: r.try_get("revoked_at")?,
         revocation_reason: r.try_get("revocation_reason")?,

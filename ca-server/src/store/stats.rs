@@ -4,7 +4,7 @@
 //! and beyond it. Cheap queries on indexed columns; the metrics module
 //! caches their result for a few seconds.
 
-use super::{CertRecord, Store, StoreResult, cert_from_row};
+use super::{CertSummary, Store, StoreResult, cert_summary_from_row};
 use sqlx::Row;
 
 /// What the store says at one moment.
@@ -42,10 +42,10 @@ impl Store {
         &self,
         hostname: Option<&str>,
         now: i64,
-    ) -> StoreResult<Vec<CertRecord>> {
+    ) -> StoreResult<Vec<CertSummary>> {
         let rows = sqlx::query(concat!(
             "SELECT ",
-            cert_columns!(),
+            cert_summary_columns!(),
             " FROM certificates c WHERE ",
             stale_where!(),
             " AND ($2 IS NULL OR c.hostname = $2) ORDER BY c.not_after DESC, c.serial"
@@ -54,7 +54,7 @@ impl Store {
         .bind(hostname)
         .fetch_all(&mut *self.conn().await?)
         .await?;
-        rows.iter().map(cert_from_row).collect()
+        rows.iter().map(cert_summary_from_row).collect()
     }
 
     /// Counts at `now`. A host counts as expiring when its newest unrevoked,

@@ -2,7 +2,7 @@
 //! and must pass unchanged on both.
 
 use crate::{Env, audit, cert, hash};
-use ca_server::store::{CertRecord, Engine, Issuance, Store, StoreError};
+use ca_server::store::{CertSummary, Engine, Issuance, Store, StoreError};
 use policy::AllowedName;
 
 const NOW: i64 = 1_900_000_000;
@@ -277,6 +277,7 @@ async fn spend_once_under_concurrency(store: &Store, hosts: u64, racers: u64) {
     let issued = audited(store, "issued").await;
     assert_eq!(issued, hosts as usize);
 }
+
 /// The writer's commits reach the database file while the store is open,
 /// long before the writer's own automatic checkpoint (64 MiB of WAL) would
 /// copy them: the checkpointer thread does (store/checkpoint.rs). SQLite
@@ -494,7 +495,7 @@ pub async fn list_certs_filters_by_host_and_expiry(env: Env) {
             .await
             .unwrap();
     }
-    let serials = |v: Vec<ca_server::store::CertRecord>| -> Vec<u64> {
+    let serials = |v: Vec<ca_server::store::CertSummary>| -> Vec<u64> {
         v.iter()
             .map(|c| u64::from_str_radix(&c.serial, 16).unwrap())
             .collect()
@@ -538,6 +539,98 @@ pub async fn list_certs_filters_by_host_and_expiry(env: Env) {
             .await
             .unwrap()
             .is_none()
+    );
+}
+
+/// Migration 0021: `certificates_listing` holds every column a listing
+/// returns, led by `not_after`, and replaced `certificates_not_after`; on
+/// SQLite the planner answers a listing from that index without the table
+/// rows (PostgreSQL's planner picks by table size, so only the index is
+/// checked there).
+pub async fn listings_read_the_listing_index_alone(env: Env) {
+    let store = env.open().await;
+    let columns = match env.engine {
+        Engine::Sqlite => {
+            env.texts(
+                "SELECT name FROM pragma_index_info('certificates_listing') ORDER BY seqno",
+                0,
+            )
+            .await
+        }
+        Engine::Postgres => {
+            env.texts(
+                "SELECT a.attname::text FROM pg_index i \
+                 JOIN pg_class c ON c.oid = i.indexrelid \
+                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+                 WHERE c.relname = 'certificates_listing' \
+                 ORDER BY array_position(i.indkey::int2[], a.attnum)",
+                0,
+            )
+            .await
+        }
+    };
+    assert_eq!(
+        columns,
+        [
+            "not_after",
+            "issued_at",
+            "serial",
+            "hostname",
+            "kind",
+            "not_before",
+            "revoked_at",
+            "revocation_reason",
+            "superseded_by",
+            "public_key_sha256"
+        ]
+    );
+    let old = match env.engine {
+        Engine::Sqlite => {
+            env.scalar("SELECT count(*) FROM sqlite_master WHERE name = 'certificates_not_after'")
+                .await
+        }
+        Engine::Postgres => {
+            env.scalar("SELECT count(*) FROM pg_indexes WHERE indexname = 'certificates_not_after'")
+                .await
+        }
+    };
+    assert_eq!(old, 0, "the index it replaces is gone");
+    // What a listing selects and filters on (Store::list_certs without a host).
+    if env.engine == Engine::Sqlite {
+        let plan = env
+            .texts(
+                "EXPLAIN QUERY PLAN SELECT serial, hostname, kind, public_key_sha256, \
+                 not_before, not_after, issued_at, revoked_at, revocation_reason, superseded_by \
+                 FROM certificates WHERE not_after > 1 AND not_after <= 2 \
+                 ORDER BY issued_at DESC, serial",
+                3,
+            )
+            .await
+            .join("; ");
+        assert!(
+            plan.contains("USING COVERING INDEX certificates_listing"),
+            "{plan}"
+        );
+    }
+    // A host's certificates come with their DER, newest first.
+    for (serial, at) in [(1, NOW - 10), (2, NOW)] {
+        let c = cert(serial, "a.example.internal", None, at);
+        store
+            .record_certificate(&c, &audit("issued", &c.hostname, at))
+            .await
+            .unwrap();
+    }
+    let found = store.host_certs("a.example.internal").await.unwrap();
+    assert_eq!(
+        found.iter().map(|c| c.der.clone()).collect::<Vec<_>>(),
+        [b"der of 2".to_vec(), b"der of 1".to_vec()]
+    );
+    assert!(
+        store
+            .host_certs("b.example.internal")
+            .await
+            .unwrap()
+            .is_empty()
     );
 }
 
@@ -813,7 +906,7 @@ pub async fn stale_hosts_are_listed_counted_and_renew_within_the_grace(env: Env)
             .await
             .unwrap();
     }
-    let serials = |certs: Vec<CertRecord>| certs.into_iter().map(|c| c.serial).collect::<Vec<_>>();
+    let serials = |certs: Vec<CertSummary>| certs.into_iter().map(|c| c.serial).collect::<Vec<_>>();
     assert_eq!(
         serials(store.list_stale(None, NOW).await.unwrap()),
         vec![rows[0].serial.clone(), rows[1].serial.clone()],

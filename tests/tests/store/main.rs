@@ -49,6 +49,7 @@ const SUITE: &[Case] = suite![
     burn_psk_deletes_only_the_matching_hash,
     sweep_deletes_only_expired_psks_and_audits_each,
     list_certs_filters_by_host_and_expiry,
+    listings_read_the_listing_index_alone,
     audit_since_orders_and_limits,
     copy_moves_everything_and_verifies,
     copy_refuses_a_target_with_data,
@@ -199,6 +200,14 @@ impl Env {
         let v: i64 = row.try_get(0).unwrap();
         conn.close().await.unwrap();
         v
+    }
+
+    /// Column `col` of every row of raw SQL, as text, on a connection of its own.
+    pub async fn texts(&self, sql: &'static str, col: usize) -> Vec<String> {
+        let mut conn = sqlx::AnyConnection::connect(&self.url).await.unwrap();
+        let rows = sqlx::query(sql).fetch_all(&mut conn).await.unwrap();
+        conn.close().await.unwrap();
+        rows.iter().map(|r| r.try_get(col).unwrap()).collect()
     }
 
     /// Runs raw SQL on a connection of its own.

@@ -68,7 +68,7 @@ async fn certificate(State(state): State<AppState>, Path(name): Path<String>) ->
         return ApiError::certificate_not_found(&name).into_text_response();
     }
     let now = state.authority.clock.now();
-    let certs = match state.store.list_certs(Some(&name), None).await {
+    let certs = match state.store.host_certs(&name).await {
         Ok(certs) => certs,
         Err(e) => {
             tracing::error!(error = %e, "store error");

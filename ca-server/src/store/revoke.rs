@@ -6,7 +6,10 @@
 //! expect, in the same transaction as their audit rows: revoking twice
 //! changes nothing, and of two renewals with one certificate only one wins.
 
-use super::{AuditEvent, CertRecord, Store, StoreResult, cert_from_row, insert_audit, insert_cert};
+use super::{
+    AuditEvent, CertRecord, Store, StoreResult, cert_from_row, insert_audit, insert_audits,
+    insert_cert,
+};
 use super::{Event, Outcome};
 
 /// What revoking one serial did.
@@ -109,9 +112,8 @@ impl Store {
             return Ok(certs);
         }
         sqlx::query(BUMP_REVOCATION_SEQ).execute(&mut *tx).await?;
-        for cert in &certs {
-            insert_audit(self.engine, &mut *tx, &how.audit(cert)).await?;
-        }
+        let audits: Vec<AuditEvent> = certs.iter().map(|c| how.audit(c)).collect();
+        insert_audits(self.engine, &mut *tx, &audits).await?;
         tx.commit().await?;
         certs.sort_by(|a, b| a.serial.cmp(&b.serial));
         Ok(certs)

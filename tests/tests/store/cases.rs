@@ -478,6 +478,69 @@ pub async fn sweep_deletes_only_expired_psks_and_audits_each(env: Env) {
     assert!(store.sweep_expired_psks(NOW).await.unwrap().is_empty());
 }
 
+/// The writes that append many audit rows in one transaction (`psk batch`,
+/// the sweep, revoking a host) reserve their chain positions at once; the
+/// chain they leave verifies, position by position.
+pub async fn batched_audit_rows_extend_the_chain(env: Env) {
+    let store = env.open().await;
+    let hosts: Vec<(String, policy::PskHash)> = (0..5)
+        .map(|i| (format!("b{i}.example.internal"), hash(&format!("b{i}"))))
+        .collect();
+    store
+        .put_psks(&hosts, &[], NOW, NOW + HOUR, &audit("psk_added", "", NOW))
+        .await
+        .unwrap();
+    add_psk(&store, "old.example.internal", "o", NOW - 1).await;
+    for serial in [1, 2] {
+        let c = cert(serial, "r.example.internal", None, NOW);
+        store
+            .record_certificate(&c, &audit("issued", &c.hostname, NOW))
+            .await
+            .unwrap();
+    }
+    let swept = store.sweep_expired_psks(NOW).await.unwrap();
+    assert_eq!(swept, ["old.example.internal"]);
+    let how = ca_server::store::Revocation {
+        reason: "superseded",
+        now: NOW,
+        actor: "test",
+    };
+    assert_eq!(
+        store
+            .revoke_host("r.example.internal", &how)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    store
+        .put_psks(
+            &hosts[..2],
+            &[],
+            NOW,
+            NOW + HOUR,
+            &audit("psk_added", "", NOW),
+        )
+        .await
+        .unwrap();
+    let (head, checkpoints, rows) = store.audit_snapshot().await.unwrap();
+    assert!(checkpoints.is_empty());
+    let report = ca_server::store::audit_chain::verify(&rows, &head, &[]);
+    assert!(report.intact(), "{:?}", report.first_break);
+    // 5 + 1 PSKs, 2 certificates, 1 swept, 2 revoked, 2 PSKs again.
+    assert_eq!(report.rows, 13);
+    let batch_hosts: Vec<_> = rows
+        .iter()
+        .filter(|r| r.event == "psk_added")
+        .map(|r| r.hostname.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(batch_hosts.len(), 8);
+    assert_eq!(
+        batch_hosts[..5],
+        hosts.iter().map(|h| h.0.clone()).collect::<Vec<_>>()[..]
+    );
+}
+
 pub async fn list_certs_filters_by_host_and_expiry(env: Env) {
     let store = env.open().await;
     // Three certificates of a, one of b; different issue times and lifetimes.

@@ -48,6 +48,7 @@ const SUITE: &[Case] = suite![
     certs_by_psk_matches_host_and_hash,
     burn_psk_deletes_only_the_matching_hash,
     sweep_deletes_only_expired_psks_and_audits_each,
+    batched_audit_rows_extend_the_chain,
     list_certs_filters_by_host_and_expiry,
     listings_read_the_listing_index_alone,
     audit_since_orders_and_limits,

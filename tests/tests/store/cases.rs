@@ -606,7 +606,9 @@ pub async fn list_certs_filters_by_host_and_expiry(env: Env) {
 }
 
 /// Migration 0021: `certificates_listing` holds every column a listing
-/// returns, led by `not_after`, and replaced `certificates_not_after`; on
+/// returns, led by `not_after`, and replaced `certificates_not_after`
+/// (`certificates_psk_hash` went too: `certs_by_psk` finds a host's rows
+/// by hostname, checked in `certs_by_psk_matches_host_and_hash`); on
 /// SQLite the planner answers a listing from that index without the table
 /// rows (PostgreSQL's planner picks by table size, so only the index is
 /// checked there).
@@ -649,15 +651,21 @@ pub async fn listings_read_the_listing_index_alone(env: Env) {
     );
     let old = match env.engine {
         Engine::Sqlite => {
-            env.scalar("SELECT count(*) FROM sqlite_master WHERE name = 'certificates_not_after'")
-                .await
+            env.scalar(
+                "SELECT count(*) FROM sqlite_master \
+                 WHERE name IN ('certificates_not_after', 'certificates_psk_hash')",
+            )
+            .await
         }
         Engine::Postgres => {
-            env.scalar("SELECT count(*) FROM pg_indexes WHERE indexname = 'certificates_not_after'")
-                .await
+            env.scalar(
+                "SELECT count(*) FROM pg_indexes \
+                 WHERE indexname IN ('certificates_not_after', 'certificates_psk_hash')",
+            )
+            .await
         }
     };
-    assert_eq!(old, 0, "the index it replaces is gone");
+    assert_eq!(old, 0, "the indexes it replaces are gone");
     // What a listing selects and filters on (Store::list_certs without a host).
     if env.engine == Engine::Sqlite {
         let plan = env

@@ -59,9 +59,13 @@ pub fn psk_list(psks: &[PskInfo], now: i64, json: bool) -> anyhow::Result<()> {
 
 /// `cert list`: one line (or JSON object) per certificate.
 pub fn cert_list(certs: &[CertView], json: bool) -> anyhow::Result<()> {
+    use std::io::Write;
+    // Buffered: a listing can be 100,000 lines, and stdout would otherwise
+    // make one write call per line.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for c in certs {
         if json {
-            println!("{}", serde_json::to_string(c)?);
+            writeln!(out, "{}", serde_json::to_string(c)?)?;
         } else {
             let detail = match (&c.revoked_at, &c.superseded_by) {
                 (Some(at), _) => format!(
@@ -75,16 +79,18 @@ pub fn cert_list(certs: &[CertView], json: bool) -> anyhow::Result<()> {
                 Some(stale) => format!("{detail} stale={stale}"),
                 None => detail,
             };
-            println!(
+            writeln!(
+                out,
                 "{} {} {} not_after={} kind={}{detail}",
                 c.serial,
                 c.status,
                 escape_for_display(&c.hostname),
                 c.not_after,
                 c.kind,
-            );
+            )?;
         }
     }
+    out.flush()?;
     Ok(())
 }
 

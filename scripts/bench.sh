@@ -10,6 +10,7 @@
 #   scripts/bench.sh                 everything (about 10-15 minutes)
 #   QUICK=1 scripts/bench.sh         fewer requests, no scale runs
 #   ONLY=sqlite|postgres|cfssl|scale|crypto|flood|pkcs11 scripts/bench.sh
+#   ONLY=soak scripts/bench.sh      one hour of c=64 on one store (SOAK_SECONDS, SOAK_ROUND)
 #
 # ONLY=scale: a fresh store and one of 1,000,000 certificates with random
 # serials and key hashes (+ audit rows, 100,000 live PSKs), measured in
@@ -175,14 +176,19 @@ JSON
   kill "$CF_PID" 2>/dev/null || true
 fi
 
-PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-if want postgres; then
-  echo "==> ca-server on PostgreSQL"
+# Starts a PostgreSQL cluster of our own (once); sets PGPORT.
+start_pg() {
+  [ -n "${PGDATA_DIR:-}" ] && return
   PGDATA_DIR=$WORK/pg; mkdir -p "$PGDATA_DIR"; chown postgres "$PGDATA_DIR"
   runuser -u postgres -- "$PGBIN/initdb" -D "$PGDATA_DIR" -U postgres --auth=trust -E UTF8 --locale=C >/dev/null
   PGPORT=$(free_port)
   runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -l "$PGDATA_DIR/server.log" -w \
     -o "-c listen_addresses=127.0.0.1 -p $PGPORT -k $PGDATA_DIR -c max_connections=200" start >/dev/null
+}
+PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+if want postgres; then
+  echo "==> ca-server on PostgreSQL"
+  start_pg
   "$PGBIN/psql" -h 127.0.0.1 -p "$PGPORT" -U postgres -qc "CREATE DATABASE ca"
   DB="postgres://postgres@127.0.0.1:$PGPORT/ca"
   "$BIN/ca-server" --data-dir "$WORK/pgca" init --name Bench >/dev/null
@@ -211,34 +217,46 @@ if want scale && [ -z "$QUICK" ]; then
   # A store that has run for a long time: 1,000,000 certificates (with their
   # audit rows) and 100,000 live PSKs, against a fresh store, in alternating
   # pairs (fresh, big, fresh, big, ...): this VM's noise is larger than the
-  # difference measured, so one run of each says nothing. PAIRS (default 3).
-  echo "==> scale: fresh store vs 1,000,000 certificates and 100,000 live PSKs (SQLite)"
+  # difference measured, so one run of each says nothing. PAIRS (default 3);
+  # SCALE_ENGINES (default "sqlite postgres").
   need_pkg sqlite3
   PAIRS=${PAIRS:-3}
-  S=$WORK/scale        # the big store
-  F=$WORK/scale-fresh  # the fresh one
-  scale_runs() { # label dir
+  for engine in ${SCALE_ENGINES:-sqlite postgres}; do
+  echo "==> scale: fresh store vs 1,000,000 certificates and 100,000 live PSKs ($engine)"
+  S=$WORK/scale-$engine        # the big store's data dir
+  F=$WORK/scale-$engine-fresh  # the fresh one's
+  SDB=""; FDB=""; tag=scale
+  if [ "$engine" = postgres ]; then
+    start_pg; tag=scale-pg
+    for db in scale_big scale_fresh; do "$PGBIN/psql" -h 127.0.0.1 -p "$PGPORT" -U postgres -qc "CREATE DATABASE $db"; done
+    SDB="postgres://postgres@127.0.0.1:$PGPORT/scale_big"; FDB="postgres://postgres@127.0.0.1:$PGPORT/scale_fresh"
+  fi
+  sargs=(--data-dir "$S"); [ -n "$SDB" ] && sargs+=(--database-url "$SDB")
+  fargs=(--data-dir "$F"); [ -n "$FDB" ] && fargs+=(--database-url "$FDB")
+  scale_runs() { # label dir [database_url]
+    local dbargs=(); [ -n "${3:-}" ] && dbargs=(--database-url "$3")
     for c in 8 64; do
-      loadgen "scale $1 c=$c keepalive" --server "$SERVER_URL" --root "$2/root.crt" --target ours \
+      loadgen "$tag $1 c=$c keepalive" --server "$SERVER_URL" --root "$2/root.crt" --target ours \
         --requests "$N_KA" --concurrency "$c" --mode keepalive --ca-server "$BIN/ca-server" \
-        --data-dir "$2" --server-pid "$SERVER_PID" --csr-cache "$WORK/csrs-keepalive-$c.json"
+        --data-dir "$2" "${dbargs[@]}" --server-pid "$SERVER_PID" --csr-cache "$WORK/csrs-keepalive-$c.json"
     done
   }
-  "$BIN/ca-server" --data-dir "$F" init --name Bench >/dev/null
-  "$BIN/ca-server" --data-dir "$S" init --name Bench >/dev/null
-  FP=$("$BIN/ca-server" --data-dir "$S" init 2>/dev/null)
+  "$BIN/ca-server" "${fargs[@]}" init --name Bench >/dev/null
+  "$BIN/ca-server" "${sargs[@]}" init --name Bench >/dev/null
+  FP=$("$BIN/ca-server" "${sargs[@]}" init 2>/dev/null)
   # One real certificate whose DER every synthetic row carries.
-  PSK=$("$BIN/ca-server" --data-dir "$S" psk add seed.scale.internal)
+  PSK=$("$BIN/ca-server" "${sargs[@]}" psk add seed.scale.internal)
   printf %s "$PSK" > "$WORK/seed.psk"
-  start_ca "$S"
+  start_ca "$S" "$SDB"
   "$BIN/ca-client" bootstrap --server "$SERVER_URL" --fingerprint "$FP" --hostname seed.scale.internal \
-    --psk-file "$WORK/seed.psk" --dir "$WORK/seed" >/dev/null
+    --psk-file "$WORK/seed.psk" --dir "$WORK/seed-$engine" >/dev/null
   kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
   t0=$(now_ms)
   # Serials as pki/ca.rs makes them: 16 CSPRNG bytes, the first in
   # 0x40..=0x7f, stored as 32 lowercase hex digits; key and PSK hashes are
   # random 32 bytes. Random keys land on random B-tree pages, as real ones do
   # (sequential ones kept the indexes compact and hot).
+  if [ "$engine" = sqlite ]; then
   sqlite3 "$S/ca.db" <<'SQL'
 PRAGMA journal_mode = WAL;
 BEGIN;
@@ -257,37 +275,71 @@ FROM fill ORDER BY i;
 DROP TABLE fill;
 COMMIT;
 SQL
+  else
+  "$PGBIN/psql" -h 127.0.0.1 -p "$PGPORT" -U postgres -q -v ON_ERROR_STOP=1 scale_big <<'SQL'
+BEGIN;
+CREATE TEMP TABLE fill AS
+SELECT i, to_hex(64 + floor(random() * 64)::int) || substr(md5(random()::text || i), 1, 30) AS serial
+FROM generate_series(1, 1000000) i;
+INSERT INTO certificates (serial, hostname, kind, public_key_sha256, psk_hash, psk_expires_at,
+                          not_before, not_after, der, issued_at)
+SELECT serial, 'h' || i || '.old.scale.internal', 'host',
+       decode(md5(random()::text) || md5(random()::text), 'hex'),
+       decode(md5(random()::text) || md5(random()::text), 'hex'),
+       extract(epoch FROM now())::bigint + 3600, extract(epoch FROM now())::bigint - 60,
+       extract(epoch FROM now())::bigint + 86400 * (1 + i % 60),
+       (SELECT der FROM certificates WHERE hostname = 'seed.scale.internal'),
+       extract(epoch FROM now())::bigint - (i % 86400)
+FROM fill ORDER BY i;
+INSERT INTO audit (at, event, hostname, serial, outcome, peer)
+SELECT extract(epoch FROM now())::bigint - (i % 86400), 'sign', 'h' || i || '.old.scale.internal',
+       serial, 'issued', '127.0.0.1'
+FROM fill ORDER BY i;
+DROP TABLE fill;
+COMMIT;
+VACUUM ANALYZE;
+SQL
+  fi
   seq 1 100000 | sed 's/.*/p&.live.scale.internal/' \
-    | "$BIN/ca-server" --data-dir "$S" --log warn psk batch --ttl 24h >/dev/null
-  CERTS=$(sqlite3 "$S/ca.db" 'SELECT count(*) FROM certificates')
-  echo "filled the store in $(( $(now_ms) - t0 )) ms: $CERTS certificates, $(sqlite3 "$S/ca.db" 'SELECT count(*) FROM psks') PSKs, $(du -h "$S/ca.db" | cut -f1)"
-  echo "{\"label\":\"scale store\",\"certificates\":$CERTS,\"bytes\":$(stat -c %s "$S/ca.db")}" >> "$OUT"
+    | "$BIN/ca-server" "${sargs[@]}" --log warn psk batch --ttl 24h >/dev/null
+  if [ "$engine" = sqlite ]; then
+    CERTS=$(sqlite3 "$S/ca.db" 'SELECT count(*) FROM certificates')
+    BYTES=$(stat -c %s "$S/ca.db")
+  else
+    CERTS=$("$PGBIN/psql" -h 127.0.0.1 -p "$PGPORT" -U postgres -tAc 'SELECT count(*) FROM certificates' scale_big)
+    BYTES=$("$PGBIN/psql" -h 127.0.0.1 -p "$PGPORT" -U postgres -tAc "SELECT pg_database_size('scale_big')")
+  fi
+  echo "filled the store in $(( $(now_ms) - t0 )) ms: $CERTS certificates, $BYTES bytes"
+  echo "{\"label\":\"$tag store\",\"certificates\":$CERTS,\"bytes\":$BYTES}" >> "$OUT"
   for pair in $(seq 1 "$PAIRS"); do
     echo "-- pair $pair/$PAIRS (load average: $(cut -d' ' -f1-3 /proc/loadavg))"
-    start_ca "$F"
-    scale_runs "fresh #$pair" "$F"
+    start_ca "$F" "$FDB"
+    scale_runs "fresh #$pair" "$F" "$FDB"
     kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
-    start_ca "$S"
-    echo "cold start with 1 M certificates: ${COLD_START_MS} ms"
-    echo "{\"label\":\"cold start sqlite 1M certs\",\"ms\":$COLD_START_MS}" >> "$OUT"
-    scale_runs "1M #$pair" "$S"
+    start_ca "$S" "$SDB"
+    echo "cold start with 1 M certificates ($engine): ${COLD_START_MS} ms"
+    echo "{\"label\":\"cold start $engine 1M certs\",\"ms\":$COLD_START_MS}" >> "$OUT"
+    scale_runs "1M #$pair" "$S" "$SDB"
     kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
   done
 
-  # SCALE_KEEP=DIR: a copy of the big store as measured, for profiling.
-  if [ -n "${SCALE_KEEP:-}" ]; then rm -rf "$SCALE_KEEP"; cp -a "$S" "$SCALE_KEEP"; fi
-
   # The admin reads an operator runs on a big store (process start included).
   t0=$(now_ms)
-  n=$("$BIN/ca-server" --data-dir "$S" --log warn cert list --expiring 7d | wc -l)
+  n=$("$BIN/ca-server" "${sargs[@]}" --log warn cert list --expiring 7d | wc -l)
   ms=$(( $(now_ms) - t0 ))
-  echo "cert list --expiring 7d on the big store: $ms ms, $n lines"
-  echo "{\"label\":\"cert list --expiring 7d 1M\",\"ms\":$ms,\"lines\":$n}" >> "$OUT"
+  echo "cert list --expiring 7d on the big store ($engine): $ms ms, $n lines"
+  echo "{\"label\":\"cert list --expiring 7d 1M $engine\",\"ms\":$ms,\"lines\":$n}" >> "$OUT"
   t0=$(now_ms)
-  n=$("$BIN/ca-server" --data-dir "$S" --log warn audit --since 1h | wc -l)
+  n=$("$BIN/ca-server" "${sargs[@]}" --log warn audit --since 1h | wc -l)
   ms=$(( $(now_ms) - t0 ))
-  echo "audit --since 1h on the big store: $ms ms, $n lines"
-  echo "{\"label\":\"audit --since 1h 1M\",\"ms\":$ms,\"lines\":$n}" >> "$OUT"
+  echo "audit --since 1h on the big store ($engine): $ms ms, $n lines"
+  echo "{\"label\":\"audit --since 1h 1M $engine\",\"ms\":$ms,\"lines\":$n}" >> "$OUT"
+  done
+  S=$WORK/scale-sqlite
+  if [ -d "$S" ]; then # the SQLite store, when it was measured
+
+  # SCALE_KEEP=DIR: a copy of the big store as measured, for profiling.
+  if [ -n "${SCALE_KEEP:-}" ]; then rm -rf "$SCALE_KEEP"; cp -a "$S" "$SCALE_KEEP"; fi
 
   echo "==> CRL with 100,000 revoked entries"
   sqlite3 "$S/ca.db" "UPDATE certificates SET revoked_at = unixepoch(), revocation_reason = 'keyCompromise'
@@ -299,6 +351,112 @@ SQL
   ENTRIES=$(openssl crl -in "$WORK/crl.pem" -noout -text | grep -c "Serial Number:")
   echo "ca-server crl --sign (process start, store read, intermediate + Puppet + root CRLs signed and published): ${CRL_MS} ms, $ENTRIES entries in the first CRL's text"
   echo "{\"label\":\"crl 100k revoked\",\"ms\":$CRL_MS,\"entries\":$ENTRIES}" >> "$OUT"
+  fi
+fi
+
+if [ "$ONLY" = soak ]; then
+  # Issue 22: one SQLite store under c=64 keep-alive load for SOAK_SECONDS
+  # (default 3600), in rounds of SOAK_ROUND requests. Each round's PSKs and
+  # CSRs are made before it, off the clock (the server idles meanwhile); a
+  # sampler records the server's RSS, the WAL and the database file every
+  # second throughout. Only with ONLY=soak: it takes an hour.
+  #
+  # The PSKs go into the store as `psk batch` would store them (the SHA-256
+  # of a random base64url secret), by SQL, without its psk_added audit rows:
+  # `psk batch` takes ~60 s per 100,000, which would leave the server idle
+  # most of the hour.
+  need_pkg sqlite3
+  SOAK_SECONDS=${SOAK_SECONDS:-3600}
+  SOAK_ROUND=${SOAK_ROUND:-100000}
+  echo "==> soak: c=64 keep-alive for ${SOAK_SECONDS} s, rounds of ${SOAK_ROUND} (SQLite)"
+  D=$WORK/soak
+  "$BIN/ca-server" --data-dir "$D" --log warn init >/dev/null
+  start_ca "$D"
+  t_start=$(date +%s)
+  SAMPLES=$WORK/soak-samples.txt
+  ( while kill -0 "$SERVER_PID" 2>/dev/null; do
+      printf '%s %s %s %s\n' "$(( $(date +%s) - t_start ))" \
+        "$(awk '/^VmRSS/{print $2}' "/proc/$SERVER_PID/status" 2>/dev/null || echo 0)" \
+        "$(stat -c %s "$D/ca.db-wal" 2>/dev/null || echo 0)" "$(stat -c %s "$D/ca.db")"
+      sleep 1
+    done >> "$SAMPLES" ) &
+  PIDS+=("$!")
+  soak_psks() { # ROUND: SOAK_ROUND live PSKs in the store, HOST<TAB>PSK in $WORK/soak-psks.txt
+    python3 - "$D/ca.db" "$WORK/soak-psks.txt" "$1" "$SOAK_ROUND" <<'PY'
+import base64, hashlib, os, sqlite3, sys, time
+db, out, rnd, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+now = int(time.time())
+rows, lines = [], []
+for i in range(n):
+    host = f"s{i}-r{rnd}.soak.internal"
+    psk = base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=").decode()
+    rows.append((host, hashlib.sha256(psk.encode()).digest(), "[]", now, now + 7200))
+    lines.append(f"{host}\t{psk}\n")
+with os.fdopen(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+    f.writelines(lines)
+con = sqlite3.connect(db, timeout=30)
+with con:
+    con.executemany("INSERT INTO psks (hostname, psk_hash, allowed_sans, created_at, expires_at) "
+                    "VALUES (?, ?, ?, ?, ?)", rows)
+con.close()
+PY
+  }
+  round=0
+  while [ $(( $(date +%s) - t_start )) -lt "$SOAK_SECONDS" ]; do
+    round=$((round + 1))
+    echo "-- round $round at $(( $(date +%s) - t_start )) s"
+    soak_psks "$round"
+    loadgen "soak round $round" --server "$SERVER_URL" --root "$D/root.crt" --target ours \
+      --requests "$SOAK_ROUND" --concurrency 64 --mode keepalive --ca-server "$BIN/ca-server" \
+      --data-dir "$D" --server-pid "$SERVER_PID" --no-verify --psk-file "$WORK/soak-psks.txt"
+    echo "{\"label\":\"soak end of round\",\"round\":$round,\"t_s\":$(( $(date +%s) - t_start ))}" >> "$OUT"
+  done
+  rm -f "$WORK/soak-psks.txt"
+  kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
+  sleep 1.5 # the sampler's last line
+  CERTS=$(sqlite3 "$D/ca.db" 'SELECT count(*) FROM certificates')
+  AUDITS=$(sqlite3 "$D/ca.db" 'SELECT count(*) FROM audit')
+  echo "soak store: $CERTS certificates, $AUDITS audit rows, $(du -h "$D/ca.db" | cut -f1)"
+  start_ca "$D"
+  echo "cold start with the soak store: ${COLD_START_MS} ms"
+  kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
+  t0=$(now_ms); n=$("$BIN/ca-server" --data-dir "$D" --log warn cert list --expiring 7d | wc -l); ms1=$(( $(now_ms) - t0 ))
+  t0=$(now_ms); m=$("$BIN/ca-server" --data-dir "$D" --log warn audit --since 1h | wc -l); ms2=$(( $(now_ms) - t0 ))
+  echo "on the soak store: cert list --expiring 7d $ms1 ms ($n lines), audit --since 1h $ms2 ms ($m lines)"
+  python3 - "$OUT" "$SAMPLES" "$CERTS" "$(stat -c %s "$D/ca.db")" "$COLD_START_MS" "$ms1" "$ms2" <<'PY' | tee -a "$OUT"
+import json, sys
+out, samples, certs, size, cold, ms1, ms2 = sys.argv[1:8]
+rows = [json.loads(l) for l in open(out) if l.strip()]
+# This soak's rows: from the last "soak round 1" on.
+start = max(i for i, r in enumerate(rows) if r.get("label") == "soak round 1")
+rounds, ends = [], {}
+for r in rows[start:]:
+    if r.get("label", "").startswith("soak round "):
+        rounds.append(r)
+    elif r.get("label") == "soak end of round":
+        ends[r["round"]] = r["t_s"]
+total = max(ends.values())
+def rate(sel):
+    ok = sum(r["ok"] for r in sel); wall = sum(r["wall_s"] for r in sel)
+    return ok / wall if wall else 0.0
+first = [r for i, r in enumerate(rounds, 1) if ends.get(i, total) <= 600]
+last = [r for i, r in enumerate(rounds, 1) if ends.get(i, 0) >= total - 600 + 1 and i > 1]
+s = [tuple(int(x) for x in l.split()) for l in open(samples) if len(l.split()) == 4]
+rss_after_10 = [x[1] for x in s if 600 <= x[0] <= 660]
+rss_end = [x[1] for x in s if x[0] >= total - 60 and x[1] > 0]
+print(json.dumps({
+    "label": "soak summary", "seconds": total, "rounds": len(rounds),
+    "certificates": int(certs), "errors": sum(r["errors"] for r in rounds),
+    "first_10_min_certs_per_s": round(rate(first)), "last_10_min_certs_per_s": round(rate(last)),
+    "last_over_first": round(rate(last) / rate(first), 3) if rate(first) else None,
+    "p99_ms_first_round": rounds[0]["p99_ms"], "p99_ms_last_round": rounds[-1]["p99_ms"],
+    "rss_kib_at_10_min": max(rss_after_10, default=0), "rss_kib_at_end": max(rss_end, default=0),
+    "rss_kib_max": max((x[1] for x in s), default=0),
+    "wal_bytes_max": max((x[2] for x in s), default=0),
+    "db_bytes": int(size), "bytes_per_certificate": round(int(size) / int(certs)),
+    "cold_start_ms": int(cold), "cert_list_expiring_7d_ms": int(ms1), "audit_since_1h_ms": int(ms2),
+}))
+PY
 fi
 
 if want pkcs11; then
@@ -342,14 +500,15 @@ for label in sorted(latest):
     print(f'{label:<26} {r["certs_per_s"]:>8.0f}/s  p50 {r["p50_ms"]:6.2f}  p99 {r["p99_ms"]:7.2f} ms  errors {r["errors"]}  '
           f'cpu {r.get("server_cpu_ms_per_cert") or 0:.3f} ms/cert  rss {r.get("server_peak_rss_mib") or 0:.1f} MiB  '
           f'anon {r.get("server_peak_rss_anon_mib") or 0:.1f} MiB')
-for c in (8, 64):
+for tag in ("scale", "scale-pg"):
+  for c in (8, 64):
     ratios, pair = [], 1
-    while (a := latest.get(f"scale fresh #{pair} c={c} keepalive")) and (b := latest.get(f"scale 1M #{pair} c={c} keepalive")):
+    while (a := latest.get(f"{tag} fresh #{pair} c={c} keepalive")) and (b := latest.get(f"{tag} 1M #{pair} c={c} keepalive")):
         ratios.append(b["certs_per_s"] / a["certs_per_s"])
         pair += 1
     if ratios:
         med = sorted(ratios)[len(ratios) // 2]
-        print(f'scale c={c}: 1M certificates + 100k PSKs at {med:.2f}x the fresh store '
+        print(f'{tag} c={c}: 1M certificates + 100k PSKs at {med:.2f}x the fresh store '
               f'(median of {len(ratios)} alternating pairs: {", ".join(f"{r:.2f}" for r in ratios)})')
 for label, r in sorted(latest.items()):
     if not label.startswith("sqlite "):

@@ -60,6 +60,13 @@ struct Args {
     flood: usize,
     flood_from: String,
     flood_streams: usize,
+    /// Skip the store check afterwards (it lists the whole store: the soak
+    /// checks its counts with SQL instead).
+    no_verify: bool,
+    /// HOST<TAB>PSK lines of PSKs already in the store, used instead of
+    /// `psk batch` (the soak: 100,000 PSKs through `psk batch` take a
+    /// minute, which would leave the server idle most of the hour).
+    psk_file: Option<PathBuf>,
 }
 
 fn usage() -> ! {
@@ -68,7 +75,7 @@ fn usage() -> ! {
          [--concurrency C] [--mode keepalive|new-conn] [--ca-server BIN --data-dir DIR \
          [--database-url URL]] [--server-pid PID] [--label TEXT] [--json FILE] \
          [--csr-cache FILE] [--tls-resumption] [--flood N [--flood-from ADDR] \
-         [--flood-streams S]]"
+         [--flood-streams S]] [--no-verify] [--psk-file FILE]"
     );
     std::process::exit(2)
 }
@@ -92,6 +99,8 @@ fn parse_args() -> Args {
         flood: 0,
         flood_from: "127.0.0.2".into(),
         flood_streams: 32,
+        no_verify: false,
+        psk_file: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -126,6 +135,8 @@ fn parse_args() -> Args {
             "--flood" => a.flood = val().parse().unwrap_or_else(|_| usage()),
             "--flood-from" => a.flood_from = val(),
             "--flood-streams" => a.flood_streams = val().parse().unwrap_or_else(|_| usage()),
+            "--no-verify" => a.no_verify = true,
+            "--psk-file" => a.psk_file = Some(val().into()),
             _ => usage(),
         }
     }
@@ -188,6 +199,20 @@ fn create_psks(a: &Args, hosts: &[String]) -> Result<Vec<String>> {
         );
     }
     Ok(psks)
+}
+
+/// `--psk-file`: HOST<TAB>PSK per line.
+fn read_psk_file(path: &PathBuf) -> Result<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(path).context("reading --psk-file")?;
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (h, p) = l
+                .split_once('\t')
+                .context("--psk-file lines are HOST<TAB>PSK")?;
+            Ok((h.to_owned(), p.to_owned()))
+        })
+        .collect()
 }
 
 /// One P-256 key and CSR per host, on every core.
@@ -526,9 +551,22 @@ fn main() -> Result<()> {
 
     // Off the clock: hosts, PSKs and CSRs.
     let run_id = std::process::id();
-    let hosts: Vec<String> = (0..a.requests)
-        .map(|i| format!("h{i}-r{run_id}.bench.internal"))
-        .collect();
+    let given = a.psk_file.as_ref().map(read_psk_file).transpose()?;
+    if let Some(pairs) = &given
+        && pairs.len() != a.requests
+    {
+        bail!(
+            "--psk-file has {} PSKs for --requests {}",
+            pairs.len(),
+            a.requests
+        );
+    }
+    let hosts: Vec<String> = match &given {
+        Some(pairs) => pairs.iter().map(|(h, _)| h.clone()).collect(),
+        None => (0..a.requests)
+            .map(|i| format!("h{i}-r{run_id}.bench.internal"))
+            .collect(),
+    };
     let prep = Instant::now();
     let csrs = match (&a.csr_cache, a.target) {
         (Some(cache), Target::Cfssl) if cache.exists() => {
@@ -539,9 +577,10 @@ fn main() -> Result<()> {
                 .collect()
         }
         _ => {
-            let psks: Vec<Option<String>> = match a.target {
-                Target::Ours => create_psks(&a, &hosts)?.into_iter().map(Some).collect(),
-                Target::Cfssl => vec![None; hosts.len()],
+            let psks: Vec<Option<String>> = match (a.target, given) {
+                (Target::Ours, Some(pairs)) => pairs.into_iter().map(|(_, p)| Some(p)).collect(),
+                (Target::Ours, None) => create_psks(&a, &hosts)?.into_iter().map(Some).collect(),
+                (Target::Cfssl, _) => vec![None; hosts.len()],
             };
             make_csrs(&hosts, &psks)
         }
@@ -610,7 +649,7 @@ fn main() -> Result<()> {
     let l = &outcome.latencies_us;
 
     // Afterwards: exactly N certificates recorded and N PSKs consumed.
-    let (recorded, psks_left) = if a.target == Target::Ours {
+    let (recorded, psks_left) = if a.target == Target::Ours && !a.no_verify {
         let certs = String::from_utf8(
             ca_server_cmd(&a)
                 .args(["cert", "list", "--json"])

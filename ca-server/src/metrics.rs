@@ -112,6 +112,7 @@ pub struct Metrics {
     acme: Family<AcmeLabels, Counter>,
     store_errors: Family<KindLabel, Counter>,
     refusal_audit_writes: Counter,
+    log_lines_dropped: Counter,
     audit_export_dropped: Family<KindLabel, Counter>,
     connections_refused: Family<ReasonLabel, Counter>,
     live_psks: Gauge,
@@ -157,6 +158,7 @@ impl Metrics {
             acme: Family::default(),
             store_errors: Family::default(),
             refusal_audit_writes: Counter::default(),
+            log_lines_dropped: Counter::default(),
             audit_export_dropped: Family::default(),
             connections_refused: Family::default(),
             live_psks: Gauge::default(),
@@ -212,6 +214,12 @@ impl Metrics {
             "Store writes made by the refusal audit log (first rows of a window, \
              and flushes of counted repeats)",
             m.refusal_audit_writes.clone(),
+        );
+        registry.register(
+            "log_lines_dropped",
+            "Log lines dropped because the log writer's queue was full (stderr not \
+             read fast enough); the audit rows in the store are unaffected",
+            m.log_lines_dropped.clone(),
         );
         registry.register(
             "audit_export_dropped",
@@ -398,6 +406,11 @@ impl Metrics {
         self.audit_export_dropped
             .get_or_create(&KindLabel { kind: sink })
             .inc_by(n);
+    }
+
+    /// Counts a log line the log writer's full queue dropped.
+    pub fn log_line_dropped(&self) {
+        self.log_lines_dropped.inc();
     }
 
     /// Counts one store write of the refusal audit log.

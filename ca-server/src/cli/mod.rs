@@ -30,6 +30,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 mod cert;
+pub mod log_sink;
 mod psk;
 mod store;
 use cert::cert;
@@ -371,8 +372,15 @@ pub(crate) struct NotFound(pub(crate) String);
 #[error("{0}")]
 pub struct UsageError(pub String);
 
-/// Parses the command line, runs it, and returns the exit code.
+/// Parses the command line, runs it, and returns the exit code, once the
+/// log lines queued by then are written (`log_sink`).
 pub fn main() -> i32 {
+    let code = parse_and_run();
+    log_sink::flush();
+    code
+}
+
+fn parse_and_run() -> i32 {
     let parsed = match crate::config::parse::<Cli>(std::env::args_os().collect()) {
         Ok(parsed) => parsed,
         Err(e) => {
@@ -456,7 +464,7 @@ fn init_logging(filter: &str, format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(log_sink::MakeSink::stderr())
         .with_target(false);
     let _ = match format {
         LogFormat::Human => builder

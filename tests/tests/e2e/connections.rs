@@ -97,10 +97,15 @@ fn connections_beyond_the_per_address_limit_are_closed_at_accept() {
             .unwrap_or_else(|| panic!("no per-address refusal counter:\n{metrics}"));
         assert!(refused >= 1.0, "{refused}");
     });
-    assert!(
-        server
-            .logs()
-            .contains("per-address connection limit reached")
+    wait_for(
+        std::time::Duration::from_secs(10),
+        "the limit in the log",
+        || {
+            server
+                .logs()
+                .contains("per-address connection limit reached")
+                .then_some(())
+        },
     );
 }
 

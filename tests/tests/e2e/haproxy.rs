@@ -110,7 +110,10 @@ fn the_sample_haproxy_config_balances_replicas_and_follows_their_health() {
         "lb-after-kill.example.internal",
         work.path(),
     );
-    assert_eq!(issued(&servers[1]), before + 1, "replica 2 issued it");
+    // (The request line reaches the log from the server's log thread.)
+    wait_for(Duration::from_secs(10), "replica 2's request line", || {
+        (issued(&servers[1]) == before + 1).then_some(())
+    });
 
     // PostgreSQL stops: replica 2 answers /healthz with 503 and goes down too.
     pg.stop();

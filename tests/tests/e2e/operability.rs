@@ -724,3 +724,75 @@ fn metrics_show_the_store_down_and_its_errors_and_doctor_names_it() {
     assert_eq!(sign(&server, csr).0, 201, "the PSK survived the outage");
     server.assert_no_secret_leaks();
 }
+
+/// A server whose stderr is a pipe nobody reads (a stalled journald, a
+/// `| tee` on a full disk) keeps issuing: log lines queue for a writer
+/// thread and are dropped, counted, when the queue is full, instead of
+/// blocking the workers once the pipe's 64 KiB fill (`cli/log_sink.rs`).
+#[test]
+fn a_stderr_nobody_reads_does_not_stop_issuance() {
+    use std::process::Stdio;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    run_ok(
+        Command::new(ca_tests::bin("ca-server"))
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["init", "--name", "Stuck log"]),
+    );
+    let port = ca_tests::services::free_port();
+    // `debug` writes several lines per request: ~2,000 requests are far
+    // more than the pipe holds. The pipe's read end stays open, unread.
+    let mut server = Command::new(ca_tests::bin("ca-server"))
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--log", "debug", "serve", "--hostname", "localhost"])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning ca-server");
+    let root = data.join("root.crt");
+    let url = format!("https://localhost:{port}");
+    wait_for(Duration::from_secs(30), "ca-server to answer", || {
+        let ok = Command::new("curl")
+            .args(["-sf", "--resolve", &format!("localhost:{port}:127.0.0.1")])
+            .arg("--cacert")
+            .arg(&root)
+            .arg(format!("{url}/healthz"))
+            .output()
+            .is_ok_and(|o| o.status.success());
+        ok.then_some(())
+    });
+    let mut load = Command::new(ca_tests::bin("loadgen"))
+        .args(["--server", &url])
+        .arg("--root")
+        .arg(&root)
+        .args(["--target", "ours", "--requests", "2000"])
+        .args(["--concurrency", "8", "--mode", "keepalive"])
+        .arg("--ca-server")
+        .arg(ca_tests::bin("ca-server"))
+        .arg("--data-dir")
+        .arg(&data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("loadgen");
+    // A liveness bound, not a timing: a blocked server never finishes.
+    let status = wait_for(Duration::from_secs(300), "2,000 issuances", || {
+        load.try_wait().expect("loadgen status")
+    });
+    let out = load.wait_with_output().expect("loadgen output");
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(
+        status.success(),
+        "loadgen failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // loadgen checked the store: 2,000 certificates recorded, 2,000 PSKs spent.
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(" 2000 "), "{text}");
+}

@@ -118,7 +118,12 @@ fn a_stock_puppet_agent_enrols_with_its_psk_and_refused_agents_show_why() {
     // No keep-alive stall (PUPPET_AGENT_PROTOCOL.md section 3): a stalled agent
     // would reconnect for the GET after the server's idle timeout; this one
     // fetched its certificate on the connection that sent the CSR.
-    let logs = server.logs();
+    // Request lines reach the log from the server's log thread, just after the answer.
+    let get_line = format!("/puppet-ca/v1/certificate/{host}");
+    let logs = wait_for(Duration::from_secs(10), "the GET's log line", || {
+        let logs = server.logs();
+        logs.contains(&get_line).then_some(logs)
+    });
     assert_eq!(
         peer_of(
             &logs,
@@ -356,7 +361,11 @@ fn the_puppet_ca_api_answers_in_text_and_binds_the_csr_to_the_certname() {
     let r = put(&good, host);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(server.certs_of(host).len(), 1);
-    assert!(server.logs().contains("outcome=\"replayed\""));
+    wait_for(
+        Duration::from_secs(10),
+        "the replayed request's log line",
+        || server.logs().contains("outcome=\"replayed\"").then_some(()),
+    );
 
     // Pending CSRs are never kept or served.
     let r = curl(

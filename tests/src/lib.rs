@@ -251,6 +251,15 @@ impl CaServer {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// The log once it contains `needle`: the server writes its lines from
+    /// a thread of its own, a few milliseconds after the event.
+    pub fn wait_log(&self, needle: &str) -> String {
+        wait_for(Duration::from_secs(10), needle, || {
+            let logs = self.logs();
+            logs.contains(needle).then_some(logs)
+        })
+    }
+
     fn spawn(&mut self, port: u16) {
         let before = self.launch(port);
         self.wait_listening(before);

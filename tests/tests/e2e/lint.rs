@@ -25,7 +25,13 @@ fn tool(name: &str) -> String {
 
 /// Runs a pkilint tool; returns (exit status ok, output).
 fn lint(name: &str, args: &[&str], files: &[&Path]) -> (bool, String) {
-    let out = run(Command::new(tool(name)).arg("lint").args(args).args(files));
+    // Python warnings (a dependency's deprecation notices on stderr) are not
+    // findings: pkilint reports those on stdout.
+    let out = run(Command::new(tool(name))
+        .env("PYTHONWARNINGS", "ignore")
+        .arg("lint")
+        .args(args)
+        .args(files));
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

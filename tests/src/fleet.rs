@@ -110,23 +110,33 @@ impl HandshakeLoop {
         l
     }
 
-    /// Stops the loop after one more handshake and returns every result.
-    pub fn finish(mut self) -> Vec<Result<String, String>> {
+    /// Stops the loop once a handshake after this call has served `new`, and
+    /// returns every result up to that one. Waiting for `new` rather than
+    /// for any one more handshake: a handshake already in flight when the
+    /// install returned, or one an old worker still takes while a reload
+    /// settles, may show the old serial after the installer saw the new one.
+    pub fn finish(mut self, new: &str) -> Vec<Result<String, String>> {
         let n = self.seen.lock().unwrap().len();
-        wait_for(
+        let seen = self.seen.clone();
+        let results = wait_for(
             std::time::Duration::from_secs(30),
-            "a handshake after the install",
-            || (self.seen.lock().unwrap().len() > n).then_some(()),
+            "a handshake serving the new certificate",
+            || {
+                let v = seen.lock().unwrap();
+                (v.len() > n && v.last().is_some_and(|r| r.as_deref() == Ok(new)))
+                    .then(|| v.clone())
+            },
         );
         self.stop.store(true, Ordering::SeqCst);
         self.thread.take().unwrap().join().unwrap();
-        std::mem::take(&mut *self.seen.lock().unwrap())
+        results
     }
 }
 
 /// Every handshake succeeded, the first showed `old` and the last `new`.
 /// (An old worker may still answer a handshake or two while a reload
-/// settles, so the order in between is not asserted.)
+/// settles, so the order in between is not asserted; a failed handshake
+/// anywhere is.)
 pub fn assert_switched(results: &[Result<String, String>], old: &str, new: &str) {
     let serials: Vec<&str> = results
         .iter()

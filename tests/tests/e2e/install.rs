@@ -236,7 +236,11 @@ fn nginx_reinstall_switches_without_dropping_and_failed_installs_keep_the_previo
     let handshakes = HandshakeLoop::start(port, WEB, &ca_pem, &[]);
     let out = run_ok(&mut install("nginx", &second, &dest, &strs(&args)));
     assert!(out.contains("(reloaded, new certificate served)"), "{out}");
-    assert_switched(&handshakes.finish(), &first.serial, &second.serial);
+    assert_switched(
+        &handshakes.finish(&second.serial),
+        &first.serial,
+        &second.serial,
+    );
     assert_eq!(generations(&dest).len(), 1, "the old generation is removed");
     let live = live_generation(&dest);
 
@@ -402,7 +406,11 @@ fn haproxy_serves_the_combined_pem_and_requires_our_client_certificates() {
     let handshakes = HandshakeLoop::start(port, WEB, &ca_pem, &strs(&client_s));
     let out = run_ok(&mut install("haproxy", &second, &dest, &strs(&args)));
     assert!(out.contains("(reloaded, new certificate served)"), "{out}");
-    assert_switched(&handshakes.finish(), &web.serial, &second.serial);
+    assert_switched(
+        &handshakes.finish(&second.serial),
+        &web.serial,
+        &second.serial,
+    );
     let live = live_generation(&dest);
 
     // A broken configuration: `haproxy -c` refuses, the previous files stay.
@@ -567,7 +575,7 @@ fn postgres_verify_full_client_certificates_reinstall_and_rollback() {
     let handshakes = HandshakeLoop::start(cluster.port, DB, &ca_pem, &starttls);
     let out = run_ok(&mut install("postgres", &db2, &dest, &strs(&args)));
     assert!(out.contains("(reloaded, new certificate served)"), "{out}");
-    assert_switched(&handshakes.finish(), &db.serial, &db2.serial);
+    assert_switched(&handshakes.finish(&db2.serial), &db.serial, &db2.serial);
     let out = psql(APP, Some(&app));
     assert!(
         out.status.success(),

@@ -1,10 +1,9 @@
 //! The `ca-server` binary: parse the command line, run, print the whole error
 //! chain and exit with a documented code (see `ca-server --help`).
 
-/// mimalloc, not glibc's malloc: TLS records, HTTP bodies and certificate
-/// rows are allocated and freed on different runtime workers and the store
-/// writer, where glibc's per-thread arenas cost ~8 % of the server's time
-/// at c=64 (BENCHMARKS.md, issue 21).
+/// mimalloc, not glibc's malloc: malloc/free were ~8 % of the server's time
+/// at c=64, and mimalloc gave +5 % certificates/s at c=8 and c=64 in an A/B
+/// (BENCHMARKS.md, issue 21).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -91,10 +91,8 @@ fn renewal_over_mtls_reinstalls_and_the_services_keep_serving() {
         "{out}"
     );
     assert_eq!(out.matches("new certificate served").count(), 2, "{out}");
-    {
-        let new = norm_serial(&new_serial);
-        assert_switched(&handshakes.finish(&new), &web.serial, &new);
-    }
+    let new = norm_serial(&new_serial);
+    assert_switched(&handshakes.finish(&new), &web.serial, &new);
     assert_ne!(
         read(&web.dir.join("key.pem")),
         read(&old_dir.join("key.pem")),

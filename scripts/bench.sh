@@ -11,6 +11,7 @@
 #   QUICK=1 scripts/bench.sh         fewer requests, no scale runs
 #   ONLY=sqlite|postgres|cfssl|scale|crypto|flood|pkcs11 scripts/bench.sh
 #   ONLY=soak scripts/bench.sh      one hour of c=64 on one store (SOAK_SECONDS, SOAK_ROUND)
+#   ONLY=puppet scripts/bench.sh    Debian's Puppet Server 7 CA with a PSK autosign script
 #
 # ONLY=scale: a fresh store and one of 1,000,000 certificates with random
 # serials and key hashes (+ audit rows, 100,000 live PSKs), measured in
@@ -24,6 +25,13 @@
 # HTTP/2 connection while 8 honest clients bootstrap from 127.0.0.1, after
 # the same honest run alone; reports the honest p99 and the audit rows and
 # store writes the flood caused.
+#
+# ONLY=puppet (a few minutes; installs puppetserver and a JVM): the
+# incumbent this CA replaces. Puppet Server's own CA on 127.0.0.1 with a
+# policy autosign script that signs a CSR only if its pp_preshared_key
+# equals the PSK issued for that certname, and spends it; the load
+# generator does what an agent does (PUT the CSR, GET the certificate) at
+# c=1/8/64 keep-alive, after the same run against ca-server on SQLite.
 #
 # Figures and the exact command lines go to BENCHMARKS.md by hand.
 set -euo pipefail
@@ -493,6 +501,100 @@ if want pkcs11; then
   done
 fi
 
+if [ "$ONLY" = puppet ]; then
+  need_pkg puppetserver
+  N_PUP=${N_PUP:-1000}
+  echo "==> ca-server on SQLite, the Puppet row's concurrencies"
+  "$BIN/ca-server" --data-dir "$WORK/pup-ours" init --name Bench >/dev/null
+  start_ca "$WORK/pup-ours"
+  for c in 1 8 64; do
+    loadgen "puppet-row ours c=$c keepalive" --server "$SERVER_URL" --root "$WORK/pup-ours/root.crt" \
+      --target ours --requests "$N_PUP" --concurrency "$c" --mode keepalive \
+      --ca-server "$BIN/ca-server" --data-dir "$WORK/pup-ours" --server-pid "$SERVER_PID"
+  done
+  kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
+
+  echo "==> Puppet Server $(dpkg-query -W -f='${Version}' puppetserver), its CA, PSK autosign script"
+  P=$WORK/puppet; port=$(free_port)
+  mkdir -p "$P/conf.d" "$P/etc" "$P/var" "$P/run" "$P/log" "$P/code" "$P/psks"
+  cat > "$P/etc/puppet.conf" <<CONF
+[main]
+certname = localhost
+dns_alt_names = localhost
+ssldir = $P/ssl
+vardir = $P/var
+logdir = $P/log
+rundir = $P/run
+codedir = $P/code
+[server]
+cadir = $P/ca
+autosign = $P/autosign
+CONF
+  # Policy autosigning: Puppet runs this per CSR with the certname as $1 and
+  # the CSR on stdin; exit 0 signs. The PSK file holds the hex of the
+  # extension's DER, as asn1parse prints it; a match spends it.
+  cat > "$P/autosign" <<SCRIPT
+#!/bin/sh
+f="$P/psks/\$1"
+[ -f "\$f" ] || exit 1
+got=\$(openssl req -outform DER | openssl asn1parse -inform DER |
+  awk '/:1\.3\.6\.1\.4\.1\.34380\.1\.1\.4\$/ { getline; sub(/.*\[HEX DUMP\]:/, ""); print; exit }')
+[ -n "\$got" ] && [ "\$got" = "\$(cat "\$f")" ] && rm "\$f"
+SCRIPT
+  chmod 755 "$P/autosign"
+  cat > "$P/conf.d/puppetserver.conf" <<CONF
+jruby-puppet: {
+    ruby-load-path: [/usr/lib/puppetserver/ruby/vendor_ruby]
+    gem-home: $P/var/jruby-gems
+    gem-path: [\${jruby-puppet.gem-home}, "/usr/lib/puppetserver/vendored-jruby-gems"]
+    server-conf-dir: $P/etc
+    server-code-dir: $P/code
+    server-var-dir: $P/var
+    server-run-dir: $P/run
+    server-log-dir: $P/log
+}
+http-client: {}
+profiler: {}
+CONF
+  printf 'webserver: {\n  client-auth: want\n  ssl-host: 127.0.0.1\n  ssl-port: %s\n}\n' "$port" > "$P/conf.d/webserver.conf"
+  # Our CSRs carry the hostname as a DNS SAN too.
+  printf 'certificate-authority: {\n  allow-subject-alt-names: true\n}\n' > "$P/conf.d/ca.conf"
+  printf 'global: { logging-config: %s/logback.xml }\n' "$P" > "$P/conf.d/global.conf"
+  cat > "$P/logback.xml" <<CONF
+<configuration>
+  <appender name="F" class="ch.qos.logback.core.FileAppender">
+    <file>$P/log/puppetserver.log</file>
+    <encoder><pattern>%d %-5p [%c{2}] %m%n</pattern></encoder>
+  </appender>
+  <root level="warn"><appender-ref ref="F"/></root>
+</configuration>
+CONF
+  cp /etc/puppet/puppetserver/conf.d/{auth,web-routes,metrics}.conf "$P/conf.d/"
+  # The packaged JVM settings (1 GiB heap), as /etc/default/puppetserver has them.
+  t0=$(now_ms)
+  (cd /usr/share/puppetserver && exec java -Xms1g -Xmx1g \
+    -Djruby.logger.class=com.puppetlabs.jruby_utils.jruby.Slf4jLogger -Djruby.lib=/usr/share/jruby/lib \
+    -jar /usr/share/puppetserver/puppetserver.jar --config "$P/conf.d" \
+    --bootstrap-config /etc/puppet/puppetserver/services.d) >"$P/stdout.log" 2>&1 &
+  PUP_PID=$!; PIDS+=("$PUP_PID")
+  # Ready when its CA (made on first start) answers the status endpoint.
+  until [ -f "$P/ca/ca_crt.pem" ] && curl -sf --cacert "$P/ca/ca_crt.pem" \
+      "https://localhost:$port/status/v1/simple" 2>/dev/null | grep -q running; do
+    kill -0 "$PUP_PID" 2>/dev/null || { cat "$P/stdout.log" "$P/log/puppetserver.log"; echo "puppetserver died" >&2; exit 1; }
+    sleep 0.2
+  done
+  PUP_START_MS=$(( $(now_ms) - t0 ))
+  echo "puppetserver start to a running status: ${PUP_START_MS} ms"
+  echo "{\"label\":\"cold start puppetserver\",\"ms\":$PUP_START_MS}" >> "$OUT"
+  for c in 1 8 64; do
+    # The autosign script's processes are children: the CPU column counts the JVM only.
+    loadgen "puppet-row puppetserver c=$c keepalive" --server "https://localhost:$port" \
+      --root "$P/ca/ca_crt.pem" --target puppet --puppet-psk-dir "$P/psks" --requests "$N_PUP" \
+      --concurrency "$c" --mode keepalive --server-pid "$PUP_PID"
+  done
+  kill "$PUP_PID"; wait "$PUP_PID" 2>/dev/null || true
+fi
+
 echo
 echo "==> summary (certificates/s; ratios ours/cfssl at the same concurrency and mode)"
 python3 - "$OUT" <<'PY'
@@ -517,6 +619,11 @@ for tag in ("scale", "scale-pg"):
         med = sorted(ratios)[len(ratios) // 2]
         print(f'{tag} c={c}: 1M certificates + 100k PSKs at {med:.2f}x the fresh store '
               f'(median of {len(ratios)} alternating pairs: {", ".join(f"{r:.2f}" for r in ratios)})')
+for c in (1, 8, 64):
+    ours = latest.get(f"puppet-row ours c={c} keepalive")
+    pup = latest.get(f"puppet-row puppetserver c={c} keepalive")
+    if ours and pup and pup["certs_per_s"]:
+        print(f'ratio ours/puppetserver c={c} keepalive {ours["certs_per_s"]/pup["certs_per_s"]:.0f}x')
 for label, r in sorted(latest.items()):
     if not label.startswith("sqlite "):
         continue

@@ -12,12 +12,18 @@
 //! answers, the audit rows it added and the refusal log's store writes
 //! (`ca_refusal_audit_writes_total`).
 //!
+//! With `--target puppet` it drives a Puppet Server CA the way an agent
+//! does (PUT the CSR, then GET the certificate) and makes the PSKs itself:
+//! one file per certname in `--puppet-psk-dir`, which the autosign policy
+//! script bench.sh installs compares with the CSR's `pp_preshared_key` and
+//! deletes. A CSR with a wrong PSK is sent first and must stay unsigned.
+//!
 //! Used by scripts/bench.sh and scripts/bench-flood.sh; see BENCHMARKS.md
 //! for the figures.
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
-use ca_client::https::HttpsClient;
+use ca_client::https::{Connection, HttpsClient, Reply, TransportError};
 use ca_client::keys::{HostKey, KeyType};
 use http::Method;
 use std::path::PathBuf;
@@ -32,6 +38,9 @@ enum Target {
     Ours,
     /// cfssl serve's /api/v1/cfssl/sign (no PSK check, no database).
     Cfssl,
+    /// Puppet Server's CA (PUT certificate_request, GET certificate), a PSK
+    /// checked by an autosign policy script.
+    Puppet,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +76,8 @@ struct Args {
     /// `psk batch` (the soak: 100,000 PSKs through `psk batch` take a
     /// minute, which would leave the server idle most of the hour).
     psk_file: Option<PathBuf>,
+    /// `--target puppet`: where the autosign script finds each certname's PSK.
+    puppet_psk_dir: Option<PathBuf>,
 }
 
 fn usage() -> ! {
@@ -75,7 +86,7 @@ fn usage() -> ! {
          [--concurrency C] [--mode keepalive|new-conn] [--ca-server BIN --data-dir DIR \
          [--database-url URL]] [--server-pid PID] [--label TEXT] [--json FILE] \
          [--csr-cache FILE] [--tls-resumption] [--flood N [--flood-from ADDR] \
-         [--flood-streams S]] [--no-verify] [--psk-file FILE]"
+         [--flood-streams S]] [--no-verify] [--psk-file FILE] [--target puppet --puppet-psk-dir DIR]"
     );
     std::process::exit(2)
 }
@@ -101,6 +112,7 @@ fn parse_args() -> Args {
         flood_streams: 32,
         no_verify: false,
         psk_file: None,
+        puppet_psk_dir: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -112,6 +124,7 @@ fn parse_args() -> Args {
                 a.target = match val().as_str() {
                     "ours" => Target::Ours,
                     "cfssl" => Target::Cfssl,
+                    "puppet" => Target::Puppet,
                     _ => usage(),
                 }
             }
@@ -137,6 +150,7 @@ fn parse_args() -> Args {
             "--flood-streams" => a.flood_streams = val().parse().unwrap_or_else(|_| usage()),
             "--no-verify" => a.no_verify = true,
             "--psk-file" => a.psk_file = Some(val().into()),
+            "--puppet-psk-dir" => a.puppet_psk_dir = Some(val().into()),
             _ => usage(),
         }
     }
@@ -145,6 +159,10 @@ fn parse_args() -> Args {
     }
     if a.target == Target::Ours && (a.ca_server.is_none() || a.data_dir.is_none()) {
         eprintln!("--target ours needs --ca-server and --data-dir to create PSKs");
+        usage();
+    }
+    if a.target == Target::Puppet && a.puppet_psk_dir.is_none() {
+        eprintln!("--target puppet needs --puppet-psk-dir for the autosign script");
         usage();
     }
     a
@@ -252,6 +270,55 @@ fn make_csrs(hosts: &[String], psks: &[Option<String>]) -> Vec<Bytes> {
     })
 }
 
+/// `n` random PSKs (128 bits, hex), for `--target puppet`.
+fn random_psks(n: usize) -> Result<Vec<String>> {
+    use ring::rand::{SecureRandom, SystemRandom};
+    let rng = SystemRandom::new();
+    (0..n)
+        .map(|_| {
+            let mut b = [0u8; 16];
+            rng.fill(&mut b)
+                .map_err(|_| anyhow::anyhow!("no randomness"))?;
+            Ok(hex::encode(b))
+        })
+        .collect()
+}
+
+/// The PSK file the autosign script reads: the hex of the extension's DER
+/// (the UTF8String), as `openssl asn1parse` prints it, mode 0600.
+fn write_puppet_psk(dir: &std::path::Path, host: &str, psk: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let psk = policy::Psk::new(psk.to_owned()).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let der = policy::psk::encode_extension_value(&psk);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dir.join(host))
+        .with_context(|| format!("writing the PSK file for {host}"))?;
+    f.write_all(hex::encode_upper(&der[..]).as_bytes())?;
+    Ok(())
+}
+
+/// Before the run: a CSR whose PSK differs from its certname's file is not
+/// signed (the autosign script is a gate, not a formality).
+async fn puppet_refuses_wrong_psk(a: &Args, client: &HttpsClient, run_id: u32) -> Result<()> {
+    let dir = a.puppet_psk_dir.as_ref().expect("checked in parse_args");
+    let host = format!("wrong-psk-{run_id}.probe.internal");
+    let psks = random_psks(2)?;
+    write_puppet_psk(dir, &host, &psks[0])?;
+    let csr = make_csrs(std::slice::from_ref(&host), &[Some(psks[1].clone())]).remove(0);
+    let reply = exchange_fresh(client, Target::Puppet, &host, &csr).await?;
+    if reply.status != http::StatusCode::NOT_FOUND {
+        bail!(
+            "Puppet answered {} for a certificate whose CSR had the wrong PSK",
+            reply.status
+        );
+    }
+    Ok(())
+}
+
 /// CPU seconds (user + system) and peak RSS in KiB of a process, from /proc.
 fn proc_usage(pid: u32) -> Option<(f64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -306,7 +373,7 @@ struct Outcome {
 
 fn body_for(target: Target, csr: &Bytes) -> (Option<&'static str>, &'static str, Bytes) {
     match target {
-        Target::Ours => (Some("application/pkcs10"), "/v1/sign", csr.clone()),
+        Target::Ours | Target::Puppet => (Some("application/pkcs10"), "/v1/sign", csr.clone()),
         Target::Cfssl => {
             let body = serde_json::json!({ "certificate_request": String::from_utf8_lossy(csr) });
             (
@@ -321,6 +388,9 @@ fn body_for(target: Target, csr: &Bytes) -> (Option<&'static str>, &'static str,
 fn is_success(target: Target, status: http::StatusCode, body: &[u8]) -> bool {
     match target {
         Target::Ours => status == http::StatusCode::CREATED,
+        Target::Puppet => {
+            status == http::StatusCode::OK && body.starts_with(b"-----BEGIN CERTIFICATE-----")
+        }
         Target::Cfssl => {
             status == http::StatusCode::OK
                 && serde_json::from_slice::<serde_json::Value>(body)
@@ -329,11 +399,62 @@ fn is_success(target: Target, status: http::StatusCode, body: &[u8]) -> bool {
     }
 }
 
-async fn drive(a: &Args, client: HttpsClient, csrs: Arc<Vec<Bytes>>) -> Outcome {
+/// One certificate on `conn`: a POST for ours and cfssl; for Puppet what an
+/// agent does, the PUT of its CSR (the autosign script runs inside it), then
+/// the GET of the certificate.
+async fn exchange(
+    conn: &mut Connection,
+    target: Target,
+    host: &str,
+    csr: &Bytes,
+) -> Result<Reply, TransportError> {
+    if target == Target::Puppet {
+        let put = conn
+            .send(
+                Method::PUT,
+                &format!("/puppet-ca/v1/certificate_request/{host}?environment=production"),
+                Some("text/plain"),
+                csr.clone(),
+            )
+            .await?;
+        if put.status != http::StatusCode::OK {
+            return Ok(put);
+        }
+        return conn
+            .send(
+                Method::GET,
+                &format!("/puppet-ca/v1/certificate/{host}?environment=production"),
+                None,
+                Bytes::new(),
+            )
+            .await;
+    }
+    let (ct, path, body) = body_for(target, csr);
+    conn.send(Method::POST, path, ct, body).await
+}
+
+/// [`exchange`] on a connection of its own.
+async fn exchange_fresh(
+    client: &HttpsClient,
+    target: Target,
+    host: &str,
+    csr: &Bytes,
+) -> Result<Reply, TransportError> {
+    let mut conn = client.connect().await?;
+    exchange(&mut conn, target, host, csr).await
+}
+
+async fn drive(
+    a: &Args,
+    client: HttpsClient,
+    hosts: Arc<Vec<String>>,
+    csrs: Arc<Vec<Bytes>>,
+) -> Outcome {
     let next = Arc::new(AtomicUsize::new(0));
     let mut workers = Vec::new();
     for _ in 0..a.concurrency {
-        let (client, csrs, next) = (client.clone(), csrs.clone(), next.clone());
+        let (client, hosts, csrs, next) =
+            (client.clone(), hosts.clone(), csrs.clone(), next.clone());
         let (target, mode) = (a.target, a.mode);
         workers.push(tokio::spawn(async move {
             let mut out = Outcome::default();
@@ -343,23 +464,23 @@ async fn drive(a: &Args, client: HttpsClient, csrs: Arc<Vec<Bytes>>) -> Outcome 
                 if i >= csrs.len() {
                     break;
                 }
-                let (ct, path, body) = body_for(target, &csrs[i]);
+                let (host, csr) = (&hosts[i], &csrs[i]);
                 let start = Instant::now();
                 let result = match mode {
-                    ConnMode::NewConnection => client.send(Method::POST, path, ct, body).await,
+                    ConnMode::NewConnection => exchange_fresh(&client, target, host, csr).await,
                     ConnMode::KeepAlive => {
                         if conn.is_none() {
                             conn = client.connect().await.ok();
                         }
                         match conn.as_mut() {
                             Some(c) => {
-                                let r = c.send(Method::POST, path, ct, body).await;
+                                let r = exchange(c, target, host, csr).await;
                                 if r.is_err() {
                                     conn = None;
                                 }
                                 r
                             }
-                            None => client.send(Method::POST, path, ct, body).await,
+                            None => exchange_fresh(&client, target, host, csr).await,
                         }
                     }
                 };
@@ -581,6 +702,14 @@ fn main() -> Result<()> {
                 (Target::Ours, Some(pairs)) => pairs.into_iter().map(|(_, p)| Some(p)).collect(),
                 (Target::Ours, None) => create_psks(&a, &hosts)?.into_iter().map(Some).collect(),
                 (Target::Cfssl, _) => vec![None; hosts.len()],
+                (Target::Puppet, _) => {
+                    let dir = a.puppet_psk_dir.as_ref().expect("checked in parse_args");
+                    let psks = random_psks(hosts.len())?;
+                    for (host, psk) in hosts.iter().zip(&psks) {
+                        write_puppet_psk(dir, host, psk)?;
+                    }
+                    psks.into_iter().map(Some).collect()
+                }
             };
             make_csrs(&hosts, &psks)
         }
@@ -614,6 +743,9 @@ fn main() -> Result<()> {
     } else {
         (None, None)
     };
+    if a.target == Target::Puppet {
+        rt.block_on(puppet_refuses_wrong_psk(&a, &client, run_id))?;
+    }
     let metrics_client = client.clone();
     let start = Instant::now();
     let (outcome, flooded) = rt.block_on(async {
@@ -626,7 +758,7 @@ fn main() -> Result<()> {
         };
         // The honest run's own wall time: the flood may outlast it.
         let honest = async {
-            let outcome = drive(&a, client, Arc::new(csrs)).await;
+            let outcome = drive(&a, client, Arc::new(hosts), Arc::new(csrs)).await;
             (outcome, start.elapsed().as_secs_f64())
         };
         tokio::join!(honest, flooding)
@@ -668,6 +800,19 @@ fn main() -> Result<()> {
         (Some(recorded), Some(left))
     } else {
         (None, None)
+    };
+
+    // Puppet: every signed certificate spent its PSK file, no other did.
+    let (recorded, psks_left) = match (&a.puppet_psk_dir, a.target) {
+        (Some(dir), Target::Puppet) => {
+            let suffix = format!("-r{run_id}.bench.internal");
+            let left = std::fs::read_dir(dir)?
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().ends_with(&suffix))
+                .count();
+            (Some(outcome.ok), Some(left))
+        }
+        _ => (recorded, psks_left),
     };
 
     let cpu = match (before, after) {

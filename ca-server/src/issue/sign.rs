@@ -197,7 +197,13 @@ impl Authority {
         peer: SocketAddr,
     ) -> Result<Authenticated, SignError> {
         let psk_hash = csr.psk.as_ref().map(|p| p.hash());
-        let entry = self.store.get_psk(host).await?;
+        // Both reads at once: on PostgreSQL they join one batch of the
+        // reader (one wait, not two in turn). The key's standing counts only
+        // once the PSK is accepted.
+        let key = csr.public_key_sha256();
+        let (entry, compromised) =
+            tokio::join!(self.store.get_psk(host), self.store.key_compromised(&key));
+        let entry = entry?;
         let profile = match policy::decide_hashed(csr, psk_hash.as_ref(), entry.as_ref(), now) {
             Decision::Accept(profile) => profile,
             Decision::Reject(Rejection::Psk(failure)) => {
@@ -213,7 +219,7 @@ impl Authority {
         let (Some(entry), Some(psk_hash)) = (entry, psk_hash) else {
             unreachable!("policy accepts only with a PSK and its entry")
         };
-        if let Some(r) = self.compromised_key(csr).await? {
+        if let Some(r) = key_rule(compromised?) {
             return Err(self.reject(now, Some(host.to_owned()), peer, r).await);
         }
         Ok(Authenticated::Accepted(Accepted {
@@ -286,11 +292,7 @@ impl Authority {
     /// route and for any host (`policy::check_key`, the fact from the store).
     pub(crate) async fn compromised_key(&self, csr: &Csr) -> Result<Option<Rejection>, StoreError> {
         let compromised = self.store.key_compromised(&csr.public_key_sha256()).await?;
-        Ok(policy::check_key(KeyFacts {
-            compromised,
-            ..KeyFacts::default()
-        })
-        .err())
+        Ok(key_rule(compromised))
     }
 
     /// Signs the certificate policy decided for `csr`: the one step every
@@ -407,6 +409,15 @@ impl Authority {
 /// (PSK, renewal client certificate) in full, anything else lightly. A
 /// renewal that lost a race to a concurrent one (superseded) is not an
 /// authentication failure.
+/// `policy::check_key` with the store's fact about the key.
+fn key_rule(compromised: bool) -> Option<Rejection> {
+    policy::check_key(KeyFacts {
+        compromised,
+        ..KeyFacts::default()
+    })
+    .err()
+}
+
 pub(crate) fn weight_of(r: &Rejection) -> Weight {
     match r {
         Rejection::Renewal(policy::RenewalRefusal::Superseded) => Weight::Light,

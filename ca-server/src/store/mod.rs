@@ -223,14 +223,21 @@ macro_rules! insert_cert_sqlite {
 /// PostgreSQL: any number of rows as one JSON array parameter, so the
 /// statement has one shape (prepared once) and costs one round trip whatever
 /// the batch size; a single write is a batch of one.
+/// `insert_certs_pg!("$2")` takes the array from another parameter (the
+/// group commit's combined statement).
 macro_rules! insert_certs_pg {
     () => {
+        insert_certs_pg!("$1")
+    };
+    ($rows:literal) => {
         concat!(
             "INSERT INTO certificates (",
             cert_columns!(),
             ") SELECT j.serial, j.hostname, j.kind, decode(j.pk, 'hex'), decode(j.ph, 'hex'), \
              j.pe, j.nb, j.na, decode(j.der, 'hex'), j.ia, j.ra, j.rr, j.sb \
-             FROM jsonb_to_recordset($1::jsonb) AS j(serial text, hostname text, kind text, \
+             FROM jsonb_to_recordset(",
+            $rows,
+            "::jsonb) AS j(serial text, hostname text, kind text, \
              pk text, ph text, pe bigint, nb bigint, na bigint, der text, ia bigint, ra bigint, \
              rr text, sb text)"
         )
@@ -254,13 +261,20 @@ macro_rules! insert_audit_sqlite {
 /// Inserted in chain order: ids are drawn in it, which `audit verify` relies on.
 macro_rules! insert_audits_pg {
     () => {
-        "INSERT INTO audit (at, event, hostname, serial, outcome, reason, peer, actor, \
-         repeat_count, last_at, repeats_of, chain_seq, chain_hash) \
-         SELECT j.at, j.event, j.hostname, j.serial, j.outcome, j.reason, j.peer, j.actor, \
-         j.rc, j.la, j.ro, j.seq, decode(j.hash, 'hex') \
-         FROM jsonb_to_recordset($1::jsonb) AS j(at bigint, event text, hostname text, \
-         serial text, outcome text, reason text, peer text, actor text, rc bigint, la bigint, \
-         ro bigint, seq bigint, hash text) ORDER BY j.seq"
+        insert_audits_pg!("$1")
+    };
+    ($rows:literal) => {
+        concat!(
+            "INSERT INTO audit (at, event, hostname, serial, outcome, reason, peer, actor, \
+             repeat_count, last_at, repeats_of, chain_seq, chain_hash) \
+             SELECT j.at, j.event, j.hostname, j.serial, j.outcome, j.reason, j.peer, j.actor, \
+             j.rc, j.la, j.ro, j.seq, decode(j.hash, 'hex') \
+             FROM jsonb_to_recordset(",
+            $rows,
+            "::jsonb) AS j(at bigint, event text, hostname text, \
+             serial text, outcome text, reason text, peer text, actor text, rc bigint, la bigint, \
+             ro bigint, seq bigint, hash text) ORDER BY j.seq"
+        )
     };
 }
 
@@ -870,6 +884,15 @@ async fn insert_certs_pg<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
     ex: E,
     certs: &[&CertRecord],
 ) -> StoreResult<()> {
+    sqlx::query(insert_certs_pg!())
+        .bind(certs_json(certs))
+        .execute(ex)
+        .await?;
+    Ok(())
+}
+
+/// The JSON array parameter of [`insert_certs_pg!`].
+fn certs_json(certs: &[&CertRecord]) -> String {
     let rows: Vec<serde_json::Value> = certs
         .iter()
         .map(|c| {
@@ -890,11 +913,7 @@ async fn insert_certs_pg<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
             })
         })
         .collect();
-    sqlx::query(insert_certs_pg!())
-        .bind(serde_json::Value::Array(rows).to_string())
-        .execute(ex)
-        .await?;
-    Ok(())
+    serde_json::Value::Array(rows).to_string()
 }
 
 /// Appends one audit row to the hash chain in the caller's transaction

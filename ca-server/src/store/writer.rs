@@ -12,9 +12,10 @@
 //! INSERT; then the winners' audit rows are appended to the hash chain
 //! (positions reserved once, the rows, the new head: `store/chain.rs`). On
 //! PostgreSQL, where each statement is a network round trip, a batch is
-//! five statements whatever its size: one `DELETE ... RETURNING` spends the
-//! PSKs still live, one multi-row INSERT records their certificates, and
-//! three append their audit rows to the chain. Either way, requests
+//! two statements between BEGIN and COMMIT whatever its size: one spends the
+//! PSKs still live and reserves their positions on the audit chain, one
+//! records their certificates and audit rows and moves the chain's head
+//! (data-modifying CTEs; four round trips in all, seven before). Either way, requests
 //! whose PSK was not deleted (spent by a concurrent request, replaced,
 //! expired) get `PskGone`, exactly as in the one-transaction path; of two
 //! requests for the same PSK in one batch only the first wins. If a batch
@@ -33,6 +34,33 @@ use tokio::sync::{mpsc, oneshot};
 /// Most issuances in one transaction. Bounded by bind parameters per
 /// statement (13 per certificate; SQLite allows 32766, PostgreSQL 65535).
 pub const MAX_BATCH: usize = 256;
+
+/// The PostgreSQL batch's first statement: spends the PSKs still live and
+/// reserves one chain position per PSK spent (`chain::RESERVE_SQL` with
+/// `n` the count; its row lock is held to commit, as every append's).
+/// `= ANY (ARRAY(...))` keeps the DELETE an index scan of the primary key,
+/// not a hash join over every live PSK.
+const SPEND_AND_RESERVE_PG: &str = "WITH spent AS ( \
+     DELETE FROM psks p USING jsonb_to_recordset($1::jsonb) AS j(h text, p text, n bigint) \
+     WHERE p.hostname = ANY (ARRAY(SELECT jsonb_array_elements($1::jsonb) ->> 'h')) \
+     AND p.hostname = j.h AND p.psk_hash = decode(j.p, 'hex') AND p.expires_at > j.n \
+     RETURNING p.hostname, p.psk_hash), \
+     reserved AS ( \
+     UPDATE audit_chain SET seq = seq + (SELECT count(*) FROM spent) WHERE id = 1 \
+     RETURNING seq, head) \
+     SELECT reserved.seq, reserved.head, spent.hostname, spent.psk_hash \
+     FROM reserved LEFT JOIN spent ON true";
+
+/// Its second: the winners' certificates ($1), their audit rows ($2) and
+/// the chain's new head ($3), as `insert_certs_pg!`, `insert_audits_pg!`
+/// and `chain::SET_HEAD_SQL` write them.
+const RECORD_PG: &str = concat!(
+    "WITH certs AS (",
+    insert_certs_pg!("$1"),
+    "), audits AS (",
+    insert_audits_pg!("$2"),
+    ") UPDATE audit_chain SET head = $3 WHERE id = 1"
+);
 
 /// One queued issuance.
 struct Job {
@@ -310,23 +338,23 @@ async fn commit_batch(
             })
         })
         .collect();
-    // The `= ANY (ARRAY(...))` is what the planner can take to the primary
-    // key: a join with the function's rows alone (estimated at 100) made it
-    // hash-join a sequential scan of every live PSK, ~6 ms per batch with
-    // 20,000 of them.
-    let sql = "DELETE FROM psks p USING jsonb_to_recordset($1::jsonb) AS j(h text, p text, n bigint) \
-         WHERE p.hostname = ANY (ARRAY(SELECT jsonb_array_elements($1::jsonb) ->> 'h')) \
-         AND p.hostname = j.h AND p.psk_hash = decode(j.p, 'hex') AND p.expires_at > j.n \
-         RETURNING p.hostname, p.psk_hash";
-    let rows = sqlx::query(sql)
+    let rows = sqlx::query(SPEND_AND_RESERVE_PG)
         .bind(serde_json::Value::Array(spend).to_string())
         .fetch_all(&mut *tx)
         .await?;
+    // One row per spent PSK (or one with NULLs when none went), each with
+    // the chain head the reservation returned.
+    let first = rows
+        .first()
+        .ok_or_else(|| StoreError::Corrupt("audit_chain has no head row".into()))?;
+    let (last_seq, head): (i64, Vec<u8>) = (first.try_get("seq")?, first.try_get("head")?);
     let mut spent: HashSet<(String, Vec<u8>)> = HashSet::with_capacity(rows.len());
-    for row in rows {
-        spent.insert((row.try_get("hostname")?, row.try_get("psk_hash")?));
+    for row in &rows {
+        if let Some(host) = row.try_get::<Option<String>, _>("hostname")? {
+            spent.insert((host, row.try_get("psk_hash")?));
+        }
     }
-    // The first request for a spent PSK wins it; any other in the batch lost.
+    let reserved = spent.len() as i64;
     let won: Vec<bool> = batch
         .iter()
         .map(|job| spent.remove(&(job.cert.hostname.clone(), job.psk_hash.0.to_vec())))
@@ -342,11 +370,18 @@ async fn commit_batch(
         return Ok(won);
     }
 
-    // 2. and 3. Their certificates and audit rows.
     let certs: Vec<&CertRecord> = winners.iter().map(|j| &j.cert).collect();
-    super::insert_certs_pg(&mut *tx, &certs).await?;
-    let audits: Vec<&AuditEvent> = winners.iter().map(|j| &j.audit).collect();
-    super::insert_audits_pg(&mut tx, &audits).await?;
+    let mut links = chain::Links::new(last_seq, reserved, &head)?;
+    let audits: Vec<(&AuditEvent, chain::Link)> = winners
+        .iter()
+        .map(|j| (&j.audit, links.next(&j.audit, None)))
+        .collect();
+    sqlx::query(RECORD_PG)
+        .bind(super::certs_json(&certs))
+        .bind(super::audits_json(&audits))
+        .bind(links.head().to_vec())
+        .execute(&mut *tx)
+        .await?;
 
     tx.commit().await?;
     Ok(won)

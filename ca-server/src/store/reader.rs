@@ -9,8 +9,9 @@
 //! WAL readers never wait for the writer.
 //!
 //! On PostgreSQL, where each query is a network round trip, a task answers
-//! all lookups waiting at a moment together: one
-//! `SELECT ... WHERE hostname = ANY (...)` for the PSKs, one for the keys.
+//! all lookups waiting at a moment together in one query (`LOOKUP_PG`: the
+//! PSK rows of every hostname asked, then the asked keys revoked as
+//! compromised).
 //!
 //! Consistency is unchanged: a lookup sees the store as of its query (or its
 //! batch's query), exactly as a lone query issued then would, and the
@@ -209,8 +210,21 @@ fn wanted(batch: &[Lookup]) -> (Vec<&str>, Vec<&[u8]>) {
     (names, keys)
 }
 
-/// The lookups of a batch on PostgreSQL: one query for every distinct
-/// hostname, one for the keys.
+/// A batch's lookups on PostgreSQL: the PSK rows of the hostnames ($1),
+/// then the keys ($2) revoked as compromised. `= ANY (ARRAY(...))`, not
+/// `IN (SELECT ...)`: an index scan of the primary key, not a hash join over
+/// every live PSK (see the writer); the partial index
+/// certificates_compromised_keys answers the second part.
+const LOOKUP_PG: &str = "SELECT hostname, psk_hash, allowed_sans, expires_at, \
+     NULL::bytea AS public_key_sha256 FROM psks \
+     WHERE hostname = ANY (ARRAY(SELECT jsonb_array_elements_text($1::jsonb))) \
+     UNION ALL \
+     SELECT DISTINCT NULL::text, NULL::bytea, NULL::text, NULL::bigint, public_key_sha256 \
+     FROM certificates \
+     WHERE revocation_reason = 'keyCompromise' \
+     AND public_key_sha256 IN (SELECT decode(jsonb_array_elements_text($2::jsonb), 'hex'))";
+
+/// The lookups of a batch on PostgreSQL, in one query.
 async fn lookup_batch(
     store: &Store,
     conn: &mut Option<PoolConnection<Any>>,
@@ -227,27 +241,21 @@ async fn lookup_batch(
         psks: HashMap::with_capacity(names.len()),
         compromised: HashSet::new(),
     };
-    // Each list travels as one JSON array: one statement shape, one round trip.
-    if !names.is_empty() {
-        // `= ANY (ARRAY(...))`, not `IN (SELECT ...)`: an index scan of the
-        // primary key, not a hash join over every live PSK (see the writer).
-        let sql = "SELECT hostname, psk_hash, allowed_sans, expires_at FROM psks \
-                   WHERE hostname = ANY (ARRAY(SELECT jsonb_array_elements_text($1::jsonb)))";
-        let q = sqlx::query(sql).bind(serde_json::to_string(&names).expect("strings serialise"));
-        for row in &q.fetch_all(&mut **conn).await? {
-            let host: String = row.try_get("hostname")?;
-            found.psks.insert(host, psk_entry_from_row(row)?);
-        }
-    }
-    if !keys.is_empty() {
-        // The partial index certificates_compromised_keys answers this.
-        let sql = "SELECT DISTINCT public_key_sha256 FROM certificates \
-                   WHERE revocation_reason = 'keyCompromise' \
-                   AND public_key_sha256 IN \
-                       (SELECT decode(jsonb_array_elements_text($1::jsonb), 'hex'))";
-        let q = sqlx::query(sql).bind(serde_json::to_string(&keys).expect("strings serialise"));
-        for row in &q.fetch_all(&mut **conn).await? {
-            found.compromised.insert(row.try_get("public_key_sha256")?);
+    // Both lists travel as JSON arrays in one statement: one shape, one
+    // round trip. PSK rows carry a hostname; compromised-key rows only the key.
+    let rows = sqlx::query(LOOKUP_PG)
+        .bind(serde_json::to_string(&names).expect("strings serialise"))
+        .bind(serde_json::to_string(&keys).expect("strings serialise"))
+        .fetch_all(&mut **conn)
+        .await?;
+    for row in &rows {
+        match row.try_get::<Option<String>, _>("hostname")? {
+            Some(host) => {
+                found.psks.insert(host, psk_entry_from_row(row)?);
+            }
+            None => {
+                found.compromised.insert(row.try_get("public_key_sha256")?);
+            }
         }
     }
     Ok(found)

@@ -1121,19 +1121,41 @@ pub async fn batched_reads_answer_every_lookup(env: Env) {
         )
         .await;
     }
-    // Each name looked up several times at once, and names with no PSK.
+    // Keys of certificates 1000..1010; those of 1000..1005 revoked as
+    // compromised, 1005 for another reason.
+    for serial in 1000..1010u64 {
+        let host = format!("k{serial}.example.internal");
+        add_psk(&store, &host, &host, NOW + HOUR).await;
+        redeem(&store, &host, &host, serial, NOW).await.unwrap();
+    }
+    // 1005 is 0x3ed.
+    env.exec(
+        "UPDATE certificates SET revoked_at = 1900000000, revocation_reason = 'keyCompromise' \
+         WHERE serial < '000000000000000000000000000003ed'",
+    )
+    .await;
+    env.exec(
+        "UPDATE certificates SET revoked_at = 1900000000, revocation_reason = 'superseded' \
+         WHERE serial = '000000000000000000000000000003ed'",
+    )
+    .await;
+    // Each name looked up several times at once, names with no PSK, and key
+    // lookups in the same batches (PostgreSQL answers both in one query).
     let tasks: Vec<_> = (0..40u64)
         .flat_map(|h| (0..3).map(move |_| h))
         .map(|h| {
             let store = store.clone();
             tokio::spawn(async move {
                 let host = format!("r{h}.example.internal");
-                (h, store.get_psk(&host).await.unwrap())
+                let key = hash(&format!("key {}", 1000 + h % 12)).0;
+                let (entry, compromised) =
+                    tokio::join!(store.get_psk(&host), store.key_compromised(&key));
+                (h, entry.unwrap(), compromised.unwrap())
             })
         })
         .collect();
     for t in tasks {
-        let (h, entry) = t.await.unwrap();
+        let (h, entry, compromised) = t.await.unwrap();
         if h < 30 {
             let entry = entry.unwrap_or_else(|| panic!("r{h} has a PSK"));
             assert_eq!(entry.hostname, format!("r{h}.example.internal"));
@@ -1141,5 +1163,11 @@ pub async fn batched_reads_answer_every_lookup(env: Env) {
         } else {
             assert!(entry.is_none(), "r{h} has no PSK");
         }
+        assert_eq!(
+            compromised,
+            h % 12 < 5,
+            "key of certificate {}",
+            1000 + h % 12
+        );
     }
 }

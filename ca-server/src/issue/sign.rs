@@ -405,10 +405,6 @@ impl Authority {
     }
 }
 
-/// How much a refusal counts against its address: a failed authentication
-/// (PSK, renewal client certificate) in full, anything else lightly. A
-/// renewal that lost a race to a concurrent one (superseded) is not an
-/// authentication failure.
 /// `policy::check_key` with the store's fact about the key.
 fn key_rule(compromised: bool) -> Option<Rejection> {
     policy::check_key(KeyFacts {
@@ -418,6 +414,10 @@ fn key_rule(compromised: bool) -> Option<Rejection> {
     .err()
 }
 
+/// How much a refusal counts against its address: a failed authentication
+/// (PSK, renewal client certificate) in full, anything else lightly. A
+/// renewal that lost a race to a concurrent one (superseded) is not an
+/// authentication failure.
 pub(crate) fn weight_of(r: &Rejection) -> Weight {
     match r {
         Rejection::Renewal(policy::RenewalRefusal::Superseded) => Weight::Light,

@@ -373,7 +373,8 @@ struct Outcome {
 
 fn body_for(target: Target, csr: &Bytes) -> (Option<&'static str>, &'static str, Bytes) {
     match target {
-        Target::Ours | Target::Puppet => (Some("application/pkcs10"), "/v1/sign", csr.clone()),
+        Target::Ours => (Some("application/pkcs10"), "/v1/sign", csr.clone()),
+        Target::Puppet => unreachable!("a Puppet agent's PUT and GET are in `exchange`"),
         Target::Cfssl => {
             let body = serde_json::json!({ "certificate_request": String::from_utf8_lossy(csr) });
             (

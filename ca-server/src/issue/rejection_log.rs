@@ -179,10 +179,17 @@ impl RejectionLog {
                 }
             }
             Write::Repeat(r) => {
-                let result = store.audit_repeats(&[(r.1, r.2, r.3)]).await;
+                let row = (r.1, r.2, r.3);
+                // Given back for the next flush unless the write succeeds,
+                // also if this future is dropped mid-write.
+                let mut unwritten = Unwritten {
+                    log: self,
+                    repeats: vec![r],
+                };
+                let result = store.audit_repeats(&[row]).await;
                 crate::metrics::metrics().refusal_audit_write();
-                if result.is_err() {
-                    self.restore(vec![r]);
+                if result.is_ok() {
+                    unwritten.repeats.clear();
                 }
                 result
             }
@@ -468,6 +475,21 @@ impl Drop for Opening<'_> {
     }
 }
 
+/// Repeats being written: restored to their slots when dropped, unless
+/// the write succeeded and emptied them (counted twice, never lost).
+struct Unwritten<'a> {
+    log: &'a RejectionLog,
+    repeats: Vec<Repeats>,
+}
+
+impl Drop for Unwritten<'_> {
+    fn drop(&mut self) {
+        if !self.repeats.is_empty() {
+            self.log.restore(std::mem::take(&mut self.repeats));
+        }
+    }
+}
+
 /// Counts a repeat of a live key; `None` if the key has no live slot.
 fn repeat(st: &mut State, key: &Key, now: i64, window: i64, write_now: bool) -> Option<Write> {
     let slot = st.live_mut(key, now, window)?;
@@ -555,6 +577,65 @@ mod tests {
                 .starts_with("psk_unknown_host")
         );
         assert_eq!(folded.count, 100 - MAX_ROWS_PER_PEER as i64);
+    }
+
+    /// A refusal's future is dropped when its client hangs up (the PSK flow
+    /// runs on the connection's task): what it counted is still written, by
+    /// the next flush, counted twice at worst and never lost.
+    #[tokio::test]
+    async fn a_write_dropped_midway_leaves_its_counts_for_the_flush() {
+        use std::future::Future;
+        use std::task::Poll;
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = Store::open(&url).await.unwrap();
+        // Interval zero: every repeat is written at once, so each can be cut off.
+        let log = RejectionLog::new(60, Duration::ZERO);
+        let t0 = 1_800_000_000;
+        let (mut counted, mut cut) = ([0i64; 2], [0i64; 2]);
+        for (i, reason) in ["malformed_csr", "bad_signature"].into_iter().enumerate() {
+            // The first of "malformed_csr" opens its row; the first of
+            // "bad_signature" is cut off while opening it.
+            if i == 0 {
+                let e = refusal(t0, "192.0.2.1", None, reason);
+                log.record(&store, e, reason).await.unwrap();
+                counted[i] += 1;
+            }
+            for polls in 1..=20 {
+                let e = refusal(t0 + 1, "192.0.2.1", None, reason);
+                let mut write = std::pin::pin!(log.record(&store, e, reason));
+                let mut done = false;
+                for _ in 0..polls {
+                    let poll = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx)));
+                    if let Poll::Ready(result) = poll.await {
+                        result.unwrap();
+                        done = true;
+                        break;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                counted[i] += 1;
+                cut[i] += i64::from(!done);
+            }
+        }
+        assert!(cut.iter().all(|&n| n > 0), "no write was cut off: {cut:?}");
+        log.flush(&store).await.unwrap();
+        assert_eq!(log.unwritten(), 0);
+        let rows = store.audit_since(0, 100).await.unwrap();
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        for (i, reason) in ["malformed_csr", "bad_signature"].into_iter().enumerate() {
+            let row = rows
+                .iter()
+                .find(|r| r.reason.as_deref() == Some(reason))
+                .unwrap();
+            assert!(
+                (counted[i]..=counted[i] + cut[i]).contains(&row.count),
+                "{reason}: {} written, {} counted, {} cut off",
+                row.count,
+                counted[i],
+                cut[i]
+            );
+        }
     }
 
     #[tokio::test]

@@ -430,3 +430,70 @@ pub(crate) fn weight_of(r: &Rejection) -> Weight {
 pub(crate) fn clip(s: &str) -> String {
     s.chars().take(256).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{NOW, fixture};
+    use policy::psk::Psk;
+    use proto::keys::{HostKey, KeyType};
+    use std::future::Future;
+    use std::task::Poll;
+
+    const PEER: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 1);
+
+    /// The PSK flow runs on the connection's task, so a client that hangs up
+    /// drops it wherever it waits. Cut off after any number of polls, it
+    /// leaves the PSK and the certificate agreeing (spent and recorded, or
+    /// neither), and the client's retry with the same CSR gets a certificate:
+    /// a new one, or the one recorded for it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_dropped_at_any_await_leaves_psk_and_certificate_agreeing() {
+        let f = fixture().await;
+        f.store.start_group_commit();
+        f.store.start_batched_reads();
+        let authority = f.authority();
+        let (mut cut_before_commit, mut cut_after_submit) = (0, 0);
+        for polls in 0..24u8 {
+            let host = format!("h{polls}.example.internal");
+            let psk = Psk::from_random(&[polls + 1; 32]);
+            let added = AuditEvent::default();
+            f.store
+                .put_psk(&host, &psk.hash(), &[], NOW - 60, NOW + 3600, &added)
+                .await
+                .unwrap();
+            let key = HostKey::generate(KeyType::P256).unwrap();
+            let csr = key.csr_pem(&host, &[], Some(&psk)).unwrap();
+            {
+                let mut request = std::pin::pin!(authority.sign(csr.as_bytes(), None, PEER));
+                for _ in 0..polls {
+                    let poll = std::future::poll_fn(|cx| Poll::Ready(request.as_mut().poll(cx)));
+                    if let Poll::Ready(result) = poll.await {
+                        result.unwrap();
+                        break;
+                    }
+                    tokio::task::yield_now().await;
+                }
+            }
+            // The retry. It may overtake a commit still in the writer's
+            // queue: then it loses the PSK to it and is answered with it.
+            let retry = authority.sign(csr.as_bytes(), None, PEER).await.unwrap();
+            let certs = f.store.certs_by_psk(&host, &psk.hash()).await.unwrap();
+            assert_eq!(certs.len(), 1, "{host}: one certificate for the PSK");
+            assert_eq!(certs[0].serial, retry.serial);
+            assert!(
+                f.store.get_psk(&host).await.unwrap().is_none(),
+                "{host}: PSK spent"
+            );
+            if retry.replayed {
+                cut_after_submit += 1;
+            } else {
+                cut_before_commit += 1;
+            }
+        }
+        // Both kinds of cut happened (polls = 0 never starts the request;
+        // a cut while the writer commits leaves its certificate to the retry).
+        assert!(cut_before_commit > 0 && cut_after_submit > 0);
+    }
+}

@@ -22,6 +22,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use error::{ApiError, Outcome};
+use futures_util::FutureExt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -193,11 +194,19 @@ pub(crate) async fn issue(
     }
     let body = read_refusable(state, headers, req, peer).await?;
 
-    let authority = state.authority.clone();
-    detached(&state.store, async move {
-        authority.sign(&body, certname.as_deref(), peer).await
-    })
-    .await
+    // On the connection's task, not a task of its own: the flow is safe to
+    // drop at any await (a client that hangs up). A refusal is counted
+    // before its audit row is written, and a dropped write leaves the row
+    // for the next flush (`rejection_log`); an issuance handed to the store
+    // commits whether or not anyone waits, and the client's retry gets that
+    // certificate back. A spawn per request cost 1-7 % (BENCHMARKS.md). A
+    // panic is still a 500, as it was from a task of its own.
+    let flow = state.authority.sign(&body, certname.as_deref(), peer);
+    let issued = std::panic::AssertUnwindSafe(flow)
+        .catch_unwind()
+        .await
+        .map_err(|_| flow_failed("panicked"))?;
+    Ok(suspect_outage(&state.store, issued)?)
 }
 
 /// A CSR body, its content type checked: a refused one (wrong type, bad or
@@ -231,28 +240,41 @@ pub(crate) async fn read_refusable(
 }
 
 /// Runs a signing flow on its own task: a client that disconnects
-/// mid-request must not cancel it between signing and recording.
+/// mid-request must not cancel it between signing and recording (the
+/// renewal flow; `issue` shows why the PSK flow needs no task).
 pub(crate) async fn detached(
     store: &Store,
     flow: impl Future<Output = Result<Issued, SignError>> + Send + 'static,
 ) -> Result<Issued, ApiError> {
-    let issued = tokio::spawn(flow)
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "signing task failed");
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "internal error",
-            )
-        })?
-        .inspect_err(|e| {
-            // Wake the store watcher: a database error may be an outage.
-            if let SignError::Store(StoreError::Unavailable(_)) = e {
-                store.suspect();
-            }
-        })?;
-    Ok(issued)
+    let issued = tokio::spawn(flow).await.map_err(|e| {
+        flow_failed(if e.is_panic() {
+            "panicked"
+        } else {
+            "cancelled"
+        })
+    })?;
+    Ok(suspect_outage(store, issued)?)
+}
+
+/// The 500 of a signing flow that panicked (its message went to the panic
+/// hook's output) or whose task was cancelled (shutdown).
+fn flow_failed(how: &str) -> ApiError {
+    tracing::error!("signing flow {how}");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "internal error",
+    )
+}
+
+/// Wakes the store watcher when a flow failed on the database: the error
+/// may be an outage.
+fn suspect_outage(store: &Store, issued: Result<Issued, SignError>) -> Result<Issued, SignError> {
+    issued.inspect_err(|e| {
+        if let SignError::Store(StoreError::Unavailable(_)) = e {
+            store.suspect();
+        }
+    })
 }
 
 fn pem_response(status: StatusCode, body: String, content_type: &'static str) -> Response {

@@ -112,6 +112,7 @@ pub struct Metrics {
     acme: Family<AcmeLabels, Counter>,
     store_errors: Family<KindLabel, Counter>,
     refusal_audit_writes: Counter,
+    issuance_batches: Family<KindLabel, Counter>,
     log_lines_dropped: Counter,
     audit_export_dropped: Family<KindLabel, Counter>,
     connections_refused: Family<ReasonLabel, Counter>,
@@ -158,6 +159,7 @@ impl Metrics {
             acme: Family::default(),
             store_errors: Family::default(),
             refusal_audit_writes: Counter::default(),
+            issuance_batches: Family::default(),
             log_lines_dropped: Counter::default(),
             audit_export_dropped: Family::default(),
             connections_refused: Family::default(),
@@ -214,6 +216,12 @@ impl Metrics {
             "Store writes made by the refusal audit log (first rows of a window, \
              and flushes of counted repeats)",
             m.refusal_audit_writes.clone(),
+        );
+        registry.register(
+            "issuance_batches",
+            "Group-commit batches of PSK issuances, by who ran them: the writer \
+             (`writer`), or a request that found it idle and committed alone (`inline`)",
+            m.issuance_batches.clone(),
         );
         registry.register(
             "log_lines_dropped",
@@ -343,6 +351,9 @@ impl Metrics {
         for kind in ["database", "down"] {
             m.store_errors.get_or_create_owned(&KindLabel { kind });
         }
+        for kind in ["writer", "inline"] {
+            m.issuance_batches.get_or_create_owned(&KindLabel { kind });
+        }
         Metrics { registry, ..m }
     }
 
@@ -416,6 +427,13 @@ impl Metrics {
     /// Counts one store write of the refusal audit log.
     pub fn refusal_audit_write(&self) {
         self.refusal_audit_writes.inc();
+    }
+
+    /// Counts a group-commit batch by who ran it: `writer` or `inline`.
+    pub fn issuance_batch(&self, by: &'static str) {
+        self.issuance_batches
+            .get_or_create(&KindLabel { kind: by })
+            .inc();
     }
 
     /// Counts a connection closed at accept: `per_address` or `total`.

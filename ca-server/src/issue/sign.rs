@@ -144,6 +144,8 @@ impl Authority {
         peer: SocketAddr,
     ) -> Result<Issued, SignError> {
         self.admit(peer).await?;
+        // Lets the store batch this request with the others in flight.
+        let _issuing = self.store.issuing();
         let now = self.clock.now();
         let (csr, host) = self.parse(body, certname, now, peer).await?;
         let accepted = match self.authenticate(&csr, &host, now, peer).await? {

@@ -9,8 +9,11 @@
 //!
 //! - the group-commit writer is a lane: an OS thread that owns one
 //!   connection and runs each batch's transaction (one wake-up per batch
-//!   instead of several per statement; the commit's fsync never blocks an
-//!   async worker);
+//!   instead of several per statement). A request alone in flight that
+//!   finds it idle (nothing queued, no batch running, the write lock free)
+//!   runs its transaction of one on the lane's connection instead
+//!   (`writer::commit_inline`): the fsync then blocks that runtime worker,
+//!   but only while no other issuance is in flight;
 //! - the server's PSK and compromised-key reads run inline on the calling
 //!   thread, on a few kept connections ([`Readers`]).
 //!
@@ -59,7 +62,7 @@ impl Lane {
 }
 
 /// How long the writer waits for SQLite's write lock (as the pool does).
-const WRITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const WRITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long an inline read waits when SQLite answers "busy", which in WAL
 /// mode is rare (another connection recovering the WAL after a crash). It
@@ -119,10 +122,21 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
+/// A lane's connection, shared by its thread and the callers that commit
+/// inline when it is idle (`writer`); `None` once the lane has stopped.
+pub(super) type Shared = std::sync::Arc<std::sync::Mutex<Option<Lane>>>;
+
+/// Locks a lane, poisoned or not: a transaction cut off by a panic rolled
+/// back when it was dropped.
+pub(super) fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Option<Lane>> {
+    shared.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Starts a lane named `name` that takes batches of up to `max` items from
 /// `rx` and hands each to `work`, until the store closes. `work` answers
 /// every item it is given and calls [`Lane::committed`] after its commits,
-/// which wakes the lane's checkpointer thread (`checkpoint`).
+/// which wakes the lane's checkpointer thread (`checkpoint`). Returns the
+/// lane, which callers may lock to run a batch of their own.
 pub(super) fn spawn<T: Send + 'static>(
     name: &str,
     store: &Store,
@@ -130,30 +144,34 @@ pub(super) fn spawn<T: Send + 'static>(
     mut rx: mpsc::Receiver<T>,
     max: usize,
     mut work: impl FnMut(&mut Lane, &mut Vec<T>) + Send + 'static,
-) {
+) -> Shared {
     // The queue and the closing signal are tokio channels; the thread waits
     // on them with the runtime's handle (no I/O, so any thread may).
     let runtime = tokio::runtime::Handle::current();
     let mut closing = store.closing.subscribe();
     let (hint, checkpointer) =
         super::checkpoint::spawn(path.clone()).expect("starting a store thread");
-    let mut lane = Lane {
+    let shared: Shared = std::sync::Arc::new(std::sync::Mutex::new(Some(Lane {
         store: store.clone(),
         path,
         conn: None,
         checkpoints: hint,
-    };
+    })));
+    let lane = shared.clone();
     let thread = std::thread::Builder::new()
         .name(name.to_owned())
         .spawn(move || {
             let mut batch = Vec::with_capacity(max);
             while runtime.block_on(super::next_batch(&mut rx, &mut closing, &mut batch, max)) {
-                work(&mut lane, &mut batch);
+                if let Some(lane) = lock(&lane).as_mut() {
+                    work(lane, &mut batch);
+                }
                 batch.clear();
             }
-            // Returning closes the connection (and ends the checkpointer)
-            // before `Store::close` closes the pool, so the last connection
-            // to go checkpoints the WAL.
+            // Dropping the lane closes the connection (and ends the
+            // checkpointer) before `Store::close` closes the pool, so the
+            // last connection to go checkpoints the WAL.
+            lock(&lane).take();
         })
         .expect("starting a store thread");
     // The lane first: joining it drops the hint the checkpointer waits on.
@@ -162,6 +180,7 @@ pub(super) fn spawn<T: Send + 'static>(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .extend([thread, checkpointer]);
+    shared
 }
 
 /// The connections the server's SQLite reads run on, inline on the

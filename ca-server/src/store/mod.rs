@@ -313,6 +313,7 @@ mod revoke;
 mod stats;
 mod writer;
 pub use revoke::{Revocation, RevokeOutcome};
+pub use writer::Issuing;
 
 /// Handle on the database; cheap to clone.
 #[derive(Debug, Clone)]
@@ -332,6 +333,8 @@ pub struct Store {
     sqlite_file: Option<PathBuf>,
     /// The writer thread, joined by [`Store::close`].
     lanes: Arc<std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>>,
+    /// PSK issuances in progress ([`Store::issuing`]).
+    issuing: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Store {
@@ -388,6 +391,7 @@ impl Store {
                 Engine::Postgres => None,
             },
             lanes: Arc::default(),
+            issuing: Arc::default(),
         })
     }
 

@@ -29,6 +29,7 @@ use policy::PskHash;
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, Row};
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::{mpsc, oneshot};
 
 /// Most issuances in one transaction. Bounded by bind parameters per
@@ -73,9 +74,19 @@ struct Job {
 }
 
 /// Handle to the writer (a thread on SQLite, a task on PostgreSQL).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(super) struct Writer {
     tx: mpsc::Sender<Job>,
+    /// SQLite's lane, which a request commits on itself when it is idle.
+    lane: Option<lane::Shared>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer")
+            .field("queued", &(self.tx.max_capacity() - self.tx.capacity()))
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for Job {
@@ -94,20 +105,39 @@ impl Store {
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
         match (self.engine, &self.sqlite_file) {
             (Engine::Sqlite, Some(path)) => {
-                if self.writer.set(Writer { tx }).is_ok() {
+                if self.writer.get().is_none() {
                     let path = path.clone();
-                    lane::spawn("store-writer", self, path, rx, MAX_BATCH, run_sqlite);
+                    let lane =
+                        lane::spawn("store-writer", self, path, rx, MAX_BATCH, |lane, batch| {
+                            crate::metrics::metrics().issuance_batch("writer");
+                            run_sqlite(lane, batch)
+                        });
+                    // A second start loses here: its channel closes with
+                    // the dropped handle and its lane winds down.
+                    let _ = self.writer.set(Writer {
+                        tx,
+                        lane: Some(lane),
+                    });
                 }
             }
             // Each connection to an in-memory database is a database of its
             // own: issuances stay on the pool's one-transaction path.
             (Engine::Sqlite, None) => {}
             (Engine::Postgres, _) => {
-                if self.writer.set(Writer { tx }).is_ok() {
+                if self.writer.set(Writer { tx, lane: None }).is_ok() {
                     tokio::spawn(run(self.clone(), rx));
                 }
             }
         }
+    }
+
+    /// Declares a PSK issuance in progress until the guard drops: the flow
+    /// takes it before its first read. While more than one is in progress
+    /// the writer batches them (`commit_inline` commits on the caller's
+    /// thread only for a request that is alone).
+    pub fn issuing(&self) -> Issuing {
+        self.issuing.fetch_add(1, Ordering::Relaxed);
+        Issuing(self.issuing.clone())
     }
 
     /// Queues an issuance for the writer and waits for its commit.
@@ -124,6 +154,9 @@ impl Store {
             audit: i.audit.clone(),
             reply,
         };
+        if let Some(committed) = commit_inline(w, &job, self.issuing.load(Ordering::Relaxed)) {
+            return committed;
+        }
         if w.tx.send(job).await.is_err() {
             return self.record_issuance_single(i).await;
         }
@@ -133,6 +166,103 @@ impl Store {
             // committed for this request, and the PSK decides on a retry.
             Err(_) => Err(StoreError::Down { for_secs: 0 }),
         }
+    }
+}
+
+/// Commits `job` on this thread if it is the only issuance in progress
+/// ([`Store::issuing`]), SQLite's lane is idle (nothing queued, no batch
+/// running) and the write lock is free, and returns its outcome; `None`
+/// leaves it to the queue. Why: a lone request finds the lane
+/// thread parked, and handing it the job costs two wake-ups of idle threads
+/// (to the lane, and back to the runtime), each a round trip through the
+/// hypervisor on a VM. The fsync then blocks this runtime worker, which is
+/// acceptable only while nothing else is in flight: with other requests
+/// coming, a worker stalled on the disk and a batch of one cost more than
+/// the wake-ups (BENCHMARKS.md, issue 21). The lock is never waited for
+/// here: its holder may be a transaction that needs this very worker to
+/// finish (sqlx's). No await runs inside: once started, the commit
+/// finishes even if the request is dropped.
+fn commit_inline(w: &Writer, job: &Job, issuing: usize) -> Option<StoreResult<()>> {
+    let shared = w.lane.as_ref()?;
+    // 0 for callers outside a flow (tests, tools): alone too.
+    if issuing > 1 || w.tx.capacity() < w.tx.max_capacity() {
+        return None; // others are in flight or queued: join them
+    }
+    // Busy: a batch is running (or a panic poisoned the lock).
+    let mut guard = shared.try_lock().ok()?;
+    // `None`: stopped, and the queue's closed channel decides.
+    let lane = guard.as_mut()?;
+    // `None`: the write lock is taken, and the lane waits for it.
+    let won = match record_alone_sqlite(lane, job)? {
+        Ok(won) => won,
+        Err(e) => {
+            lane.reset();
+            return Some(Err(e));
+        }
+    };
+    crate::metrics::metrics().issuance_batch("inline");
+    Some(outcome(won))
+}
+
+/// Records one job in a transaction of its own if SQLite's write lock is
+/// free at once; `None` if it is not (nothing was done).
+fn record_alone_sqlite(lane: &mut lane::Lane, job: &Job) -> Option<StoreResult<bool>> {
+    use rusqlite::{ErrorCode, TransactionBehavior};
+    let conn = match lane.conn() {
+        Ok(conn) => conn,
+        Err(e) => return Some(Err(e)),
+    };
+    if let Err(e) = conn.busy_timeout(std::time::Duration::ZERO) {
+        return Some(Err(e.into()));
+    }
+    // Unchecked: on a shared borrow, so the error path can reset the timeout.
+    let tx = match rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => {
+            if let Err(restore) = conn.busy_timeout(lane::WRITE_BUSY_TIMEOUT) {
+                return Some(Err(restore.into()));
+            }
+            return match e.sqlite_error_code() {
+                Some(ErrorCode::DatabaseBusy) => None,
+                _ => Some(Err(e.into())),
+            };
+        }
+    };
+    let won = tx
+        .busy_timeout(lane::WRITE_BUSY_TIMEOUT)
+        .map_err(StoreError::from)
+        .and_then(|()| record_in(&tx, std::slice::from_ref(job)));
+    let won = match won {
+        Ok(won) => won[0],
+        Err(e) => return Some(Err(e)),
+    };
+    if let Err(e) = end(tx, won) {
+        return Some(Err(e));
+    }
+    if won {
+        lane.committed();
+    }
+    Some(Ok(won))
+}
+
+/// Ends a writer's transaction: commits it if any job won its PSK, else
+/// rolls it back. The caller then tells the checkpointer of a commit.
+fn end(tx: rusqlite::Transaction<'_>, any_won: bool) -> StoreResult<()> {
+    if any_won {
+        tx.commit()?;
+    } else {
+        tx.rollback()?;
+    }
+    Ok(())
+}
+
+/// A PSK issuance in progress ([`Store::issuing`]).
+#[derive(Debug)]
+pub struct Issuing(std::sync::Arc<AtomicUsize>);
+
+impl Drop for Issuing {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -196,10 +326,23 @@ fn commit_batch_sqlite(lane: &mut lane::Lane, batch: &[Job]) -> StoreResult<Vec<
 /// on SQLite a row costs microseconds, the commit's fsync is what a batch
 /// shares.
 fn record_batch_sqlite(lane: &mut lane::Lane, batch: &[Job]) -> StoreResult<Vec<bool>> {
-    use rusqlite::{TransactionBehavior, params};
+    use rusqlite::TransactionBehavior;
     let conn = lane.conn()?;
     // IMMEDIATE: the write lock first, so no statement below waits for it.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let won = record_in(&tx, batch)?;
+    let any_won = won.contains(&true);
+    end(tx, any_won)?;
+    if any_won {
+        lane.committed();
+    }
+    Ok(won)
+}
+
+/// Runs a batch's statements in `tx`; returns, per job, whether it won its
+/// PSK.
+fn record_in(tx: &rusqlite::Transaction<'_>, batch: &[Job]) -> StoreResult<Vec<bool>> {
+    use rusqlite::params;
     let mut won = Vec::with_capacity(batch.len());
     {
         let mut spend = tx.prepare_cached(
@@ -239,13 +382,7 @@ fn record_batch_sqlite(lane: &mut lane::Lane, batch: &[Job]) -> StoreResult<Vec<
         .map(|(j, _)| &j.audit)
         .collect();
     if !winners.is_empty() {
-        append_audits_sqlite(&tx, &winners)?;
-    }
-    if won.contains(&true) {
-        tx.commit()?;
-        lane.committed();
-    } else {
-        tx.rollback()?;
+        append_audits_sqlite(tx, &winners)?;
     }
     Ok(won)
 }
@@ -291,6 +428,7 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Job>) {
     let mut closing = store.closing.subscribe();
     // Returning drops `conn`, back to the pool that is closing.
     while super::next_batch(&mut rx, &mut closing, &mut batch, MAX_BATCH).await {
+        crate::metrics::metrics().issuance_batch("writer");
         let result = commit_batch(&store, &mut conn, &batch).await;
         if result.is_err() {
             conn = None; // a fresh connection for the next batch
@@ -395,4 +533,105 @@ async fn commit_batch(
 
     tx.commit().await?;
     Ok(won)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{NOW, fixture};
+
+    fn issuance(host: &str, serial: u64) -> (PskHash, CertRecord, AuditEvent) {
+        let psk = PskHash([serial as u8; 32]);
+        let cert = CertRecord {
+            serial: format!("{serial:032x}"),
+            hostname: host.into(),
+            kind: "host".into(),
+            public_key_sha256: vec![serial as u8; 32],
+            psk_hash: Some(psk.0.to_vec()),
+            psk_expires_at: Some(NOW + 3600),
+            not_before: NOW - 300,
+            not_after: NOW + 86400,
+            der: b"der".to_vec(),
+            issued_at: NOW,
+            revoked_at: None,
+            revocation_reason: None,
+            superseded_by: None,
+        };
+        let audit = AuditEvent {
+            at: NOW,
+            event: "issued".into(),
+            hostname: Some(host.into()),
+            outcome: "ok".into(),
+            ..Default::default()
+        };
+        (psk, cert, audit)
+    }
+
+    /// A request alone in flight that finds the SQLite writer idle commits
+    /// on its own thread, within the poll that submits it; with another
+    /// issuance in flight, a batch running (the lane locked) or SQLite's
+    /// write lock held by another connection, it goes to the queue and is
+    /// answered by the writer. Every way spends the PSK and records the
+    /// certificate.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lone_request_commits_inline_and_others_queue() {
+        let f = fixture().await;
+        f.store.start_group_commit();
+        let hosts = ["alone", "accompanied", "busy", "locked"];
+        for (serial, name) in (1..).zip(hosts) {
+            let host = format!("{name}.example.internal");
+            let (psk, cert, audit) = issuance(&host, serial);
+            f.store
+                .put_psk(
+                    &host,
+                    &psk,
+                    &[],
+                    NOW - 60,
+                    NOW + 3600,
+                    &AuditEvent::default(),
+                )
+                .await
+                .unwrap();
+            let i = Issuance {
+                psk_hash: psk,
+                now: NOW,
+                cert: &cert,
+                audit: &audit,
+            };
+            let _flow = f.store.issuing();
+            let _other = (name == "accompanied").then(|| f.store.issuing());
+            let shared = f.store.writer.get().unwrap().lane.clone().unwrap();
+            let held = (name == "busy").then(|| lane::lock(&shared));
+            let other = (name == "locked").then(|| {
+                let c = rusqlite::Connection::open(f.store.sqlite_file.as_ref().unwrap()).unwrap();
+                c.execute_batch("BEGIN IMMEDIATE").unwrap();
+                c
+            });
+            let mut request = std::pin::pin!(f.store.record_issuance(&i));
+            let first = futures_util::FutureExt::now_or_never(request.as_mut());
+            if name == "alone" {
+                assert!(matches!(first, Some(Ok(()))), "{host}: {first:?}");
+            } else {
+                // Queued: the writer's answer needs its commit (an fsync),
+                // which cannot land within this one poll.
+                assert!(first.is_none(), "{host}: {first:?}");
+                if held.is_some() || other.is_some() {
+                    // The writer waits for the lane, or for the write lock:
+                    // nothing answers meanwhile.
+                    for _ in 0..25 {
+                        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                        assert!(futures_util::FutureExt::now_or_never(request.as_mut()).is_none());
+                    }
+                }
+                drop(held);
+                if let Some(c) = other {
+                    c.execute_batch("COMMIT").unwrap();
+                }
+                request.await.unwrap();
+            }
+            assert!(f.store.get_psk(&host).await.unwrap().is_none(), "{host}");
+            let certs = f.store.certs_by_psk(&host, &psk).await.unwrap();
+            assert_eq!(certs.len(), 1, "{host}");
+        }
+    }
 }

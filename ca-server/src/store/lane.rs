@@ -29,6 +29,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// One lane's connection, opened on first use and again after an error.
+#[derive(Debug)]
 pub(super) struct Lane {
     store: Store,
     path: PathBuf,

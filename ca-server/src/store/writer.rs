@@ -74,19 +74,11 @@ struct Job {
 }
 
 /// Handle to the writer (a thread on SQLite, a task on PostgreSQL).
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub(super) struct Writer {
     tx: mpsc::Sender<Job>,
     /// SQLite's lane, which a request commits on itself when it is idle.
     lane: Option<lane::Shared>,
-}
-
-impl std::fmt::Debug for Writer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Writer")
-            .field("queued", &(self.tx.max_capacity() - self.tx.capacity()))
-            .finish_non_exhaustive()
-    }
 }
 
 impl std::fmt::Debug for Job {
@@ -193,67 +185,12 @@ fn commit_inline(w: &Writer, job: &Job, issuing: usize) -> Option<StoreResult<()
     // `None`: stopped, and the queue's closed channel decides.
     let lane = guard.as_mut()?;
     // `None`: the write lock is taken, and the lane waits for it.
-    let won = match record_alone_sqlite(lane, job)? {
-        Ok(won) => won,
-        Err(e) => {
-            lane.reset();
-            return Some(Err(e));
-        }
+    let won = match commit_batch_sqlite(lane, std::slice::from_ref(job), Lock::OrGiveUp) {
+        Ok(won) => won?[0],
+        Err(e) => return Some(Err(e)),
     };
     crate::metrics::metrics().issuance_batch("inline");
     Some(outcome(won))
-}
-
-/// Records one job in a transaction of its own if SQLite's write lock is
-/// free at once; `None` if it is not (nothing was done).
-fn record_alone_sqlite(lane: &mut lane::Lane, job: &Job) -> Option<StoreResult<bool>> {
-    use rusqlite::{ErrorCode, TransactionBehavior};
-    let conn = match lane.conn() {
-        Ok(conn) => conn,
-        Err(e) => return Some(Err(e)),
-    };
-    if let Err(e) = conn.busy_timeout(std::time::Duration::ZERO) {
-        return Some(Err(e.into()));
-    }
-    // Unchecked: on a shared borrow, so the error path can reset the timeout.
-    let tx = match rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate) {
-        Ok(tx) => tx,
-        Err(e) => {
-            if let Err(restore) = conn.busy_timeout(lane::WRITE_BUSY_TIMEOUT) {
-                return Some(Err(restore.into()));
-            }
-            return match e.sqlite_error_code() {
-                Some(ErrorCode::DatabaseBusy) => None,
-                _ => Some(Err(e.into())),
-            };
-        }
-    };
-    let won = tx
-        .busy_timeout(lane::WRITE_BUSY_TIMEOUT)
-        .map_err(StoreError::from)
-        .and_then(|()| record_in(&tx, std::slice::from_ref(job)));
-    let won = match won {
-        Ok(won) => won[0],
-        Err(e) => return Some(Err(e)),
-    };
-    if let Err(e) = end(tx, won) {
-        return Some(Err(e));
-    }
-    if won {
-        lane.committed();
-    }
-    Some(Ok(won))
-}
-
-/// Ends a writer's transaction: commits it if any job won its PSK, else
-/// rolls it back. The caller then tells the checkpointer of a commit.
-fn end(tx: rusqlite::Transaction<'_>, any_won: bool) -> StoreResult<()> {
-    if any_won {
-        tx.commit()?;
-    } else {
-        tx.rollback()?;
-    }
-    Ok(())
 }
 
 /// A PSK issuance in progress ([`Store::issuing`]).
@@ -301,20 +238,39 @@ fn answer(batch: &mut Vec<Job>, result: StoreResult<Vec<bool>>) -> bool {
 
 /// The SQLite writer: each batch on the lane's own connection.
 fn run_sqlite(lane: &mut lane::Lane, batch: &mut Vec<Job>) {
-    let result = commit_batch_sqlite(lane, batch);
+    let result = commit_waiting(lane, batch);
     if answer(batch, result) {
         for job in batch.drain(..) {
-            let result = commit_batch_sqlite(lane, std::slice::from_ref(&job))
-                .and_then(|won| outcome(won[0]));
+            let result =
+                commit_waiting(lane, std::slice::from_ref(&job)).and_then(|won| outcome(won[0]));
             let _ = job.reply.send(result);
         }
     }
 }
 
+/// How a transaction takes SQLite's write lock.
+#[derive(Clone, Copy, PartialEq)]
+enum Lock {
+    /// Waits for it, up to the busy timeout (the lane's own batches).
+    Wait,
+    /// Gives up at once if another connection holds it (`commit_inline`).
+    OrGiveUp,
+}
+
+/// [`commit_batch_sqlite`] for the lane, which always waits for the lock.
+fn commit_waiting(lane: &mut lane::Lane, batch: &[Job]) -> StoreResult<Vec<bool>> {
+    commit_batch_sqlite(lane, batch, Lock::Wait)
+        .map(|won| won.expect("a transaction that waits for the lock begins or fails"))
+}
+
 /// [`record_batch_sqlite`], with a fresh connection for the next batch
 /// after an error.
-fn commit_batch_sqlite(lane: &mut lane::Lane, batch: &[Job]) -> StoreResult<Vec<bool>> {
-    let result = record_batch_sqlite(lane, batch);
+fn commit_batch_sqlite(
+    lane: &mut lane::Lane,
+    batch: &[Job],
+    lock: Lock,
+) -> StoreResult<Option<Vec<bool>>> {
+    let result = record_batch_sqlite(lane, batch, lock);
     if result.is_err() {
         lane.reset();
     }
@@ -322,21 +278,47 @@ fn commit_batch_sqlite(lane: &mut lane::Lane, batch: &[Job]) -> StoreResult<Vec<
 }
 
 /// Records a batch in one transaction; returns, per job, whether it won its
-/// PSK. The statements are prepared once per connection and run per row:
-/// on SQLite a row costs microseconds, the commit's fsync is what a batch
+/// PSK, or `None` if `lock` gave up on the write lock (nothing was done).
+/// The statements are prepared once per connection and run per row: on
+/// SQLite a row costs microseconds, the commit's fsync is what a batch
 /// shares.
-fn record_batch_sqlite(lane: &mut lane::Lane, batch: &[Job]) -> StoreResult<Vec<bool>> {
-    use rusqlite::TransactionBehavior;
-    let conn = lane.conn()?;
+fn record_batch_sqlite(
+    lane: &mut lane::Lane,
+    batch: &[Job],
+    lock: Lock,
+) -> StoreResult<Option<Vec<bool>>> {
+    use rusqlite::{ErrorCode, Transaction, TransactionBehavior};
+    let conn: &rusqlite::Connection = lane.conn()?;
+    if lock == Lock::OrGiveUp {
+        conn.busy_timeout(std::time::Duration::ZERO)?;
+    }
     // IMMEDIATE: the write lock first, so no statement below waits for it.
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    // Unchecked (a shared borrow) so the timeout can be put back after it;
+    // the lane's transactions always end before the next begins.
+    let tx = {
+        let began = Transaction::new_unchecked(conn, TransactionBehavior::Immediate);
+        if lock == Lock::OrGiveUp {
+            conn.busy_timeout(lane::WRITE_BUSY_TIMEOUT)?;
+        }
+        match began {
+            Ok(tx) => tx,
+            Err(e) => {
+                return match (lock, e.sqlite_error_code()) {
+                    (Lock::OrGiveUp, Some(ErrorCode::DatabaseBusy)) => Ok(None),
+                    _ => Err(e.into()),
+                };
+            }
+        }
+    };
     let won = record_in(&tx, batch)?;
     let any_won = won.contains(&true);
-    end(tx, any_won)?;
     if any_won {
+        tx.commit()?;
         lane.committed();
+    } else {
+        tx.rollback()?;
     }
-    Ok(won)
+    Ok(Some(won))
 }
 
 /// Runs a batch's statements in `tx`; returns, per job, whether it won its
